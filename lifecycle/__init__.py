@@ -1,0 +1,42 @@
+"""A state-machine-driven lifecycle engine for LLM streaming calls.
+
+The public API is what ``__all__`` names; every other module is private. ``lifecycle``
+is provider-neutral and never imports ``providers``: adapters implement ``Route``.
+"""
+
+from ._config import RetryPolicy, Timeouts
+from ._engine import StreamEngine
+from ._errors import Fault, Interrupted, LifecycleError, StreamFailed
+from ._machine import FINAL_STATES, STATES, TRANSITIONS
+from ._message import Message, Restart, StreamEvent, ToolCall, ToolCallDelta, Usage
+from ._route import AsyncAttemptStream, AttemptStream, Request, Route
+from ._run import AttemptRecord, CleanupStep, Diagnostics, Transition
+from ._sync_driver import Run
+
+__all__ = [
+    "FINAL_STATES",
+    "STATES",
+    "TRANSITIONS",
+    "AsyncAttemptStream",
+    "AttemptRecord",
+    "AttemptStream",
+    "CleanupStep",
+    "Diagnostics",
+    "Fault",
+    "Interrupted",
+    "LifecycleError",
+    "Message",
+    "Request",
+    "Restart",
+    "RetryPolicy",
+    "Route",
+    "Run",
+    "StreamEngine",
+    "StreamEvent",
+    "StreamFailed",
+    "Timeouts",
+    "ToolCall",
+    "ToolCallDelta",
+    "Transition",
+    "Usage",
+]

@@ -1,0 +1,121 @@
+"""The active attempt's connection, and the only thing another thread may do to it: abort.
+
+Measured (../shared/notes/unblock-semantics.md): a thread blocked reading a silent
+stream is woken by ``sock.shutdown(SHUT_RDWR)`` in about 1 ms, and by nothing else
+done from another thread: ``close()`` of the client, the stream, the HTTP client or
+the socket leaves it blocked until the read timeout, and frees its file descriptor for
+reuse while the read still holds it. So a foreign thread (the watchdog, a caller's
+``interrupt()``) only ever calls ``AttemptConnection.abort()``, which shuts the socket
+down and never closes it; closing is left to the thread that owns the run.
+
+Adapters tell the connection which socket it is: through the HTTP client's network
+backend when the request is written (so a request stuck before response headers can
+be aborted too), and through the response's ``network_stream`` once headers arrived.
+``active_connection`` is how the backend, deep inside the SDK, finds the attempt that
+is writing: it is set by the driver around each attempt, on the run's thread or task.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from contextvars import ContextVar
+from typing import Protocol
+
+__all__ = ["AttemptConnection", "Shutdownable", "active_connection"]
+
+
+class Shutdownable(Protocol):
+    def shutdown(self, how: int, /) -> None: ...
+
+
+class AttemptConnection:
+    """The socket of one attempt, shared by the run's thread and its aborters."""
+
+    __slots__ = (
+        "_lock",
+        "_sock",
+        "_live",
+        "aborted_at",
+        "aborted_by",
+        "abort_reason",
+        "bytes_read",
+        "first_byte_at",
+        "sent_at",
+    )
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._sock: Shutdownable | None = None
+        self._live = True
+        self.aborted_at: float | None = None
+        self.aborted_by: str | None = None
+        self.abort_reason: str | None = None
+        self.bytes_read = 0
+        self.first_byte_at: float | None = None
+        self.sent_at: float | None = None
+
+    @property
+    def aborted(self) -> bool:
+        return self.aborted_at is not None
+
+    @property
+    def has_socket(self) -> bool:
+        return self._sock is not None
+
+    def attach(self, sock: Shutdownable | None) -> None:
+        """Record the socket this attempt is using; shut it at once if already aborted."""
+        if sock is None:
+            return
+        with self._lock:
+            if not self._live:
+                return
+            self._sock = sock
+            if self.aborted_at is not None:
+                _shutdown(sock)
+
+    def detach(self, sock: Shutdownable) -> None:
+        """The socket is being closed by its owner: an abort must no longer touch it,
+        because its file descriptor number may be reused as soon as it is closed."""
+        with self._lock:
+            if self._sock is sock:
+                self._sock = None
+
+    def abort(self, *, reason: str) -> bool:
+        """Shut the socket down (any thread). Returns whether a socket was shut.
+
+        Idempotent; after ``release()`` it does nothing, so a connection that went back
+        to the pool (and may now serve another run) is never touched.
+        """
+        with self._lock:
+            if not self._live:
+                return False
+            if self.aborted_at is None:
+                self.aborted_at = time.monotonic()
+                self.aborted_by = threading.current_thread().name
+                self.abort_reason = reason
+            sock = self._sock
+            if sock is None:
+                return False
+            _shutdown(sock)
+            return True
+
+    def release(self) -> None:
+        """The attempt is over for this connection: from now on abort() is a no-op."""
+        with self._lock:
+            self._live = False
+            self._sock = None
+
+
+def _shutdown(sock: Shutdownable) -> None:
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        # Already shut or already closed by its owner: either way the reader is free.
+        pass
+
+
+active_connection: ContextVar[AttemptConnection | None] = ContextVar(
+    "lifecycle_active_connection", default=None
+)

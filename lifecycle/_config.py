@@ -1,0 +1,97 @@
+"""Frozen configuration objects: durations in seconds, keyword-only, validated at construction.
+
+Every check raises at once, naming the field, so a bad configuration fails before any
+request is sent rather than as a confusing timeout minutes later.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+__all__ = ["RetryPolicy", "Timeouts"]
+
+OnPartial = Literal["restart", "fail"]
+
+
+def _positive(name: str, value: float) -> None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(f"{name} must be a number of seconds, got {type(value).__name__}")
+    if math.isnan(value) or value <= 0:
+        raise ValueError(f"{name} must be a positive number of seconds, got {value!r}")
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Timeouts:
+    """How long the provider may keep the caller waiting, in seconds.
+
+    - ``connect``: TCP and TLS connection set-up, handed to the SDK's HTTP client.
+    - ``first_token``: from sending the request to the first meaningful event
+      (text, thinking, tool-call delta or the message stop; never a ping).
+    - ``stale``: the longest allowed gap between meaningful events.
+    - ``total``: the whole run, retries and backoff included.
+
+    Time the caller spends inside its loop body holding an event is not silence:
+    the stale clock restarts when the caller asks for the next event.
+    """
+
+    connect: float = 10.0
+    first_token: float = 60.0
+    stale: float = 180.0
+    total: float = 900.0
+
+    def __post_init__(self) -> None:
+        for name in ("connect", "first_token", "stale", "total"):
+            _positive(f"Timeouts.{name}", getattr(self, name))
+        if self.first_token > self.total:
+            raise ValueError(
+                f"Timeouts.first_token ({self.first_token}) must not exceed "
+                f"Timeouts.total ({self.total})"
+            )
+        if self.connect > self.total:
+            raise ValueError(
+                f"Timeouts.connect ({self.connect}) must not exceed Timeouts.total ({self.total})"
+            )
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class RetryPolicy:
+    """How faults are retried on a route and when the next route takes over.
+
+    ``max_attempts`` counts attempts per route (1 means no retry on that route).
+    Backoff before attempt n+1 is ``min(max_backoff, initial_backoff * 2**(n-1))``,
+    reduced by a random fraction of up to ``jitter`` (1.0 is "full jitter").
+    A provider's Retry-After (or retry-after-ms) replaces the computed backoff, even
+    above ``max_backoff``, up to ``max_retry_after``; a longer one moves to the next
+    route at once. ``on_partial`` decides what happens once the caller has seen
+    output: ``"restart"`` yields a ``restart`` event and retries, ``"fail"`` raises
+    ``StreamFailed`` with the partial message attached.
+    """
+
+    max_attempts: int = 3
+    initial_backoff: float = 0.5
+    max_backoff: float = 30.0
+    jitter: float = 1.0
+    max_retry_after: float = 60.0
+    on_partial: OnPartial = "restart"
+
+    def __post_init__(self) -> None:
+        if isinstance(self.max_attempts, bool) or not isinstance(self.max_attempts, int):
+            raise TypeError("RetryPolicy.max_attempts must be an int")
+        if self.max_attempts < 1:
+            raise ValueError(f"RetryPolicy.max_attempts must be at least 1, got {self.max_attempts}")
+        for name in ("initial_backoff", "max_backoff", "max_retry_after"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise TypeError(f"RetryPolicy.{name} must be a number of seconds")
+            if math.isnan(value) or value < 0:
+                raise ValueError(f"RetryPolicy.{name} must be >= 0, got {value!r}")
+        if self.max_backoff < self.initial_backoff:
+            raise ValueError("RetryPolicy.max_backoff must be >= RetryPolicy.initial_backoff")
+        if math.isnan(self.jitter) or not 0.0 <= self.jitter <= 1.0:
+            raise ValueError(f"RetryPolicy.jitter must be within [0, 1], got {self.jitter!r}")
+        if self.on_partial not in ("restart", "fail"):
+            raise ValueError(
+                f"RetryPolicy.on_partial must be 'restart' or 'fail', got {self.on_partial!r}"
+            )

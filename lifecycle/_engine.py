@@ -1,0 +1,121 @@
+"""``StreamEngine``: the routes, the configuration, and the runs started from them."""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from types import TracebackType
+from typing import Any
+
+from ._config import RetryPolicy, Timeouts
+from ._machine import RouteInfo, RunCore
+from ._route import Request, Route
+from ._sync_driver import Run
+
+__all__ = ["StreamEngine"]
+
+
+class StreamEngine:
+    """Streams with a lifecycle: stale detection, cleanup of the right client, retry, fallback.
+
+    ``routes`` is the fallback chain, in order. Clients are built lazily, one per route
+    and flavour, shared by concurrent runs, and closed by ``close()``.
+    """
+
+    def __init__(
+        self,
+        *,
+        routes: Sequence[Route],
+        timeouts: Timeouts | None = None,
+        retry: RetryPolicy | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        if isinstance(routes, Route) or not isinstance(routes, Iterable):
+            raise TypeError("StreamEngine(routes=...) must be a list of routes")
+        routes = tuple(routes)
+        if not routes:
+            raise ValueError("StreamEngine(routes=...) must name at least one route")
+        for index, route in enumerate(routes):
+            if not isinstance(route, Route):
+                raise TypeError(
+                    f"StreamEngine(routes=...)[{index}] must be a provider route such as "
+                    f"providers.AnthropicMessages, got {type(route).__name__}"
+                )
+        if timeouts is not None and not isinstance(timeouts, Timeouts):
+            raise TypeError("StreamEngine(timeouts=...) must be a lifecycle.Timeouts")
+        if retry is not None and not isinstance(retry, RetryPolicy):
+            raise TypeError("StreamEngine(retry=...) must be a lifecycle.RetryPolicy")
+        self.routes: tuple[Route, ...] = routes
+        self.timeouts = timeouts or Timeouts()
+        self.retry = retry or RetryPolicy()
+        self._rng = rng or random.Random()
+        self._route_infos = tuple(
+            RouteInfo(api_mode=r.api_mode, model=r.model, target=r) for r in routes
+        )
+        self._closed = False
+
+    def _request(
+        self,
+        messages: Sequence[Mapping[str, Any]],
+        max_tokens: int,
+        system: str | None,
+        tools: Sequence[Mapping[str, Any]] | None,
+        options: dict[str, Any],
+    ) -> Request:
+        if self._closed:
+            raise RuntimeError("this StreamEngine is closed")
+        if not isinstance(messages, Sequence) or isinstance(messages, str) or not messages:
+            raise ValueError("messages must be a non-empty list of {'role', 'content'} dicts")
+        if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1:
+            raise ValueError("max_tokens must be a positive int")
+        return Request(
+            messages=tuple(messages),
+            max_tokens=max_tokens,
+            system=system,
+            tools=tuple(tools or ()),
+            options=options,
+        )
+
+    def _core(self) -> RunCore:
+        return RunCore(
+            routes=self._route_infos,
+            timeouts=self.timeouts,
+            retry=self.retry,
+            started_at=time.monotonic(),
+            rng=self._rng,
+        )
+
+    def stream(
+        self,
+        *,
+        messages: Sequence[Mapping[str, Any]],
+        max_tokens: int,
+        system: str | None = None,
+        tools: Sequence[Mapping[str, Any]] | None = None,
+        **options: Any,
+    ) -> Run:
+        """Start a sync run; iterate it (``for event in run``) on the calling thread.
+
+        ``Timeouts.total`` counts from this call.
+        """
+        request = self._request(messages, max_tokens, system, tools, options)
+        return Run(core=self._core(), routes=self.routes, request=request)
+
+    def close(self) -> None:
+        """Close every sync client this engine's routes built."""
+        self._closed = True
+        for route in self.routes:
+            for client in route.sync_clients.take_all():
+                route.close_client(client)
+
+    def __enter__(self) -> StreamEngine:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()

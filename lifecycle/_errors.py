@@ -1,0 +1,99 @@
+"""The exceptions a caller of the engine can see, and the classified fault behind them.
+
+::
+
+    LifecycleError                 every error the engine raises on purpose
+    ├── StreamFailed               every route was used up, a request error failed fast,
+    │                              Timeouts.total ran out, or output was cut off under
+    │                              RetryPolicy(on_partial="fail"); carries .attempts,
+    │                              .partial_message and the last .fault
+    └── Interrupted                run.interrupt() was called; the run ended "cancelled"
+
+SDK exceptions never escape the engine: each adapter turns them into a ``Fault``
+(``providers`` classify their own SDK's errors), the policy decides from the fault, and
+the caller sees the fault's fields on the error it finally gets.
+Caller cancellation (``KeyboardInterrupt``, ``asyncio.CancelledError``) is never
+wrapped or swallowed: it propagates after a bounded cleanup.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal
+
+if TYPE_CHECKING:
+    from ._run import AttemptRecord, Message
+
+__all__ = ["Fault", "Interrupted", "LifecycleError", "StreamFailed"]
+
+Outcome = Literal["completed", "stale", "dropped", "interrupted", "error"]
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Fault:
+    """Why an attempt ended without a complete answer, as the policy needs to know it.
+
+    ``outcome`` is what the attempt record shows: ``stale`` (no meaningful event in
+    time), ``dropped`` (connection lost, malformed or truncated stream, client could
+    not be built), ``error`` (the provider answered with an error status or an error
+    event), ``interrupted`` (the caller asked to stop).
+    ``retryable``: the same route may succeed on another attempt.
+    ``fallback_eligible``: another route may succeed where this one cannot
+    (authentication, permission, unknown model): skip this route's remaining attempts.
+    A fault that is neither is a request error: fail fast with the provider's message.
+    """
+
+    outcome: Outcome
+    retryable: bool
+    fallback_eligible: bool
+    reason: str
+    http_status: int | None = None
+    retry_after: float | None = None
+    request_id: str | None = None
+    error_type: str | None = None
+    api_mode: str | None = None
+
+
+class LifecycleError(Exception):
+    """Base of every error the engine raises on purpose."""
+
+    retryable: bool = False
+    fallback_eligible: bool = False
+    retry_after: float | None = None
+    api_mode: str | None = None
+    http_status: int | None = None
+    request_id: str | None = None
+
+
+class StreamFailed(LifecycleError):
+    """The run ended ``failed``: the message says why; ``.attempts`` says how."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        attempts: Sequence[AttemptRecord],
+        fault: Fault | None,
+        partial_message: Message | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.attempts = tuple(attempts)
+        self.fault = fault
+        self.partial_message = partial_message
+        if fault is not None:
+            self.retryable = fault.retryable
+            self.fallback_eligible = fault.fallback_eligible
+            self.retry_after = fault.retry_after
+            self.api_mode = fault.api_mode
+            self.http_status = fault.http_status
+            self.request_id = fault.request_id
+
+
+class Interrupted(LifecycleError):
+    """``run.interrupt()`` ended the run; its state is ``cancelled``."""
+
+    def __init__(self, message: str = "the run was interrupted", *,
+                 attempts: Sequence[AttemptRecord] = ()) -> None:
+        super().__init__(message)
+        self.attempts = tuple(attempts)

@@ -1,0 +1,358 @@
+"""The lifecycle of one streaming run, as a transition table.
+
+Rules
+-----
+1. Every way out of ``connecting`` or ``streaming`` other than success goes through one
+   of three fault states, ``stale`` (a clock ran out), ``dropped`` (the attempt broke:
+   connection lost, malformed or truncated stream, error status or error event) or
+   ``interrupted`` (the caller asked to stop), and from there through ``cleanup``.
+2. The transition into ``cleanup`` carries the cleanup action. It is planned against
+   the route of the attempt that is active, read from the attempt record; nothing in
+   this package branches on an ``api_mode`` string, so the action cannot be aimed at
+   another provider's client.
+3. Only the way out of ``cleanup`` is decided by policy (``_policy.decide``): retry on
+   the same route, fall back to the next, fail, or cancel. Guards read that decision.
+4. ``completed``, ``failed`` and ``cancelled`` are final: no trigger leaves them.
+
+Theory of operation
+-------------------
+The machine is sans-I/O, in the spirit of h11: it never touches a socket, a thread or
+a clock. Drivers (``_sync_driver`` for threads, ``_async_driver`` for asyncio) feed it
+the frozen, timestamped events of ``_events`` and carry out what it decides: the
+``CleanupPlan`` it leaves in ``RunCore.pending_cleanup``, and the ``Decision`` (with its
+backoff) in ``RunCore.decision``. The watchdog and ``interrupt()`` never feed the
+machine; they only abort the active connection (socket shutdown) and leave a note that
+the owning thread reads when its blocked read returns, so the machine is only ever
+touched by the thread or task that owns the run.
+
+The machine is triggered on state changes only (building a ``transitions.Machine``
+costs ~100 µs and a trigger ~5 µs, against 60-90 µs of SDK work per streamed event);
+per-event progress is plain counters on the run.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Final
+
+from transitions import EventData, Machine
+
+from ._config import RetryPolicy, Timeouts
+from ._errors import Fault
+from ._events import (
+    AttemptFailed,
+    AttemptStarted,
+    CleanupFinished,
+    DeadlinePassed,
+    FirstEventReceived,
+    InterruptRequested,
+    LifecycleEvent,
+    StallDetected,
+    StreamFinished,
+)
+from ._policy import Decision, decide
+from ._run import AttemptRecord, Transition
+
+__all__ = ["FINAL_STATES", "STATES", "TRANSITIONS", "CleanupPlan", "RunCore", "RouteInfo"]
+
+IN_FLIGHT: Final = ("connecting", "streaming")
+FAULTS: Final = ("stale", "dropped", "interrupted")
+RECOVERY: Final = ("cleanup", "retrying", "falling_back")
+FINAL_STATES: Final = ("completed", "failed", "cancelled")
+STATES: Final = ("idle", *IN_FLIGHT, *FAULTS, *RECOVERY, *FINAL_STATES)
+
+# The cleanup steps every fault transition carries, in order. ``abort`` is a socket
+# shutdown of the attempt's own connection (idempotent: the watchdog or interrupt()
+# may already have done it from their thread); ``close`` and ``rebuild`` retire the
+# attempt's client and build its successor on the run's own thread.
+CLEANUP_STEPS: Final = ("abort", "close", "rebuild")
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class RouteInfo:
+    """What the machine knows of a route: enough to plan, nothing to do I/O with."""
+
+    api_mode: str
+    model: str
+    target: object
+    """The route object itself; the driver calls cleanup on exactly this object."""
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class CleanupPlan:
+    attempt: AttemptRecord
+    route: object
+    """The route whose client is cleaned: always the route of ``attempt``."""
+    api_mode: str
+    steps: tuple[str, ...]
+
+
+# Guards and actions: plain functions over EventData, referenced from the table below.
+def _decided(kind: str) -> Callable[[EventData], bool]:
+    def guard(ev: EventData) -> bool:
+        core: RunCore = ev.model
+        return core.decision is not None and core.decision.kind == kind
+
+    guard.__name__ = f"decided_{kind}"
+    guard.__qualname__ = guard.__name__
+    return guard
+
+
+decided_retry = _decided("retry")
+decided_fallback = _decided("fallback")
+decided_fail = _decided("fail")
+decided_cancel = _decided("cancel")
+
+
+def plan_cleanup(ev: EventData) -> None:
+    """abort + close(api_mode) + rebuild, aimed at the active attempt's own route."""
+    core: RunCore = ev.model
+    core.plan_cleanup()
+
+
+def decide_next(ev: EventData) -> None:
+    core: RunCore = ev.model
+    core.decide_next(ev.kwargs["event"].at)
+
+
+# The table. Triggers are named for what the driver reports; the order of rows with
+# the same trigger and source matters only for guarded rows (first true guard wins).
+TRANSITIONS: Final[tuple[dict[str, Any], ...]] = (
+    {"trigger": "start_attempt", "source": "idle", "dest": "connecting"},
+    {"trigger": "start_attempt", "source": "retrying", "dest": "connecting"},
+    {"trigger": "start_attempt", "source": "falling_back", "dest": "connecting"},
+    {"trigger": "receive_first_event", "source": "connecting", "dest": "streaming"},
+    {"trigger": "finish", "source": "streaming", "dest": "completed"},
+    {"trigger": "stall", "source": "connecting", "dest": "stale"},
+    {"trigger": "stall", "source": "streaming", "dest": "stale"},
+    {"trigger": "drop", "source": "connecting", "dest": "dropped"},
+    {"trigger": "drop", "source": "streaming", "dest": "dropped"},
+    {"trigger": "interrupt", "source": "connecting", "dest": "interrupted"},
+    {"trigger": "interrupt", "source": "streaming", "dest": "interrupted"},
+    {"trigger": "interrupt", "source": "idle", "dest": "cancelled"},
+    {"trigger": "interrupt", "source": "retrying", "dest": "cancelled"},
+    {"trigger": "interrupt", "source": "falling_back", "dest": "cancelled"},
+    {"trigger": "begin_cleanup", "source": "stale", "dest": "cleanup", "after": plan_cleanup},
+    {"trigger": "begin_cleanup", "source": "dropped", "dest": "cleanup", "after": plan_cleanup},
+    {
+        "trigger": "begin_cleanup",
+        "source": "interrupted",
+        "dest": "cleanup",
+        "after": plan_cleanup,
+    },
+    {
+        "trigger": "finish_cleanup",
+        "source": "cleanup",
+        "dest": "cancelled",
+        "prepare": decide_next,
+        "conditions": decided_cancel,
+    },
+    {
+        "trigger": "finish_cleanup",
+        "source": "cleanup",
+        "dest": "retrying",
+        "conditions": decided_retry,
+    },
+    {
+        "trigger": "finish_cleanup",
+        "source": "cleanup",
+        "dest": "falling_back",
+        "conditions": decided_fallback,
+    },
+    {"trigger": "finish_cleanup", "source": "cleanup", "dest": "failed", "conditions": decided_fail},
+    {"trigger": "expire", "source": "retrying", "dest": "failed"},
+    {"trigger": "expire", "source": "falling_back", "dest": "failed"},
+)
+
+# Which trigger each reported event pulls. Fault events are followed at once by
+# ``begin_cleanup``: a fault state is a place the run passes through, never rests in.
+TRIGGER_OF: Final[dict[type, str]] = {
+    AttemptStarted: "start_attempt",
+    FirstEventReceived: "receive_first_event",
+    StreamFinished: "finish",
+    StallDetected: "stall",
+    AttemptFailed: "drop",
+    InterruptRequested: "interrupt",
+    CleanupFinished: "finish_cleanup",
+    DeadlinePassed: "expire",
+}
+
+# Test-only fault injection (see tests/): never part of the public API. When set, the
+# cleanup plan is aimed at the route after the active one, exactly like the bug that
+# started this project (an Anthropic stall "cleaned up" by rebuilding the OpenAI client).
+_MISDIRECT_CLEANUP_FOR_TESTS = False
+
+
+def build_machine(model: object) -> Machine:
+    return Machine(
+        model=model,
+        states=list(STATES),
+        transitions=[dict(row) for row in TRANSITIONS],
+        initial="idle",
+        auto_transitions=False,
+        send_event=True,
+        after_state_change=_record_transition,
+        model_attribute="state",
+    )
+
+
+def _record_transition(ev: EventData) -> None:
+    core: RunCore = ev.model
+    event: LifecycleEvent = ev.kwargs["event"]
+    core.history.append(
+        Transition(
+            source=ev.transition.source,
+            trigger=ev.event.name,
+            dest=ev.transition.dest,
+            at=event.at - core.started_at,
+        )
+    )
+
+
+class RunCore:
+    """The model the machine drives: the run's records plus the policy's inputs."""
+
+    state: str
+
+    def __init__(
+        self,
+        *,
+        routes: Sequence[RouteInfo],
+        timeouts: Timeouts,
+        retry: RetryPolicy,
+        started_at: float,
+        rng: random.Random,
+    ) -> None:
+        self.routes = tuple(routes)
+        self.timeouts = timeouts
+        self.retry = retry
+        self.started_at = started_at
+        self.deadline = started_at + timeouts.total
+        self.rng = rng
+        self.history: list[Transition] = []
+        self.attempts: list[AttemptRecord] = []
+        self.attempts_per_route = [0] * len(self.routes)
+        self.committed = False
+        """Some meaningful event of this run has reached the caller."""
+        self.restart_pending = False
+        self.interrupt_requested = False
+        self.last_fault: Fault | None = None
+        self.total_expired = False
+        self.decision: Decision | None = None
+        self.pending_cleanup: CleanupPlan | None = None
+        self._machine = build_machine(self)
+
+    # -- feeding -----------------------------------------------------------------
+    def feed(self, event: LifecycleEvent) -> None:
+        """Apply one reported event. Raises ``transitions.MachineError`` if it is not
+        allowed in the current state: a driver bug, never something to ignore."""
+        if isinstance(event, AttemptStarted):
+            self._open_attempt(event)
+        elif isinstance(event, InterruptRequested):
+            self.interrupt_requested = True
+        elif isinstance(event, StallDetected):
+            self._close_attempt(
+                Fault(
+                    outcome="stale",
+                    retryable=True,
+                    fallback_eligible=True,
+                    reason=f"no meaningful event within Timeouts.{event.clock}",
+                    api_mode=self.active_attempt.api_mode if self.attempts else None,
+                ),
+                event.at,
+            )
+            self.total_expired = event.clock == "total"
+            self.active_attempt.diagnostics.stall_clock = event.clock
+        elif isinstance(event, AttemptFailed):
+            self._close_attempt(event.fault, event.at)
+        elif isinstance(event, FirstEventReceived):
+            self.committed = True
+        trigger = TRIGGER_OF[type(event)]
+        if isinstance(event, InterruptRequested) and self.state in IN_FLIGHT:
+            self._close_attempt(
+                Fault(
+                    outcome="interrupted",
+                    retryable=False,
+                    fallback_eligible=False,
+                    reason="interrupted by the caller",
+                    api_mode=self.active_attempt.api_mode,
+                ),
+                event.at,
+            )
+        elif isinstance(event, StreamFinished):
+            self.active_attempt.outcome = "completed"
+            self.active_attempt.diagnostics.elapsed = event.at - self.active_attempt.started_at
+        elif isinstance(event, DeadlinePassed):
+            self.total_expired = True
+        elif isinstance(event, CleanupFinished) and event.interrupted:
+            self.interrupt_requested = True
+        self._machine.events[trigger].trigger(self, event=event)
+        if self.state in FAULTS:
+            self._machine.events["begin_cleanup"].trigger(self, event=event)
+
+    # -- queries -----------------------------------------------------------------
+    @property
+    def active_attempt(self) -> AttemptRecord:
+        return self.attempts[-1]
+
+    @property
+    def is_final(self) -> bool:
+        return self.state in FINAL_STATES
+
+    # -- bound actions ---------------------------------------------------------------
+    def plan_cleanup(self) -> None:
+        attempt = self.active_attempt
+        index = attempt.route_index
+        if _MISDIRECT_CLEANUP_FOR_TESTS:
+            index = (index + 1) % len(self.routes)
+        route = self.routes[index]
+        self.pending_cleanup = CleanupPlan(
+            attempt=attempt, route=route.target, api_mode=route.api_mode, steps=CLEANUP_STEPS
+        )
+
+    def decide_next(self, now: float) -> None:
+        attempt = self.active_attempt
+        fault = self.last_fault
+        assert fault is not None, "cleanup without a fault"
+        self.decision = decide(
+            policy=self.retry,
+            fault=fault,
+            route_index=attempt.route_index,
+            route_count=len(self.routes),
+            attempts_on_route=self.attempts_per_route[attempt.route_index],
+            committed=self.committed,
+            interrupted=self.interrupt_requested,
+            total_expired=self.total_expired or now >= self.deadline,
+            now=now,
+            deadline=self.deadline,
+            rng=self.rng,
+        )
+        if self.decision.kind in ("retry", "fallback") and self.committed:
+            self.restart_pending = True
+
+    # -- bookkeeping -------------------------------------------------------------
+    def _open_attempt(self, event: AttemptStarted) -> None:
+        route = self.routes[event.route_index]
+        self.attempts_per_route[event.route_index] += 1
+        self.decision = None
+        self.pending_cleanup = None
+        self.attempts.append(
+            AttemptRecord(
+                number=len(self.attempts) + 1,
+                route_index=event.route_index,
+                api_mode=route.api_mode,
+                model=route.model,
+                started_at=event.at,
+            )
+        )
+
+    def _close_attempt(self, fault: Fault, at: float) -> None:
+        attempt = self.active_attempt
+        attempt.outcome = fault.outcome
+        attempt.reason = fault.reason
+        attempt.diagnostics.elapsed = at - attempt.started_at
+        if fault.http_status is not None:
+            attempt.diagnostics.http_status = fault.http_status
+        self.last_fault = fault

@@ -1,0 +1,130 @@
+"""What the caller receives: provider-neutral stream events and the assembled message.
+
+Adapters translate their SDK's events into ``StreamEvent``; ``MessageBuilder`` folds
+the events of one attempt into a ``Message``. Only meaningful events exist here: a
+ping, a message_start or a role-only chunk is progress of bytes, not of the answer.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+__all__ = ["Message", "MessageBuilder", "Restart", "StreamEvent", "ToolCall", "ToolCallDelta", "Usage"]
+
+EventType = Literal["text", "thinking", "tool_call", "restart", "stop"]
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class ToolCallDelta:
+    """A piece of a tool call: ``index`` orders calls; id and name come with the first piece."""
+
+    index: int
+    id: str | None = None
+    name: str | None = None
+    arguments_delta: str = ""
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Usage:
+    input_tokens: int | None = None
+    output_tokens: int | None = None
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Restart:
+    """Yielded just before the events of a new attempt once output had been delivered:
+    the consumer discards what it showed of the earlier attempt."""
+
+    reason: str
+    attempt: int
+    route_index: int
+    api_mode: str
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class StreamEvent:
+    type: EventType
+    text: str = ""
+    tool_call: ToolCallDelta | None = None
+    stop_reason: str | None = None
+    usage: Usage | None = None
+    restart: Restart | None = None
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class ToolCall:
+    id: str
+    name: str
+    arguments: str
+    """The arguments as the JSON string the provider streamed."""
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Message:
+    text: str = ""
+    thinking: str = ""
+    tool_calls: tuple[ToolCall, ...] = ()
+    stop_reason: str | None = None
+    usage: Usage | None = None
+    api_mode: str | None = None
+    model: str | None = None
+
+
+@dataclass(slots=True)
+class _ToolCallParts:
+    id: str = ""
+    name: str = ""
+    arguments: list[str] = field(default_factory=list)
+
+
+class MessageBuilder:
+    """Accumulates one attempt's events; cheap enough to run on every event."""
+
+    __slots__ = ("_text", "_thinking", "_tools", "stop_reason", "usage", "api_mode", "model")
+
+    def __init__(self, *, api_mode: str, model: str) -> None:
+        self._text: list[str] = []
+        self._thinking: list[str] = []
+        self._tools: dict[int, _ToolCallParts] = {}
+        self.stop_reason: str | None = None
+        self.usage: Usage | None = None
+        self.api_mode = api_mode
+        self.model = model
+
+    def add(self, event: StreamEvent) -> None:
+        kind = event.type
+        if kind == "text":
+            self._text.append(event.text)
+        elif kind == "thinking":
+            self._thinking.append(event.text)
+        elif kind == "tool_call" and event.tool_call is not None:
+            delta = event.tool_call
+            parts = self._tools.get(delta.index)
+            if parts is None:
+                parts = self._tools[delta.index] = _ToolCallParts()
+            if delta.id:
+                parts.id = delta.id
+            if delta.name:
+                parts.name = delta.name
+            if delta.arguments_delta:
+                parts.arguments.append(delta.arguments_delta)
+        elif kind == "stop":
+            self.stop_reason = event.stop_reason
+            if event.usage is not None:
+                self.usage = event.usage
+
+    def build(self) -> Message:
+        calls = tuple(
+            ToolCall(id=p.id, name=p.name, arguments="".join(p.arguments) or "{}")
+            for _, p in sorted(self._tools.items())
+        )
+        return Message(
+            text="".join(self._text),
+            thinking="".join(self._thinking),
+            tool_calls=calls,
+            stop_reason=self.stop_reason,
+            usage=self.usage,
+            api_mode=self.api_mode,
+            model=self.model,
+        )

@@ -1,0 +1,157 @@
+"""What a provider adapter must provide: the contract between ``lifecycle`` and ``providers``.
+
+A route is one entry of the engine's fallback chain: an adapter for one wire API
+(``api_mode``), a client factory and a model. ``lifecycle`` calls only the methods
+below and never looks at ``api_mode`` to decide anything; the value is carried into
+records, logs and diagrams. ``providers`` implements one ``Route`` per wire API.
+"""
+
+from __future__ import annotations
+
+import inspect
+from abc import ABC, abstractmethod
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from ._abort import Shutdownable
+from ._clients import ClientSlot
+from ._config import Timeouts
+from ._errors import Fault
+from ._message import StreamEvent
+
+__all__ = ["AsyncAttemptStream", "AttemptStream", "Request", "Route"]
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Request:
+    """A provider-neutral request; each route translates it to its own wire API."""
+
+    messages: Sequence[Mapping[str, Any]]
+    max_tokens: int
+    system: str | None = None
+    tools: Sequence[Mapping[str, Any]] = ()
+    """Each: {"name", "description", "input_schema"} (JSON schema of the arguments)."""
+    options: Mapping[str, Any] = field(default_factory=dict)
+    """Other keyword arguments, passed through to the SDK call unchanged."""
+
+
+class AttemptStream(ABC):
+    """An opened sync stream (response headers received), yielding meaningful events only."""
+
+    http_status: int | None = None
+    headers: Mapping[str, str] = {}
+    socket: Shutdownable | None = None
+
+    @abstractmethod
+    def events(self) -> Iterator[StreamEvent]: ...
+
+    @abstractmethod
+    def close(self) -> None:
+        """Release the response: the connection goes back to the pool or is closed."""
+
+
+class AsyncAttemptStream(ABC):
+    http_status: int | None = None
+    headers: Mapping[str, str] = {}
+    socket: Shutdownable | None = None
+
+    @abstractmethod
+    def events(self) -> AsyncIterator[StreamEvent]: ...
+
+    @abstractmethod
+    async def aclose(self) -> None: ...
+
+
+class Route(ABC):
+    """One provider adapter bound to a client factory and a model."""
+
+    api_mode: ClassVar[str]
+    cleanup_description: ClassVar[tuple[str, ...]] = (
+        "shut down the attempt's socket",
+        "close the attempt's client",
+        "rebuild the client from the factory",
+    )
+
+    def __init__(
+        self,
+        client_factory: Callable[[], Any],
+        *,
+        model: str,
+        name: str | None = None,
+        **options: Any,
+    ) -> None:
+        if not callable(client_factory):
+            raise TypeError(
+                f"{type(self).__name__}: client_factory must be a callable returning a client, "
+                f"got {type(client_factory).__name__}"
+            )
+        if not isinstance(model, str) or not model:
+            raise ValueError(f"{type(self).__name__}: model must be a non-empty string")
+        self.client_factory = client_factory
+        self.model = model
+        self.name = name or f"{type(self).__name__}({model})"
+        self.options: dict[str, Any] = dict(options)
+        self.sync_clients = ClientSlot(build=self._build_sync_client)
+        self.async_clients = ClientSlot(build=self._build_async_client)
+
+    def __repr__(self) -> str:
+        return self.name
+
+    # -- client construction (lifecycle calls these through the slots) -----------------
+    def _build_sync_client(self) -> Any:
+        client = self.client_factory()
+        if inspect.isawaitable(client) or self.is_async_client(client):
+            _discard(client)
+            raise TypeError(
+                f"route {self.name}: its factory returned an async client "
+                f"({type(client).__name__}) but the run is sync (engine.stream); "
+                "give this route a sync factory or use engine.astream"
+            )
+        return self.prepare_client(client)
+
+    def _build_async_client(self) -> Any:
+        client = self.client_factory()
+        if not self.is_async_client(client):
+            raise TypeError(
+                f"route {self.name}: its factory returned a sync client "
+                f"({type(client).__name__}) but the run is async (engine.astream); "
+                "give this route an async factory or use engine.stream"
+            )
+        return self.prepare_client(client)
+
+    # -- the adapter contract ---------------------------------------------------------
+    @abstractmethod
+    def is_async_client(self, client: Any) -> bool: ...
+
+    @abstractmethod
+    def prepare_client(self, client: Any) -> Any:
+        """Check the client type, turn the SDK's own retries off (the engine is the only
+        retry loop) and let the engine see the sockets it opens."""
+
+    @abstractmethod
+    def open(self, client: Any, request: Request, timeouts: Timeouts) -> AttemptStream:
+        """Send the request; return once response headers are in (raise on error status)."""
+
+    @abstractmethod
+    async def aopen(
+        self, client: Any, request: Request, timeouts: Timeouts
+    ) -> AsyncAttemptStream: ...
+
+    @abstractmethod
+    def close_client(self, client: Any) -> None: ...
+
+    @abstractmethod
+    async def aclose_client(self, client: Any) -> None: ...
+
+    @abstractmethod
+    def classify(self, exc: BaseException) -> Fault:
+        """Turn any exception of this adapter's SDK (or transport) into a Fault."""
+
+
+def _discard(client: Any) -> None:
+    close = getattr(client, "close", None)
+    if inspect.iscoroutine(client):
+        client.close()
+    elif callable(close) and not inspect.iscoroutinefunction(close):
+        close()

@@ -1,0 +1,132 @@
+"""Records of a run: the transitions it took and one diagnostics record per attempt.
+
+Records are plain data, safe to log: they never hold a request header, and every
+string that came from the outside passed through ``redact`` first.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from ._errors import Outcome
+
+__all__ = ["AttemptRecord", "CleanupStep", "Diagnostics", "Transition", "redact"]
+
+# Response headers worth keeping to correlate with the provider's logs; anything else
+# (cookies, auth echoes) is dropped.
+HEADER_ALLOWLIST = frozenset(
+    {
+        "request-id",
+        "x-request-id",
+        "cf-ray",
+        "server",
+        "via",
+        "x-openrouter-id",
+        "x-openrouter-request-id",
+        "openrouter-request-id",
+        "retry-after",
+        "retry-after-ms",
+        "anthropic-organization-id",
+        "openai-processing-ms",
+    }
+)
+
+_KEY_SHAPED = re.compile(
+    r"(sk-(?:ant-)?[A-Za-z0-9_\-]{8,}|Bearer\s+[A-Za-z0-9._\-]{8,}|"
+    r"(?i:x-api-key|authorization)\s*[:=]\s*\S+)"
+)
+
+
+def redact(text: str) -> str:
+    """Replace anything shaped like an API key or an auth header value with ``[redacted]``."""
+    return _KEY_SHAPED.sub("[redacted]", text)
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Transition:
+    source: str
+    trigger: str
+    dest: str
+    at: float
+    """Seconds since the run started (time.monotonic() based)."""
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class CleanupStep:
+    step: str
+    thread: str
+    at: float
+    detail: str = ""
+
+
+@dataclass(kw_only=True, slots=True)
+class Diagnostics:
+    """Timing and wire facts of one attempt; times in seconds, relative to the attempt start."""
+
+    http_status: int | None = None
+    ttfb: float | None = None
+    ttft: float | None = None
+    bytes: int = 0
+    chunks: int = 0
+    elapsed: float | None = None
+    error_type: str | None = None
+    cause_chain: tuple[str, ...] = ()
+    headers: dict[str, str] = field(default_factory=dict)
+    cleanup: list[CleanupStep] = field(default_factory=list)
+    request_sent_at: float | None = None
+    stall_clock: str | None = None
+    detection_lateness: float | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "http_status": self.http_status,
+            "ttfb": self.ttfb,
+            "ttft": self.ttft,
+            "bytes": self.bytes,
+            "chunks": self.chunks,
+            "elapsed": self.elapsed,
+            "error_type": self.error_type,
+            "cause_chain": list(self.cause_chain),
+            "headers": dict(self.headers),
+            "cleanup": [(s.step, s.thread, round(s.at, 6), s.detail) for s in self.cleanup],
+            "stall_clock": self.stall_clock,
+        }
+
+
+@dataclass(kw_only=True, slots=True)
+class AttemptRecord:
+    number: int
+    """1-based across the whole run."""
+    route_index: int
+    api_mode: str
+    model: str
+    started_at: float
+    outcome: Outcome | None = None
+    reason: str | None = None
+    diagnostics: Diagnostics = field(default_factory=Diagnostics)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "attempt": self.number,
+            "route_index": self.route_index,
+            "api_mode": self.api_mode,
+            "model": self.model,
+            "outcome": self.outcome,
+            "reason": self.reason,
+            **self.diagnostics.as_dict(),
+        }
+
+
+def cause_chain(exc: BaseException, limit: int = 4) -> tuple[str, ...]:
+    """``Type: message`` for the exception and its causes, at most ``limit`` links, redacted."""
+    links: list[str] = []
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and len(links) < limit and id(current) not in seen:
+        seen.add(id(current))
+        message = str(current).splitlines()[0] if str(current) else ""
+        links.append(redact(f"{type(current).__name__}: {message[:200]}"))
+        current = current.__cause__ or current.__context__
+    return tuple(links)

@@ -1,0 +1,61 @@
+"""Decisions and wording shared by the sync and async drivers, so they cannot diverge."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TYPE_CHECKING
+
+from ._errors import Fault
+from ._run import HEADER_ALLOWLIST, redact
+
+if TYPE_CHECKING:
+    from ._machine import RunCore
+    from ._route import Route
+
+__all__ = ["client_build_fault", "failure_message", "header_subset", "truncated_fault"]
+
+
+def client_build_fault(route: Route, exc: BaseException) -> Fault:
+    """The factory could not build a client (a missing key, a wrong client type):
+    this route cannot serve the run, another one may."""
+    return Fault(
+        outcome="dropped",
+        retryable=False,
+        fallback_eligible=True,
+        reason=redact(f"client factory of {route.name} failed: {type(exc).__name__}: {exc}")[:300],
+        error_type=type(exc).__name__,
+        api_mode=route.api_mode,
+    )
+
+
+def truncated_fault(route: Route) -> Fault:
+    """The stream ended without the provider's stop: the answer may be cut off."""
+    return Fault(
+        outcome="dropped",
+        retryable=True,
+        fallback_eligible=True,
+        reason="stream ended without a stop reason (truncated)",
+        api_mode=route.api_mode,
+    )
+
+
+def header_subset(headers: Mapping[str, str]) -> dict[str, str]:
+    kept: dict[str, str] = {}
+    for name, value in headers.items():
+        lowered = name.lower()
+        if lowered in HEADER_ALLOWLIST:
+            kept[lowered] = redact(value)[:200]
+    return kept
+
+
+def failure_message(core: RunCore) -> str:
+    decision = core.decision
+    reason = decision.reason if decision is not None else "the run failed"
+    last = core.attempts[-1] if core.attempts else None
+    where = ""
+    if last is not None:
+        status = last.diagnostics.http_status
+        where = f"; last attempt #{last.number} on {last.api_mode}/{last.model}"
+        if status is not None:
+            where += f" (HTTP {status})"
+    return f"{reason} after {len(core.attempts)} attempt(s){where}"

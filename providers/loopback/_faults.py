@@ -1,0 +1,182 @@
+"""Fault scripts: what the loopback server does with one request.
+
+Each fault is a frozen, keyword-only dataclass so it is hashable, comparable and prints
+as the constructor call that rebuilds it; that matters because faults show up in
+property-test counterexamples and in the server's request log.
+
+Positions are counted in *meaningful* events (see ``_recordings``): ``n=1`` sends every
+block up to and including the first meaningful event, then the fault. ``n=0`` sends the
+preamble a real provider sends before any progress (``message_start``, pings, the role
+chunk). A count beyond the recording's meaningful events sends the whole recording
+before the fault, without ending the body.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TypeAlias
+
+__all__ = [
+    "DropAfterEvents",
+    "Fault",
+    "Healthy",
+    "HttpError",
+    "MalformedEvent",
+    "PingsOnly",
+    "StallAfterEvents",
+    "StallAfterHeaders",
+    "StallBeforeHeaders",
+]
+
+DEFAULT_RECORDING = "text_basic"
+
+
+def _check_count(name: str, value: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"{name} must be an int >= 0, got {value!r}")
+
+
+def _check_recording(value: str) -> None:
+    if not isinstance(value, str) or not value:
+        raise ValueError(f"recording must be a non-empty recording name, got {value!r}")
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Healthy:
+    """Replay the whole recording, ``drip`` seconds apart between SSE blocks.
+
+    A non-streaming request gets the assembled completion after ``drip`` times the
+    number of blocks, the time the stream would have taken.
+    """
+
+    recording: str = DEFAULT_RECORDING
+    drip: float = 0.0
+
+    def __post_init__(self) -> None:
+        _check_recording(self.recording)
+        if not self.drip >= 0.0:
+            raise ValueError(f"drip must be >= 0, got {self.drip!r}")
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class StallBeforeHeaders:
+    """Read the request and never answer; the connection stays open until the client leaves."""
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class StallAfterHeaders:
+    """Send the 200 status and headers, then nothing."""
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class StallAfterEvents:
+    """Send the stream up to the ``n``-th meaningful event, then nothing."""
+
+    n: int = 1
+    recording: str = DEFAULT_RECORDING
+
+    def __post_init__(self) -> None:
+        _check_count("n", self.n)
+        _check_recording(self.recording)
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class PingsOnly:
+    """After ``after_events`` meaningful events, send only keep-alives every ``interval`` s.
+
+    Anthropic gets ``event: ping`` blocks, OpenAI SSE comments: bytes keep arriving, so
+    a read timeout never fires, yet the answer makes no progress.
+    """
+
+    interval: float = 0.1
+    after_events: int = 0
+    recording: str = DEFAULT_RECORDING
+
+    def __post_init__(self) -> None:
+        if not self.interval > 0.0:
+            raise ValueError(f"interval must be > 0, got {self.interval!r}")
+        _check_count("after_events", self.after_events)
+        _check_recording(self.recording)
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class DropAfterEvents:
+    """Send up to the ``n``-th meaningful event, then reset the TCP connection.
+
+    The chunked body is left unterminated and the socket is closed with ``SO_LINGER`` 0,
+    so the client sees an RST mid-body, as when a proxy or the provider goes away.
+    """
+
+    n: int = 1
+    recording: str = DEFAULT_RECORDING
+
+    def __post_init__(self) -> None:
+        _check_count("n", self.n)
+        _check_recording(self.recording)
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class HttpError:
+    """Answer with ``status`` and a JSON error body.
+
+    ``body=None`` uses the provider's own error shape for the status (Anthropic
+    ``{"type": "error", "error": {...}}``, OpenAI ``{"error": {...}}``). ``headers`` are
+    added as given, e.g. ``(("retry-after", "1"),)``; a ``content-type`` among them
+    replaces ``application/json``.
+    """
+
+    status: int = 529
+    body: str | bytes | None = None
+    headers: tuple[tuple[str, str], ...] = ()
+
+    def __post_init__(self) -> None:
+        if isinstance(self.status, bool) or not isinstance(self.status, int):
+            raise ValueError(f"status must be an int, got {self.status!r}")
+        if not 200 <= self.status <= 599:
+            raise ValueError(f"status must be in 200..599, got {self.status}")
+        # Accept lists for convenience but store tuples so the fault stays hashable.
+        headers = tuple((str(name), str(value)) for name, value in self.headers)
+        for name, value in headers:
+            if not name or any(c in name for c in "\r\n:") or any(c in value for c in "\r\n"):
+                raise ValueError(f"invalid header {name!r}: {value!r}")
+        object.__setattr__(self, "headers", headers)
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class MalformedEvent:
+    """After ``after_events`` meaningful events, send one event whose data is not JSON.
+
+    The rest of the recording follows and the body ends properly, so the only fault a
+    client can see is the parse error.
+    """
+
+    after_events: int = 0
+    recording: str = DEFAULT_RECORDING
+
+    def __post_init__(self) -> None:
+        _check_count("after_events", self.after_events)
+        _check_recording(self.recording)
+
+
+Fault: TypeAlias = (
+    Healthy
+    | StallBeforeHeaders
+    | StallAfterHeaders
+    | StallAfterEvents
+    | PingsOnly
+    | DropAfterEvents
+    | HttpError
+    | MalformedEvent
+)
+"""Any fault script the server understands."""
+
+FAULT_TYPES: tuple[type, ...] = (
+    Healthy,
+    StallBeforeHeaders,
+    StallAfterHeaders,
+    StallAfterEvents,
+    PingsOnly,
+    DropAfterEvents,
+    HttpError,
+    MalformedEvent,
+)
