@@ -4,6 +4,7 @@ The public API is what ``__all__`` names; every other module is private. ``lifec
 is provider-neutral and never imports ``providers``: adapters implement ``Route``.
 """
 
+from ._abort import AttemptConnection, Shutdownable, active_connection
 from ._config import RetryPolicy, Timeouts
 from ._engine import StreamEngine
 from ._errors import Fault, Interrupted, LifecycleError, StreamFailed
@@ -18,6 +19,7 @@ __all__ = [
     "STATES",
     "TRANSITIONS",
     "AsyncAttemptStream",
+    "AttemptConnection",
     "AttemptRecord",
     "AttemptStream",
     "CleanupStep",
@@ -31,6 +33,7 @@ __all__ = [
     "RetryPolicy",
     "Route",
     "Run",
+    "Shutdownable",
     "StreamEngine",
     "StreamEvent",
     "StreamFailed",
@@ -39,4 +42,5 @@ __all__ = [
     "ToolCallDelta",
     "Transition",
     "Usage",
+    "active_connection",
 ]

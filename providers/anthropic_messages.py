@@ -1,0 +1,270 @@
+"""``AnthropicMessages``: the Anthropic Messages API, streamed through the ``anthropic`` SDK.
+
+Wire events and what they become (only meaningful events reach the engine):
+
+| SDK event                                   | neutral event                |
+| ------------------------------------------- | ---------------------------- |
+| content_block_delta / text_delta            | ``text``                     |
+| content_block_delta / thinking_delta        | ``thinking``                 |
+| content_block_start / tool_use              | ``tool_call`` (id, name)     |
+| content_block_delta / input_json_delta      | ``tool_call`` (arguments)    |
+| message_stop (stop_reason from message_delta)| ``stop``                    |
+| message_start, content_block_stop, ping,    | nothing: bytes, not progress |
+| signature_delta, message_delta              |                              |
+
+An ``event: error`` inside a 200 stream surfaces from the SDK as ``APIStatusError``
+carrying the error body; it is classified by its error type (``overloaded_error`` is a 529).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Iterator, Mapping
+from typing import Any, ClassVar
+
+import anthropic
+
+from lifecycle import (
+    AsyncAttemptStream,
+    AttemptStream,
+    Fault,
+    Request,
+    Route,
+    StreamEvent,
+    Timeouts,
+    ToolCallDelta,
+    Usage,
+)
+
+from ._classify import (
+    ERROR_TYPE_STATUS,
+    error_body_type,
+    malformed_fault,
+    status_fault,
+    transport_error_classes,
+    transport_fault,
+)
+from ._sockets import install_connection_tagging, socket_of_response
+
+__all__ = ["AnthropicMessages"]
+
+_TRANSPORT_ERRORS = transport_error_classes()
+
+
+class AnthropicMessages(Route):
+    """A route to the Anthropic Messages API: ``AnthropicMessages(factory, model=...)``.
+
+    ``factory`` builds an ``anthropic.Anthropic`` (for ``engine.stream``) or an
+    ``anthropic.AsyncAnthropic`` (for ``engine.astream``); it is called lazily, on the
+    run's own thread, only when this route is first needed and after each cleanup.
+    """
+
+    api_mode: ClassVar[str] = "anthropic_messages"
+    cleanup_description: ClassVar[tuple[str, ...]] = (
+        "shutdown(SHUT_RDWR) of the attempt's socket",
+        "close the anthropic.Anthropic client",
+        "rebuild anthropic.Anthropic from the factory",
+    )
+
+    def is_async_client(self, client: Any) -> bool:
+        return isinstance(client, anthropic.AsyncAnthropic)
+
+    def prepare_client(self, client: Any) -> Any:
+        if not isinstance(client, anthropic.Anthropic | anthropic.AsyncAnthropic):
+            raise TypeError(
+                f"route {self.name}: the factory must return anthropic.Anthropic or "
+                f"anthropic.AsyncAnthropic, got {type(client).__module__}.{type(client).__name__}"
+            )
+        # The engine is the only retry loop: an SDK retry would hide a stall behind its
+        # own backoff and re-send from a foreign code path.
+        prepared = client.with_options(max_retries=0)
+        install_connection_tagging(prepared)
+        return prepared
+
+    def request_kwargs(self, request: Request, timeouts: Timeouts) -> dict[str, Any]:
+        kwargs: dict[str, Any] = {
+            "model": self.model,
+            "messages": list(request.messages),
+            "max_tokens": request.max_tokens,
+            "stream": True,
+            # The watchdog enforces first_token/stale; the SDK's read timeout is only a
+            # backstop for a watchdog that could not reach the socket.
+            "timeout": anthropic.Timeout(
+                connect=timeouts.connect,
+                read=timeouts.total,
+                write=timeouts.connect,
+                pool=timeouts.connect,
+            ),
+        }
+        if request.system is not None:
+            kwargs["system"] = request.system
+        if request.tools:
+            kwargs["tools"] = [
+                {
+                    "name": tool["name"],
+                    "description": tool.get("description", ""),
+                    "input_schema": tool.get("input_schema")
+                    or tool.get("parameters")
+                    or {"type": "object"},
+                }
+                for tool in request.tools
+            ]
+        kwargs.update(self.options)
+        kwargs.update(request.options)
+        return kwargs
+
+    def open(self, client: Any, request: Request, timeouts: Timeouts) -> AttemptStream:
+        stream = client.messages.create(**self.request_kwargs(request, timeouts))
+        return _AnthropicStream(stream)
+
+    async def aopen(self, client: Any, request: Request, timeouts: Timeouts) -> AsyncAttemptStream:
+        stream = await client.messages.create(**self.request_kwargs(request, timeouts))
+        return _AsyncAnthropicStream(stream)
+
+    def close_client(self, client: Any) -> None:
+        client.close()
+
+    async def aclose_client(self, client: Any) -> None:
+        await client.close()
+
+    def classify(self, exc: BaseException) -> Fault:
+        return classify(exc)
+
+
+def classify(exc: BaseException) -> Fault:
+    """Every exception the anthropic SDK (or its transport) can raise, mapped on purpose."""
+    mode = AnthropicMessages.api_mode
+    if isinstance(exc, anthropic.APIStatusError):
+        kind, message = error_body_type(getattr(exc, "body", None))
+        status = exc.status_code
+        if status < 400 and kind is not None:
+            # An error event inside a 200 stream stands for the status of its type.
+            status = ERROR_TYPE_STATUS.get(kind, 500)
+        headers = exc.response.headers if exc.response is not None else None
+        return status_fault(
+            status,
+            api_mode=mode,
+            message=message or str(exc)[:200],
+            headers=headers,
+            request_id=getattr(exc, "request_id", None)
+            or (headers.get("request-id") if headers else None),
+            error_type=kind or type(exc).__name__,
+        )
+    if isinstance(exc, anthropic.APIResponseValidationError | json.JSONDecodeError):
+        return malformed_fault(exc, api_mode=mode)
+    if isinstance(exc, anthropic.APIConnectionError):  # includes APITimeoutError
+        return transport_fault(exc, api_mode=mode)
+    if isinstance(exc, _TRANSPORT_ERRORS):
+        return transport_fault(exc, api_mode=mode)
+    if isinstance(exc, ValueError) and "pydantic" in type(exc).__module__:
+        return malformed_fault(exc, api_mode=mode)
+    if isinstance(exc, RuntimeError) and "client has been closed" in str(exc):
+        return transport_fault(exc, api_mode=mode)
+    if isinstance(exc, anthropic.AnthropicError):
+        return Fault(
+            outcome="error",
+            retryable=False,
+            fallback_eligible=True,
+            reason=f"{type(exc).__name__}: {str(exc)[:200]}",
+            error_type=type(exc).__name__,
+            api_mode=mode,
+        )
+    return Fault(
+        outcome="error",
+        retryable=False,
+        fallback_eligible=False,
+        reason=f"unexpected {type(exc).__name__}: {str(exc)[:200]}",
+        error_type=type(exc).__name__,
+        api_mode=mode,
+    )
+
+
+class _Translator:
+    """Folds Anthropic's raw events into neutral ones; state is the stop reason and usage."""
+
+    __slots__ = ("stop_reason", "input_tokens", "output_tokens")
+
+    def __init__(self) -> None:
+        self.stop_reason: str | None = None
+        self.input_tokens: int | None = None
+        self.output_tokens: int | None = None
+
+    def translate(self, event: Any) -> StreamEvent | None:
+        kind = event.type
+        if kind == "content_block_delta":
+            delta = event.delta
+            delta_kind = delta.type
+            if delta_kind == "text_delta":
+                return StreamEvent(type="text", text=delta.text)
+            if delta_kind == "input_json_delta":
+                return StreamEvent(
+                    type="tool_call",
+                    tool_call=ToolCallDelta(index=event.index, arguments_delta=delta.partial_json),
+                )
+            if delta_kind == "thinking_delta":
+                return StreamEvent(type="thinking", text=delta.thinking)
+            return None
+        if kind == "content_block_start":
+            block = event.content_block
+            if block.type == "tool_use":
+                return StreamEvent(
+                    type="tool_call",
+                    tool_call=ToolCallDelta(index=event.index, id=block.id, name=block.name),
+                )
+            return None
+        if kind == "message_delta":
+            self.stop_reason = event.delta.stop_reason or self.stop_reason
+            usage = getattr(event, "usage", None)
+            if usage is not None:
+                self.output_tokens = getattr(usage, "output_tokens", None)
+            return None
+        if kind == "message_start":
+            usage = getattr(event.message, "usage", None)
+            if usage is not None:
+                self.input_tokens = getattr(usage, "input_tokens", None)
+            return None
+        if kind == "message_stop":
+            return StreamEvent(
+                type="stop",
+                stop_reason=self.stop_reason or "end_turn",
+                usage=Usage(input_tokens=self.input_tokens, output_tokens=self.output_tokens),
+            )
+        return None
+
+
+class _AnthropicStream(AttemptStream):
+    def __init__(self, stream: Any) -> None:
+        self._stream = stream
+        response = stream.response
+        self.http_status = response.status_code
+        self.headers: Mapping[str, str] = response.headers
+        self.socket = socket_of_response(response)
+
+    def events(self) -> Iterator[StreamEvent]:
+        translate = _Translator().translate
+        for event in self._stream:
+            neutral = translate(event)
+            if neutral is not None:
+                yield neutral
+
+    def close(self) -> None:
+        self._stream.close()
+
+
+class _AsyncAnthropicStream(AsyncAttemptStream):
+    def __init__(self, stream: Any) -> None:
+        self._stream = stream
+        response = stream.response
+        self.http_status = response.status_code
+        self.headers: Mapping[str, str] = response.headers
+        self.socket = socket_of_response(response)
+
+    async def events(self) -> AsyncIterator[StreamEvent]:
+        translate = _Translator().translate
+        async for event in self._stream:
+            neutral = translate(event)
+            if neutral is not None:
+                yield neutral
+
+    async def aclose(self) -> None:
+        await self._stream.close()

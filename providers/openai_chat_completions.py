@@ -1,0 +1,284 @@
+"""``OpenAIChatCompletions``: ``chat.completions.create(stream=True)`` through the ``openai``
+SDK, for OpenAI and OpenAI-compatible servers (``base_url`` in the client factory).
+
+Chunks and what they become (only meaningful events reach the engine):
+
+| chunk content                                  | neutral event               |
+| ---------------------------------------------- | --------------------------- |
+| choices[0].delta.content / .refusal             | ``text``                    |
+| choices[0].delta.reasoning_content (compatible) | ``thinking``                |
+| choices[0].delta.tool_calls[i]                  | ``tool_call``               |
+| choices[0].finish_reason, then end of stream    | ``stop`` (with usage)       |
+| role-only delta, usage-only chunk, SSE comments | nothing: bytes, not progress|
+
+Only choice 0 is followed (``n > 1`` is not a streaming use the engine serves). An
+error object inside a 200 stream surfaces from the SDK as ``APIError`` with a body and
+is classified by its type/code like the HTTP status it stands for.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Iterator, Mapping
+from typing import Any, ClassVar
+
+import openai
+
+from lifecycle import (
+    AsyncAttemptStream,
+    AttemptStream,
+    Fault,
+    Request,
+    Route,
+    StreamEvent,
+    Timeouts,
+    ToolCallDelta,
+    Usage,
+)
+
+from ._classify import (
+    ERROR_TYPE_STATUS,
+    error_body_type,
+    malformed_fault,
+    status_fault,
+    transport_error_classes,
+    transport_fault,
+)
+from ._sockets import install_connection_tagging, socket_of_response
+
+__all__ = ["OpenAIChatCompletions"]
+
+_TRANSPORT_ERRORS = transport_error_classes()
+
+
+class OpenAIChatCompletions(Route):
+    """A route to a Chat Completions endpoint: ``OpenAIChatCompletions(factory, model=...)``.
+
+    ``factory`` builds an ``openai.OpenAI`` (for ``engine.stream``) or an
+    ``openai.AsyncOpenAI`` (for ``engine.astream``), lazily, on the run's own thread.
+    """
+
+    api_mode: ClassVar[str] = "chat_completions"
+    cleanup_description: ClassVar[tuple[str, ...]] = (
+        "shutdown(SHUT_RDWR) of the attempt's socket",
+        "close the openai.OpenAI client",
+        "rebuild openai.OpenAI from the factory",
+    )
+
+    def is_async_client(self, client: Any) -> bool:
+        return isinstance(client, openai.AsyncOpenAI)
+
+    def prepare_client(self, client: Any) -> Any:
+        if not isinstance(client, openai.OpenAI | openai.AsyncOpenAI):
+            raise TypeError(
+                f"route {self.name}: the factory must return openai.OpenAI or "
+                f"openai.AsyncOpenAI, got {type(client).__module__}.{type(client).__name__}"
+            )
+        prepared = client.with_options(max_retries=0)
+        install_connection_tagging(prepared)
+        return prepared
+
+    def request_kwargs(self, request: Request, timeouts: Timeouts) -> dict[str, Any]:
+        messages: list[Any] = []
+        if request.system is not None:
+            messages.append({"role": "system", "content": request.system})
+        messages.extend(request.messages)
+        kwargs: dict[str, Any] = {
+            "model": self.model,
+            "messages": messages,
+            "max_tokens": request.max_tokens,
+            "stream": True,
+            "stream_options": {"include_usage": True},
+            "timeout": openai.Timeout(
+                connect=timeouts.connect,
+                read=timeouts.total,
+                write=timeouts.connect,
+                pool=timeouts.connect,
+            ),
+        }
+        if request.tools:
+            kwargs["tools"] = [
+                {
+                    "type": "function",
+                    "function": {
+                        "name": tool["name"],
+                        "description": tool.get("description", ""),
+                        "parameters": tool.get("input_schema")
+                        or tool.get("parameters")
+                        or {"type": "object"},
+                    },
+                }
+                for tool in request.tools
+            ]
+        kwargs.update(self.options)
+        kwargs.update(request.options)
+        return kwargs
+
+    def open(self, client: Any, request: Request, timeouts: Timeouts) -> AttemptStream:
+        stream = client.chat.completions.create(**self.request_kwargs(request, timeouts))
+        return _ChatStream(stream)
+
+    async def aopen(self, client: Any, request: Request, timeouts: Timeouts) -> AsyncAttemptStream:
+        stream = await client.chat.completions.create(**self.request_kwargs(request, timeouts))
+        return _AsyncChatStream(stream)
+
+    def close_client(self, client: Any) -> None:
+        client.close()
+
+    async def aclose_client(self, client: Any) -> None:
+        await client.close()
+
+    def classify(self, exc: BaseException) -> Fault:
+        return classify(exc)
+
+
+def classify(exc: BaseException) -> Fault:
+    """Every exception the openai SDK (or its transport) can raise, mapped on purpose."""
+    mode = OpenAIChatCompletions.api_mode
+    if isinstance(exc, openai.APIStatusError):
+        kind, message = error_body_type(getattr(exc, "body", None))
+        headers = exc.response.headers if exc.response is not None else None
+        return status_fault(
+            exc.status_code,
+            api_mode=mode,
+            message=message or str(exc)[:200],
+            headers=headers,
+            request_id=getattr(exc, "request_id", None)
+            or (headers.get("x-request-id") if headers else None),
+            error_type=kind or type(exc).__name__,
+        )
+    if isinstance(exc, openai.APIResponseValidationError | json.JSONDecodeError):
+        return malformed_fault(exc, api_mode=mode)
+    if isinstance(exc, openai.APIConnectionError):  # includes APITimeoutError
+        return transport_fault(exc, api_mode=mode)
+    if isinstance(exc, openai.APIError):
+        # An error object inside a 200 stream (no status of its own).
+        kind, message = error_body_type(getattr(exc, "body", None))
+        code = getattr(exc, "code", None) or kind
+        status = ERROR_TYPE_STATUS.get(str(code), 500) if code is not None else 500
+        if isinstance(code, int) or (isinstance(code, str) and code.isdigit()):
+            status = int(code)
+        return status_fault(
+            status,
+            api_mode=mode,
+            message=message or str(exc)[:200],
+            error_type=str(code) if code is not None else type(exc).__name__,
+        )
+    if isinstance(exc, _TRANSPORT_ERRORS):
+        return transport_fault(exc, api_mode=mode)
+    if isinstance(exc, ValueError) and "pydantic" in type(exc).__module__:
+        return malformed_fault(exc, api_mode=mode)
+    if isinstance(exc, RuntimeError) and "client has been closed" in str(exc):
+        return transport_fault(exc, api_mode=mode)
+    if isinstance(exc, openai.OpenAIError):
+        return Fault(
+            outcome="error",
+            retryable=False,
+            fallback_eligible=True,
+            reason=f"{type(exc).__name__}: {str(exc)[:200]}",
+            error_type=type(exc).__name__,
+            api_mode=mode,
+        )
+    return Fault(
+        outcome="error",
+        retryable=False,
+        fallback_eligible=False,
+        reason=f"unexpected {type(exc).__name__}: {str(exc)[:200]}",
+        error_type=type(exc).__name__,
+        api_mode=mode,
+    )
+
+
+class _Translator:
+    __slots__ = ("finish_reason", "usage")
+
+    def __init__(self) -> None:
+        self.finish_reason: str | None = None
+        self.usage: Usage | None = None
+
+    def translate(self, chunk: Any) -> Iterator[StreamEvent]:
+        usage = chunk.usage
+        if usage is not None:
+            self.usage = Usage(
+                input_tokens=getattr(usage, "prompt_tokens", None),
+                output_tokens=getattr(usage, "completion_tokens", None),
+            )
+        for choice in chunk.choices:
+            if choice.index != 0:
+                continue
+            delta = choice.delta
+            if delta is not None:
+                if delta.content:
+                    yield StreamEvent(type="text", text=delta.content)
+                refusal = getattr(delta, "refusal", None)
+                if refusal:
+                    yield StreamEvent(type="text", text=refusal)
+                extra = delta.model_extra
+                if extra:
+                    reasoning = extra.get("reasoning_content") or extra.get("reasoning")
+                    if isinstance(reasoning, str) and reasoning:
+                        yield StreamEvent(type="thinking", text=reasoning)
+                if delta.tool_calls:
+                    for call in delta.tool_calls:
+                        function = call.function
+                        yield StreamEvent(
+                            type="tool_call",
+                            tool_call=ToolCallDelta(
+                                index=call.index,
+                                id=call.id,
+                                name=function.name if function is not None else None,
+                                arguments_delta=(function.arguments or "")
+                                if function is not None
+                                else "",
+                            ),
+                        )
+            if choice.finish_reason:
+                self.finish_reason = choice.finish_reason
+
+    def stop(self) -> StreamEvent | None:
+        if self.finish_reason is None:
+            return None
+        return StreamEvent(type="stop", stop_reason=self.finish_reason, usage=self.usage)
+
+
+class _ChatStream(AttemptStream):
+    def __init__(self, stream: Any) -> None:
+        self._stream = stream
+        response = stream.response
+        self.http_status = response.status_code
+        self.headers: Mapping[str, str] = response.headers
+        self.socket = socket_of_response(response)
+
+    def events(self) -> Iterator[StreamEvent]:
+        translator = _Translator()
+        translate = translator.translate
+        for chunk in self._stream:
+            yield from translate(chunk)
+        stop = translator.stop()
+        if stop is not None:
+            yield stop
+
+    def close(self) -> None:
+        self._stream.close()
+
+
+class _AsyncChatStream(AsyncAttemptStream):
+    def __init__(self, stream: Any) -> None:
+        self._stream = stream
+        response = stream.response
+        self.http_status = response.status_code
+        self.headers: Mapping[str, str] = response.headers
+        self.socket = socket_of_response(response)
+
+    async def events(self) -> AsyncIterator[StreamEvent]:
+        translator = _Translator()
+        translate = translator.translate
+        async for chunk in self._stream:
+            for event in translate(chunk):
+                yield event
+        stop = translator.stop()
+        if stop is not None:
+            yield stop
+
+    async def aclose(self) -> None:
+        await self._stream.close()
