@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from types import TracebackType
 from typing import Any
 
 from ._config import RetryPolicy, Timeouts
 from ._machine import RouteInfo, RunCore
 from ._route import Request, Route
+from ._run import Transition
 from ._sync_driver import Run
 
 __all__ = ["StreamEngine"]
@@ -21,6 +22,8 @@ class StreamEngine:
 
     ``routes`` is the fallback chain, in order. Clients are built lazily, one per route
     and flavour, shared by concurrent runs, and closed by ``close()``.
+    ``on_transition`` is called with each ``Transition`` a run takes, on the thread or
+    task that owns the run (keep it fast; it runs inside the lifecycle).
     """
 
     def __init__(
@@ -30,6 +33,7 @@ class StreamEngine:
         timeouts: Timeouts | None = None,
         retry: RetryPolicy | None = None,
         rng: random.Random | None = None,
+        on_transition: Callable[[Transition], None] | None = None,
     ) -> None:
         if isinstance(routes, Route) or not isinstance(routes, Iterable):
             raise TypeError("StreamEngine(routes=...) must be a list of routes")
@@ -54,6 +58,7 @@ class StreamEngine:
             RouteInfo(api_mode=r.api_mode, model=r.model, target=r) for r in routes
         )
         self._closed = False
+        self._listeners = (on_transition,) if on_transition is not None else ()
 
     def _request(
         self,
@@ -84,6 +89,7 @@ class StreamEngine:
             retry=self.retry,
             started_at=time.monotonic(),
             rng=self._rng,
+            listeners=self._listeners,
         )
 
     def stream(

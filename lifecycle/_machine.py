@@ -201,14 +201,15 @@ def build_machine(model: object) -> Machine:
 def _record_transition(ev: EventData) -> None:
     core: RunCore = ev.model
     event: LifecycleEvent = ev.kwargs["event"]
-    core.history.append(
-        Transition(
-            source=ev.transition.source,
-            trigger=ev.event.name,
-            dest=ev.transition.dest,
-            at=event.at - core.started_at,
-        )
+    record = Transition(
+        source=ev.transition.source,
+        trigger=ev.event.name,
+        dest=ev.transition.dest,
+        at=event.at - core.started_at,
     )
+    core.history.append(record)
+    for listener in core.listeners:
+        listener(record)
 
 
 class RunCore:
@@ -224,8 +225,10 @@ class RunCore:
         retry: RetryPolicy,
         started_at: float,
         rng: random.Random,
+        listeners: Sequence[Callable[[Transition], None]] = (),
     ) -> None:
         self.routes = tuple(routes)
+        self.listeners = tuple(listeners)
         self.timeouts = timeouts
         self.retry = retry
         self.started_at = started_at

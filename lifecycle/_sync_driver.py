@@ -42,6 +42,8 @@ if TYPE_CHECKING:
 __all__ = ["Run"]
 
 logger = logging.getLogger("lifecycle")
+# A library logs, the application decides where to: no output unless it configures logging.
+logger.addHandler(logging.NullHandler())
 _now = time.monotonic
 
 
