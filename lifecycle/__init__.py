@@ -5,6 +5,7 @@ is provider-neutral and never imports ``providers``: adapters implement ``Route`
 """
 
 from ._abort import AttemptConnection, Shutdownable, active_connection
+from ._async_driver import AsyncRun
 from ._config import RetryPolicy, Timeouts
 from ._engine import StreamEngine
 from ._errors import Fault, Interrupted, LifecycleError, StreamFailed
@@ -19,6 +20,7 @@ __all__ = [
     "STATES",
     "TRANSITIONS",
     "AsyncAttemptStream",
+    "AsyncRun",
     "AttemptConnection",
     "AttemptRecord",
     "AttemptStream",

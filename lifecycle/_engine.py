@@ -12,6 +12,7 @@ from ._config import RetryPolicy, Timeouts
 from ._machine import RouteInfo, RunCore
 from ._route import Request, Route
 from ._run import Transition
+from ._async_driver import AsyncRun
 from ._sync_driver import Run
 
 __all__ = ["StreamEngine"]
@@ -107,6 +108,42 @@ class StreamEngine:
         """
         request = self._request(messages, max_tokens, system, tools, options)
         return Run(core=self._core(), routes=self.routes, request=request)
+
+    def astream(
+        self,
+        *,
+        messages: Sequence[Mapping[str, Any]],
+        max_tokens: int,
+        system: str | None = None,
+        tools: Sequence[Mapping[str, Any]] | None = None,
+        **options: Any,
+    ) -> AsyncRun:
+        """Start an async run; ``async for event in run`` inside one task.
+
+        Routes must have async client factories (``anthropic.AsyncAnthropic``,
+        ``openai.AsyncOpenAI``); a sync factory fails the attempt with a ``TypeError``
+        naming the route.
+        """
+        request = self._request(messages, max_tokens, system, tools, options)
+        return AsyncRun(core=self._core(), routes=self.routes, request=request)
+
+    async def aclose(self) -> None:
+        """Close every client this engine's routes built, async ones included."""
+        for route in self.routes:
+            for client in route.async_clients.take_all():
+                await route.aclose_client(client)
+        self.close()
+
+    async def __aenter__(self) -> StreamEngine:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
 
     def close(self) -> None:
         """Close every sync client this engine's routes built."""

@@ -14,6 +14,7 @@ shutdown). The run's own thread, woken by the shutdown, reads the note and repor
 
 from __future__ import annotations
 
+import asyncio
 import heapq
 import itertools
 import threading
@@ -22,7 +23,7 @@ from typing import Final
 
 from ._abort import AttemptConnection
 
-__all__ = ["Watch", "Watchdog", "watchdog"]
+__all__ = ["Watch", "Watchdog", "arm_on_loop", "disarm_on_loop", "watchdog"]
 
 _NEVER: Final = float("inf")
 
@@ -42,6 +43,7 @@ class Watch:
         "fired_at",
         "fired_deadline",
         "generation",
+        "timer",
     )
 
     def __init__(self) -> None:
@@ -58,6 +60,39 @@ class Watch:
         self.fired_at: float | None = None
         self.fired_deadline: float | None = None
         self.generation = 0
+        self.timer: asyncio.TimerHandle | None = None
+        """The async driver's pending loop timer for this watch, if any."""
+
+    def reset(
+        self,
+        connection: AttemptConnection,
+        *,
+        sent_at: float,
+        first_token: float,
+        stale: float,
+        total_due: float,
+    ) -> None:
+        self.generation += 1
+        self.connection = connection
+        self.first_token_due = sent_at + first_token
+        self.stale = stale
+        self.total_due = total_due
+        self.progress_at = None
+        self.holding = False
+        self.fired = None
+        self.fired_at = None
+        self.fired_deadline = None
+        self.armed = True
+
+    def fire(self, clock: str, deadline: float, at: float) -> None:
+        """Note which clock ran out, then abort (socket shutdown) the attempt's connection."""
+        self.fired = clock
+        self.fired_at = at
+        self.fired_deadline = deadline
+        self.armed = False
+        connection = self.connection
+        if connection is not None:
+            connection.abort(reason=clock)
 
     def due(self) -> tuple[float, str]:
         """The earliest deadline now in force, and the clock it belongs to."""
@@ -93,17 +128,8 @@ class Watchdog:
         stale: float,
         total_due: float,
     ) -> None:
-        watch.generation += 1
-        watch.connection = connection
-        watch.first_token_due = sent_at + first_token
-        watch.stale = stale
-        watch.total_due = total_due
-        watch.progress_at = None
-        watch.holding = False
-        watch.fired = None
-        watch.fired_at = None
-        watch.fired_deadline = None
-        watch.armed = True
+        watch.reset(connection, sent_at=sent_at, first_token=first_token, stale=stale,
+                    total_due=total_due)
         due, _ = watch.due()
         self._push(due, watch)
 
@@ -156,14 +182,8 @@ class Watchdog:
         if deadline > now:
             self._requeue(deadline, watch, generation)
             return
-        watch.fired = clock
-        watch.fired_at = now
-        watch.fired_deadline = deadline
-        watch.armed = False
         self.fired_count += 1
-        connection = watch.connection
-        if connection is not None:
-            connection.abort(reason=clock)
+        watch.fire(clock, deadline, now)
 
     def _requeue(self, due: float, watch: Watch, generation: int) -> None:
         with self._cond:
@@ -174,3 +194,51 @@ class Watchdog:
 
 watchdog = Watchdog()
 """The process-wide watchdog (its thread starts with the first armed watch)."""
+
+
+# -- asyncio: one timer per run on the loop's own heap ------------------------------------
+# Runs on an event loop are watched by the loop itself: ``loop.call_at`` puts one timer
+# per in-flight attempt on the loop's heap. Like the thread watchdog, the timer is lazy:
+# per event the driver only writes ``progress_at``; when the timer fires it recomputes
+# the deadline and either aborts or re-arms itself once.
+
+
+def arm_on_loop(
+    loop: asyncio.AbstractEventLoop,
+    watch: Watch,
+    connection: AttemptConnection,
+    *,
+    sent_at: float,
+    first_token: float,
+    stale: float,
+    total_due: float,
+) -> None:
+    watch.reset(connection, sent_at=sent_at, first_token=first_token, stale=stale,
+                total_due=total_due)
+    due, _ = watch.due()
+    watch.timer = loop.call_at(due, _check_on_loop, loop, watch, watch.generation)
+
+
+def disarm_on_loop(watch: Watch) -> None:
+    watch.armed = False
+    watch.generation += 1
+    timer = watch.timer
+    if timer is not None:
+        timer.cancel()
+        watch.timer = None
+
+
+def _check_on_loop(loop: asyncio.AbstractEventLoop, watch: Watch, generation: int) -> None:
+    if generation != watch.generation or not watch.armed:
+        return
+    current = loop.time()
+    deadline, clock = watch.due()
+    if watch.holding and clock != "total":
+        due = min(current + watch.stale, watch.total_due)
+    elif deadline > current:
+        due = deadline
+    else:
+        watch.timer = None
+        watch.fire(clock, deadline, current)
+        return
+    watch.timer = loop.call_at(due, _check_on_loop, loop, watch, generation)

@@ -1,0 +1,236 @@
+"""What the sync and async drivers share: the run's public surface and every decision.
+
+The drivers differ only in how they wait (a blocking read or an ``await``) and how
+they close (``close()`` or ``await aclose()``). Fault classification, the cleanup
+steps and their records, the restart event, the failure message and the log line are
+all here, so the two cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from typing import TYPE_CHECKING, Any
+
+from ._abort import AttemptConnection
+from ._clients import ClientLease, ClientSlot
+from ._errors import Fault, Interrupted, StreamFailed
+from ._events import AttemptFailed, InterruptRequested, StallDetected
+from ._message import Message, Restart, StreamEvent
+from ._route import Request, Route
+from ._run import AttemptRecord, CleanupStep, Transition, cause_chain, redact
+from ._shared import failure_message, truncated_fault
+from ._watchdog import Watch
+
+if TYPE_CHECKING:
+    from ._machine import CleanupPlan, RunCore
+
+__all__ = ["RunBase"]
+
+logger = logging.getLogger("lifecycle")
+# A library logs, the application decides where to: no output unless it configures logging.
+logger.addHandler(logging.NullHandler())
+now = time.monotonic
+
+
+class InterruptedHere(Exception):
+    """Internal: interrupt() was seen between two events on the owning thread or task."""
+
+
+class Truncated(Exception):
+    """Internal: the stream ended without the provider's stop."""
+
+
+class RunBase:
+    """State and records of one run; the drivers add iteration."""
+
+    def __init__(self, *, core: RunCore, routes: tuple[Route, ...], request: Request) -> None:
+        self._core = core
+        self._routes = routes
+        self._request = request
+        self._interrupted = False
+        self._connection: AttemptConnection | None = None
+        self._watch = Watch()
+        self._message: Message | None = None
+        self.owner: str | None = None
+        """Name of the thread (sync) or task (async) that owns the run."""
+
+    # -- public surface -----------------------------------------------------------------
+    @property
+    def state(self) -> str:
+        return self._core.state
+
+    @property
+    def message(self) -> Message | None:
+        """The final attempt's output (a partial one if the run did not complete)."""
+        return self._message
+
+    @property
+    def attempts(self) -> tuple[AttemptRecord, ...]:
+        return tuple(self._core.attempts)
+
+    @property
+    def history(self) -> tuple[Transition, ...]:
+        return tuple(self._core.history)
+
+    def diagram(self) -> str:
+        """Mermaid text of the lifecycle with this run's path highlighted."""
+        from ._diagram import run_diagram
+
+        return run_diagram(self._core.history, self._core.attempts)
+
+    def _abort_active(self) -> None:
+        connection = self._connection
+        if connection is not None:
+            connection.abort(reason="interrupt")
+
+    # -- shared decisions -----------------------------------------------------------------
+    def _restart_event(self, attempt: AttemptRecord) -> StreamEvent | None:
+        core = self._core
+        if not core.restart_pending:
+            return None
+        core.restart_pending = False
+        return StreamEvent(
+            type="restart",
+            restart=Restart(
+                reason=core.attempts[-2].reason or "restart",
+                attempt=attempt.number,
+                route_index=attempt.route_index,
+                api_mode=attempt.api_mode,
+            ),
+        )
+
+    def _fault_event(
+        self, route: Route, exc: BaseException, watch: Watch
+    ) -> StallDetected | AttemptFailed | InterruptRequested:
+        at = now()
+        diag = self._core.active_attempt.diagnostics
+        if watch.fired is not None and watch.fired_deadline is not None:
+            if watch.fired_at is not None:
+                diag.detection_lateness = watch.fired_at - watch.fired_deadline
+            clock = watch.fired
+            assert clock in ("first_token", "stale", "total")
+            return StallDetected(at=at, clock=clock, deadline=watch.fired_deadline)  # type: ignore[arg-type]
+        if self._interrupted or isinstance(exc, InterruptedHere) or not isinstance(exc, Exception):
+            return InterruptRequested(at=at)
+        if isinstance(exc, Truncated):
+            return AttemptFailed(at=at, fault=truncated_fault(route))
+        fault: Fault = route.classify(exc)
+        diag.error_type = type(exc).__name__
+        diag.cause_chain = cause_chain(exc)
+        return AttemptFailed(at=at, fault=fault)
+
+    def _record_wire(self, attempt: AttemptRecord, connection: AttemptConnection) -> None:
+        diag = attempt.diagnostics
+        diag.bytes = connection.bytes_read
+        if connection.first_byte_at is not None and connection.sent_at is not None:
+            diag.ttfb = connection.first_byte_at - connection.sent_at
+
+    def _failure(self) -> StreamFailed:
+        core = self._core
+        return StreamFailed(
+            failure_message(core),
+            attempts=core.attempts,
+            fault=core.last_fault,
+            partial_message=self._message if core.committed else None,
+        )
+
+    def _interrupted_error(self) -> Interrupted:
+        return Interrupted(attempts=self._core.attempts)
+
+    def _log_failed_attempt(self, attempt: AttemptRecord) -> None:
+        if logger.isEnabledFor(logging.WARNING):
+            logger.warning(
+                "lifecycle attempt failed %s", json.dumps(attempt.as_dict(), default=str)
+            )
+
+    # -- cleanup, split around the two places where a driver must wait --------------------
+    def _cleanup_abort(self, plan: CleanupPlan, connection: AttemptConnection) -> None:
+        steps = plan.attempt.diagnostics.cleanup
+        here = _here()
+        base = plan.attempt.started_at
+        if connection.aborted and connection.aborted_by != here:
+            steps.append(
+                CleanupStep(
+                    step="abort",
+                    thread=connection.aborted_by or "?",
+                    at=(connection.aborted_at or base) - base,
+                    detail=f"socket shutdown ({connection.abort_reason})",
+                )
+            )
+        shut = connection.abort(reason="cleanup")
+        steps.append(
+            CleanupStep(
+                step="abort",
+                thread=here,
+                at=now() - base,
+                detail="socket shutdown" if shut else "no live socket",
+            )
+        )
+        connection.release()
+
+    def _cleanup_stream_closed(self, plan: CleanupPlan, error: BaseException | None) -> None:
+        detail = "" if error is None else redact(repr(error))[:200]
+        plan.attempt.diagnostics.cleanup.append(
+            CleanupStep(step="close_stream", thread=_here(), at=now() - plan.attempt.started_at,
+                        detail=detail)
+        )
+
+    def _cleanup_retire(
+        self, plan: CleanupPlan, lease: ClientLease | None, slot: ClientSlot
+    ) -> Any | None:
+        """Retire the attempt's client in the plan's route; returns a client to close now."""
+        if lease is None:
+            return None
+        slot.retire(lease)
+        to_close, others = lease.slot.release(lease)
+        if to_close is None:
+            plan.attempt.diagnostics.cleanup.append(
+                CleanupStep(
+                    step="close",
+                    thread=_here(),
+                    at=now() - plan.attempt.started_at,
+                    detail=f"{plan.api_mode} client retired; closed by the last of {others} "
+                    "other run(s) still using it",
+                )
+            )
+        return to_close
+
+    def _cleanup_closed(
+        self, plan: CleanupPlan, lease: ClientLease | None, error: BaseException | None
+    ) -> None:
+        number = lease.number if lease is not None else "?"
+        detail = f"{plan.api_mode} client generation {number}"
+        if error is not None:
+            detail += f": {redact(repr(error))[:200]}"
+        plan.attempt.diagnostics.cleanup.append(
+            CleanupStep(step="close", thread=_here(), at=now() - plan.attempt.started_at,
+                        detail=detail)
+        )
+
+    def _cleanup_rebuild(self, plan: CleanupPlan, slot: ClientSlot) -> None:
+        try:
+            slot.rebuild()
+            detail = f"{plan.api_mode} client generation {slot.built_count}"
+        except Exception as exc:
+            detail = f"{plan.api_mode}: rebuild failed: {redact(repr(exc))[:200]}"
+        plan.attempt.diagnostics.cleanup.append(
+            CleanupStep(step="rebuild", thread=_here(), at=now() - plan.attempt.started_at,
+                        detail=detail)
+        )
+
+
+def _here() -> str:
+    """The owner's name as cleanup records it: the thread, and the task if there is one."""
+    name = threading.current_thread().name
+    try:
+        import asyncio
+
+        task = asyncio.current_task()
+    except RuntimeError:
+        task = None
+    if task is not None:
+        return f"{name}/{task.get_name()}"
+    return name
