@@ -1,0 +1,54 @@
+"""A loopback LLM provider for testing streaming clients against real faults.
+
+``LoopbackServer`` is a real HTTP/1.1 server on 127.0.0.1 speaking the Anthropic
+Messages and OpenAI Chat Completions streaming formats. It replays recorded provider
+SSE bodies (``recordings``) and applies one fault script per request: stalls before or
+after the headers or after N meaningful events, keep-alive-only streams, mid-body TCP
+resets, HTTP errors in the provider's own shape, malformed events. Point the real SDKs
+at it::
+
+    with LoopbackServer() as server:
+        server.script("k1", [StallAfterEvents(n=1), Healthy()])
+        client = anthropic.Anthropic(base_url=server.anthropic_base_url, api_key="test")
+        client.messages.create(..., stream=True, extra_headers={"x-loopback-key": "k1"})
+"""
+
+from . import _recordings as recordings
+from ._faults import (
+    DropAfterEvents,
+    Fault,
+    Healthy,
+    HttpError,
+    MalformedEvent,
+    PingsOnly,
+    StallAfterEvents,
+    StallAfterHeaders,
+    StallBeforeHeaders,
+)
+from ._server import (
+    KEY_HEADER,
+    ClosedBy,
+    ConnectionRecord,
+    LoopbackServer,
+    RequestRecord,
+    error_body,
+)
+
+__all__ = [
+    "KEY_HEADER",
+    "ClosedBy",
+    "ConnectionRecord",
+    "DropAfterEvents",
+    "Fault",
+    "Healthy",
+    "HttpError",
+    "LoopbackServer",
+    "MalformedEvent",
+    "PingsOnly",
+    "RequestRecord",
+    "StallAfterEvents",
+    "StallAfterHeaders",
+    "StallBeforeHeaders",
+    "error_body",
+    "recordings",
+]

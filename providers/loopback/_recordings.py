@@ -13,6 +13,7 @@ non-empty content, refusal or tool calls, or a ``finish_reason``.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import functools
 import json
@@ -97,7 +98,10 @@ class Recording:
             payload = block.json()
             if self.provider == "anthropic":
                 delta = payload.get("delta", {})
-                if payload.get("type") == "content_block_delta" and delta.get("type") == "text_delta":
+                if (
+                    payload.get("type") == "content_block_delta"
+                    and delta.get("type") == "text_delta"
+                ):
                     parts.append(delta["text"])
             else:
                 for item in payload.get("choices", []):
@@ -252,10 +256,9 @@ def _anthropic_message(blocks: tuple[SseBlock, ...]) -> dict[str, Any]:
         elif kind == "content_block_stop":
             raw = partial_json.pop(payload["index"], "")
             if raw:
-                try:
+                # A recording cut off mid-input keeps the start's empty input.
+                with contextlib.suppress(ValueError):
                     content[payload["index"]]["input"] = json.loads(raw)
-                except ValueError:
-                    pass  # a recording cut off mid-input keeps the start's empty input
         elif kind == "message_delta":
             message.update(payload.get("delta", {}))
             usage = message.setdefault("usage", {})
