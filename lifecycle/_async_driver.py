@@ -35,7 +35,7 @@ from ._route import AsyncAttemptStream, Request, Route
 from ._run import cause_chain
 from ._run_base import InterruptedHere, RunBase, Truncated, now
 from ._shared import client_build_fault, header_subset
-from ._watchdog import arm_on_loop, disarm_on_loop
+from ._watchdog import arm_on_loop, disarm_on_loop, progressed_on_loop
 
 if TYPE_CHECKING:
     from ._machine import RunCore
@@ -158,6 +158,8 @@ class AsyncRun(RunBase):
                                 at = now()
                                 diag.ttft = at - sent_at
                                 core.feed(FirstEventReceived(at=at))
+                                watch.progress_at = at
+                                progressed_on_loop(loop, watch)
                                 restart = self._restart_event(attempt)
                                 if restart is not None:
                                     yield restart

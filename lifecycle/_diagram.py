@@ -23,14 +23,30 @@ from __future__ import annotations
 import itertools
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from types import SimpleNamespace
 from typing import Final
 
-from ._machine import CLEANUP_STEPS, FAULTS, FINAL_STATES, IN_FLIGHT, RECOVERY, STATES, TRANSITIONS
+from ._machine import (
+    CLEANUP_STEPS,
+    FAULTS,
+    FINAL_STATES,
+    IN_FLIGHT,
+    RECOVERY,
+    STATES,
+    TRANSITIONS,
+    build_machine,
+)
 from ._run import AttemptRecord, Transition
 
 __all__ = ["adapter_mermaid", "lifecycle_dot", "lifecycle_mermaid", "run_diagram"]
 
-INITIAL_STATE: Final = "idle"
+
+def _initial_state() -> str:
+    """The initial state, as the machine itself is configured (``build_machine``)."""
+    return str(build_machine(SimpleNamespace()).initial)
+
+
+INITIAL_STATE: Final = _initial_state()
 
 # (group id, caption, states, fill, stroke): the visual groups, in drawing order.
 _GROUPS: Final[tuple[tuple[str, str, tuple[str, ...], str, str], ...]] = (
@@ -43,9 +59,7 @@ _START_FILL: Final = "#f1f5f9"
 _START_STROKE: Final = "#475569"
 _TEXT: Final = "#111827"
 
-_HEADER: Final = (
-    "Generated from lifecycle._machine by `lifecycle diagram`: do not edit by hand."
-)
+_HEADER: Final = "Generated from lifecycle._machine by `lifecycle diagram`: do not edit by hand."
 _LEGEND: Final = (
     "trigger (prepare) [guard] / action - guards of one trigger are tried in table "
     "order, the first true one wins"
@@ -140,16 +154,14 @@ def _ungrouped() -> tuple[str, ...]:
     return tuple(s for s in STATES if s not in grouped)
 
 
+_MERMAID_ESCAPES: Final = str.maketrans(
+    {"#": "#35;", '"': "#quot;", ";": "#59;", "<": "#lt;", ">": "#gt;", "\n": " "}
+)
+
+
 def _mermaid_text(text: str) -> str:
-    """Text safe inside a quoted Mermaid label or a ``:`` description."""
-    return (
-        text.replace("#", "#35;")
-        .replace('"', "#quot;")
-        .replace(";", "#59;")
-        .replace("<", "#lt;")
-        .replace(">", "#gt;")
-        .replace("\n", " ")
-    )
+    """Text safe inside a quoted Mermaid label, a transition label or a title."""
+    return text.translate(_MERMAID_ESCAPES)
 
 
 def _one_line(text: str) -> str:
@@ -158,21 +170,30 @@ def _one_line(text: str) -> str:
 
 # -- the whole lifecycle -------------------------------------------------------------
 def lifecycle_mermaid() -> str:
-    """A Mermaid ``stateDiagram-v2`` of the whole lifecycle (renders on GitHub)."""
+    """A Mermaid ``stateDiagram-v2`` of the whole lifecycle (renders on GitHub).
+
+    Each group is a composite state that only lists its members; every transition is
+    declared at the top level (Mermaid moves a state into the last composite whose
+    body mentions it, so an edge inside a composite body would regroup its ends).
+    """
     lines = [
+        "---",
+        f'title: "Stream lifecycle - edge labels: {_mermaid_text(_LEGEND)}"',
+        "---",
         "stateDiagram-v2",
         f"    %% {_HEADER}",
-        f"    %% Edge labels: {_LEGEND}.",
         "    direction TB",
     ]
     for group_id, _, _, fill, stroke in _GROUPS:
         lines.append(f"    classDef {group_id} fill:{fill},stroke:{stroke},color:{_TEXT}")
     lines.append(f"    classDef initial fill:{_START_FILL},stroke:{_START_STROKE},color:{_TEXT}")
     lines.append("")
-    for state in STATES:
-        group = _group_of(state)
-        caption = group[1] if group else "initial"
-        lines.append(f"    {state} : {caption}")
+    for state in _ungrouped():
+        lines.append(f"    {state}")
+    for group_id, caption, states, _, _ in _GROUPS:
+        lines.append(f'    state "{caption}" as group_{group_id} {{')
+        lines.extend(f"        {state}" for state in states)
+        lines.append("    }")
     lines.append("")
     lines.append(f"    [*] --> {INITIAL_STATE}")
     for edge in _edges():
@@ -193,22 +214,23 @@ def _dot_quote(text: str) -> str:
 
 def lifecycle_dot() -> str:
     """The same lifecycle as Graphviz DOT: one cluster per group, labelled edges."""
-    font = "Helvetica"
+    font = _dot_quote("Helvetica")
+    legend_lines = (
+        "Stream lifecycle, generated from lifecycle._machine",
+        "edge labels: " + _LEGEND,
+    )
+    legend = "".join(_dot_quote(line)[1:-1] + "\\l" for line in legend_lines)  # \l: flush left
     lines = [
         "// " + _HEADER,
         "digraph lifecycle {",
-        "    graph [rankdir=TB, fontname=" + _dot_quote(font) + ", fontsize=13,",
-        '           labelloc=t, labeljust=l, nodesep=0.6, ranksep=0.7, pad=0.3,',
-        '           newrank=true, compound=true, splines=true, forcelabels=true,',
-        "           label="
-        + _dot_quote("Stream lifecycle (" + _LEGEND + ")")
-        + "];",
-        "    node [shape=box, style=\"rounded,filled\", fontname="
-        + _dot_quote(font)
-        + ", fontsize=12, margin=\"0.18,0.08\", color=\"#475569\", fillcolor=\"#f1f5f9\"];",
-        "    edge [fontname="
-        + _dot_quote(font)
-        + ', fontsize=10, color="#475569", fontcolor="#1f2937", arrowsize=0.7];',
+        f"    graph [rankdir=TB, fontname={font}, fontsize=13, labelloc=b, labeljust=l,",
+        "           nodesep=0.7, ranksep=0.9, pad=0.3, newrank=true, splines=true,",
+        f'           label="{legend}"];',
+        f'    node [shape=box, style="rounded,filled", fontname={font}, fontsize=12,',
+        f'          margin="0.18,0.08", color={_dot_quote(_START_STROKE)},'
+        f" fillcolor={_dot_quote(_START_FILL)}];",
+        f'    edge [fontname={font}, fontsize=10, color="#475569", fontcolor="#1f2937",'
+        " arrowsize=0.7];",
         "",
         '    __start__ [shape=circle, style=filled, fillcolor="#111827", label="",'
         " width=0.18, fixedsize=true];",
@@ -219,7 +241,7 @@ def lifecycle_dot() -> str:
         lines.append("")
         lines.append(f"    subgraph cluster_{group_id} {{")
         lines.append(
-            f"        label={_dot_quote(caption)}; style=\"rounded,dashed\";"
+            f'        label={_dot_quote(caption)}; labelloc=t; margin=4; style="rounded,dashed";'
             f" color={_dot_quote(stroke)}; fontcolor={_dot_quote(stroke)};"
         )
         for state in states:
@@ -228,17 +250,25 @@ def lifecycle_dot() -> str:
                 f"        {state} [label={_dot_quote(state)}, fillcolor={_dot_quote(fill)},"
                 f" color={_dot_quote(stroke)}{extra}];"
             )
+        if set(states) <= set(FINAL_STATES):
+            lines.append(f"        {{rank=same; {'; '.join(states)};}}")
         lines.append("    }")
     lines.append("")
     lines.append(f"    __start__ -> {INITIAL_STATE};")
     for edge in _edges():
-        lines.append(f"    {edge.source} -> {edge.dest} [label={_dot_quote(_dot_label(edge))}];")
+        source_group, dest_group = _group_of(edge.source), _group_of(edge.dest)
+        # Edges inside one group pull their ends together, which keeps the group compact
+        # and the edges leaving it (and their labels) clear of the cluster's border.
+        weight = "weight=4, " if source_group and source_group == dest_group else ""
+        lines.append(
+            f"    {edge.source} -> {edge.dest} [{weight}label={_dot_quote(_dot_label(edge))}];"
+        )
     lines.append("}")
     return "\n".join(lines) + "\n"
 
 
-def _dot_label(edge: _Edge) -> str:
-    """The edge label broken into short lines, padded so neighbours keep apart."""
+def _dot_label(edge: _Edge, width: int = 26) -> str:
+    """The edge label on short lines (long actions wrap at ``+``), padded with a space."""
     parts = [edge.trigger]
     if edge.prepare:
         parts.append("(" + ", ".join(edge.prepare) + ")")
@@ -246,7 +276,17 @@ def _dot_label(edge: _Edge) -> str:
         parts.append("[" + " and ".join(edge.guards) + "]")
     if edge.actions:
         parts.append("/ " + " then ".join(edge.actions))
-    return "\n".join(f" {p} " for p in parts)
+    lines: list[str] = []
+    for part in parts:
+        line = ""
+        for piece in part.split(" + "):
+            if line and len(line) + 3 + len(piece) > width:
+                lines.append(line)
+                line = "+ " + piece
+            else:
+                line = f"{line} + {piece}" if line else piece
+        lines.append(line)
+    return "\n".join(f" {line} " for line in lines)
 
 
 # -- one adapter's cleanup -----------------------------------------------------------
@@ -338,22 +378,24 @@ def run_diagram(history: Sequence[Transition], attempts: Sequence[AttemptRecord]
         if key not in known:
             known.add(key)
             edges.append(_Edge(*key, prepare=(), guards=(), actions=()))
+    by_edge = {e.key: e for e in edges}
     by_attempt = {a.number: a for a in attempts}
     steps: dict[tuple[str, str, str], list[str]] = {}
     for number, (transition, attempt_no) in enumerate(
         zip(history, _attempt_of(history), strict=True), start=1
     ):
+        key = (transition.source, transition.trigger, transition.dest)
+        edge = by_edge[key]
         step = f"{number}. {transition.trigger} @{transition.at:.3f}s"
+        if edge.guards:
+            step += " [" + " and ".join(edge.guards) + "]"
         attempt = by_attempt.get(attempt_no)
-        for edge in edges:
-            if edge.key == (transition.source, transition.trigger, transition.dest):
-                if edge.actions and attempt is not None:
-                    action = " then ".join(edge.actions)
-                    step += " / " + action.replace("(api_mode)", f"({attempt.api_mode})")
-                break
-        steps.setdefault((transition.source, transition.trigger, transition.dest), []).append(
-            step
-        )
+        if edge.actions:
+            action = " then ".join(edge.actions)
+            if attempt is not None:  # the route this cleanup was aimed at
+                action = action.replace("(api_mode)", f"({attempt.api_mode})")
+            step += " / " + action
+        steps.setdefault(key, []).append(step)
     visited = {INITIAL_STATE}
     for transition in history:
         visited.update((transition.source, transition.dest))
@@ -382,9 +424,7 @@ def run_diagram(history: Sequence[Transition], attempts: Sequence[AttemptRecord]
         for state in states:
             lines.append(f"        {_flow_node(state)}")
         lines.append("    end")
-    extra_states = sorted(
-        {s for e in edges for s in (e.source, e.dest)} - set(STATES) - {"start_"}
-    )
+    extra_states = sorted({s for e in edges for s in (e.source, e.dest)} - set(STATES) - {"start_"})
     for state in extra_states:
         lines.append(f"    {_flow_node(state)}")
     lines.append("")

@@ -77,6 +77,8 @@ class Diagnostics:
     cleanup: list[CleanupStep] = field(default_factory=list)
     request_sent_at: float | None = None
     stall_clock: str | None = None
+    stall_deadline: float | None = None
+    """time.monotonic() at which the stall clock ran out."""
     detection_lateness: float | None = None
 
     def as_dict(self) -> dict[str, Any]:

@@ -108,6 +108,7 @@ class RunBase:
         at = now()
         diag = self._core.active_attempt.diagnostics
         if watch.fired is not None and watch.fired_deadline is not None:
+            diag.stall_deadline = watch.fired_deadline
             if watch.fired_at is not None:
                 diag.detection_lateness = watch.fired_at - watch.fired_deadline
             clock = watch.fired

@@ -163,6 +163,8 @@ class Run(RunBase):
                         at = now()
                         diag.ttft = at - sent_at
                         core.feed(FirstEventReceived(at=at))
+                        watch.progress_at = at
+                        watchdog.progressed(watch)
                         restart = self._restart_event(attempt)
                         if restart is not None:
                             yield restart

@@ -23,7 +23,14 @@ from typing import Final
 
 from ._abort import AttemptConnection
 
-__all__ = ["Watch", "Watchdog", "arm_on_loop", "disarm_on_loop", "watchdog"]
+__all__ = [
+    "Watch",
+    "Watchdog",
+    "arm_on_loop",
+    "disarm_on_loop",
+    "progressed_on_loop",
+    "watchdog",
+]
 
 _NEVER: Final = float("inf")
 
@@ -133,6 +140,14 @@ class Watchdog:
         due, _ = watch.due()
         self._push(due, watch)
 
+    def progressed(self, watch: Watch) -> None:
+        """The first meaningful event arrived: the stale clock replaces first_token.
+        Entries only ever move later lazily, so if stale is shorter than what remained
+        of first_token, push the earlier deadline now (once per attempt)."""
+        due, _ = watch.due()
+        if due < watch.first_token_due:
+            self._push(due, watch)
+
     def disarm(self, watch: Watch) -> None:
         # The heap entry stays and is dropped when popped: its generation is old.
         watch.armed = False
@@ -217,6 +232,15 @@ def arm_on_loop(
                 total_due=total_due)
     due, _ = watch.due()
     watch.timer = loop.call_at(due, _check_on_loop, loop, watch, watch.generation)
+
+
+def progressed_on_loop(loop: asyncio.AbstractEventLoop, watch: Watch) -> None:
+    """As ``Watchdog.progressed``: bring the loop timer forward if stale is shorter."""
+    due, _ = watch.due()
+    timer = watch.timer
+    if timer is not None and due < timer.when():
+        timer.cancel()
+        watch.timer = loop.call_at(due, _check_on_loop, loop, watch, watch.generation)
 
 
 def disarm_on_loop(watch: Watch) -> None:

@@ -1,0 +1,182 @@
+"""Benchmark: recovery latency and per-event cost, sync and async, both providers.
+
+Not a test: it prints figures. Run from the repository root:
+
+    python tests/benchmarks/bench_lifecycle.py [--stalls 50] [--streams 30]
+
+- recovery: a stream sends one event then goes silent; ``Timeouts(stale=0.2)``.
+  Recovery latency is from the moment the stale clock ran out to the start of the next
+  attempt (detection + abort + cleanup: close and rebuild of the client + zero backoff).
+- overhead: the long recorded OpenAI stream (180 chunks) and the Anthropic tool-use
+  stream, iterated through the engine against iterating the SDK stream directly, same
+  server, interleaved; the ratio of median wall times per stream.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+import anthropic
+import openai
+
+from lifecycle import RetryPolicy, StreamEngine, Timeouts
+from providers import AnthropicMessages, OpenAIChatCompletions
+from providers.loopback import Healthy, LoopbackServer, StallAfterEvents
+
+MESSAGES = [{"role": "user", "content": "Hi"}]
+RECORDING = {"anthropic": "tool_use", "openai": "text_long"}
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+def route_for(provider: str, server: LoopbackServer, key: str, *, is_async: bool) -> Any:
+    headers = {"x-loopback-key": key}
+    if provider == "anthropic":
+        cls: Any = anthropic.AsyncAnthropic if is_async else anthropic.Anthropic
+        return AnthropicMessages(
+            lambda: cls(base_url=server.anthropic_base_url, api_key="bench", default_headers=headers),
+            model="claude-bench",
+        )
+    ocls: Any = openai.AsyncOpenAI if is_async else openai.OpenAI
+    return OpenAIChatCompletions(
+        lambda: ocls(base_url=server.openai_base_url, api_key="bench", default_headers=headers),
+        model="gpt-bench",
+    )
+
+
+def recovery_latencies(provider: str, server: LoopbackServer, stalls: int, *, is_async: bool) -> tuple[list[float], list[float]]:
+    key = f"recovery-{provider}-{is_async}"
+    engine = StreamEngine(
+        routes=[route_for(provider, server, key, is_async=is_async)],
+        timeouts=Timeouts(first_token=2.0, stale=0.2, total=30),
+        retry=RetryPolicy(max_attempts=2, initial_backoff=0.0, max_backoff=0.0),
+    )
+    recoveries: list[float] = []
+    lateness: list[float] = []
+
+    def record(run: Any) -> None:
+        stale, retry = run.attempts[0], run.attempts[1]
+        assert stale.outcome == "stale" and retry.outcome == "completed", run.attempts
+        recoveries.append(retry.started_at - stale.diagnostics.stall_deadline)
+        lateness.append(stale.diagnostics.detection_lateness)
+
+    if is_async:
+        async def main() -> None:
+            for _ in range(stalls):
+                server.script(key, [StallAfterEvents(n=1)])
+                async with engine.astream(messages=MESSAGES, max_tokens=64) as run:
+                    async for _event in run:
+                        pass
+                record(run)
+            await engine.aclose()
+
+        asyncio.run(main())
+    else:
+        for _ in range(stalls):
+            server.script(key, [StallAfterEvents(n=1)])
+            with engine.stream(messages=MESSAGES, max_tokens=64) as run:
+                for _event in run:
+                    pass
+            record(run)
+        engine.close()
+    return recoveries, lateness
+
+
+def overhead(provider: str, server: LoopbackServer, streams: int, *, is_async: bool) -> tuple[float, float, int]:
+    key = f"overhead-{provider}-{is_async}"
+    recording = RECORDING[provider]
+    route = route_for(provider, server, key, is_async=is_async)
+    engine = StreamEngine(routes=[route], timeouts=Timeouts(stale=30, first_token=30, total=60))
+    client = route.prepare_client(route.client_factory())
+    kwargs = route.request_kwargs(
+        __import__("lifecycle").Request(messages=MESSAGES, max_tokens=64), engine.timeouts
+    )
+    create: Callable[..., Any] = (
+        client.messages.create if provider == "anthropic" else client.chat.completions.create
+    )
+    bare: list[float] = []
+    wrapped: list[float] = []
+    events = 0
+
+    if is_async:
+        async def main() -> int:
+            count = 0
+            for i in range(streams * 2 + 4):
+                server.script(key, [Healthy(recording=recording)])
+                t0 = time.perf_counter()
+                if i % 2 == 0:
+                    stream = await create(**kwargs)
+                    async for _ in stream:
+                        pass
+                    (bare if i >= 4 else []).append(time.perf_counter() - t0)
+                else:
+                    count = 0
+                    async for _event in engine.astream(messages=MESSAGES, max_tokens=64):
+                        count += 1
+                    (wrapped if i >= 4 else []).append(time.perf_counter() - t0)
+            await client.close()
+            await engine.aclose()
+            return count
+
+        events = asyncio.run(main())
+    else:
+        for i in range(streams * 2 + 4):
+            server.script(key, [Healthy(recording=recording)])
+            t0 = time.perf_counter()
+            if i % 2 == 0:
+                for _ in create(**kwargs):
+                    pass
+                (bare if i >= 4 else []).append(time.perf_counter() - t0)
+            else:
+                events = 0
+                for _event in engine.stream(messages=MESSAGES, max_tokens=64):
+                    events += 1
+                (wrapped if i >= 4 else []).append(time.perf_counter() - t0)
+        client.close()
+        engine.close()
+    return statistics.median(bare), statistics.median(wrapped), events
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--stalls", type=int, default=50)
+    parser.add_argument("--streams", type=int, default=30)
+    args = parser.parse_args()
+    print(f"machine: {platform.machine()}, {platform.python_implementation()} "
+          f"{platform.python_version()}, anthropic {anthropic.__version__}, openai {openai.__version__}")
+    with LoopbackServer() as server:
+        print(f"\nrecovery latency over {args.stalls} stalls (stale=0.2 s, zero backoff)")
+        print(f"{'driver':<7} {'provider':<10} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8} "
+              f"{'detect p50 ms':>14} {'detect p99 ms':>14}")
+        for is_async in (False, True):
+            for provider in ("anthropic", "openai"):
+                rec, late = recovery_latencies(provider, server, args.stalls, is_async=is_async)
+                print(f"{'async' if is_async else 'sync':<7} {provider:<10} "
+                      f"{pct(rec, .5) * 1e3:8.1f} {pct(rec, .99) * 1e3:8.1f} {max(rec) * 1e3:8.1f} "
+                      f"{pct(late, .5) * 1e3:14.2f} {pct(late, .99) * 1e3:14.2f}", flush=True)
+        print(f"\nper-event cost, median of {args.streams} streams each, engine vs bare SDK")
+        print(f"{'driver':<7} {'provider':<10} {'recording':<10} {'events':>6} {'bare ms':>8} "
+              f"{'engine ms':>9} {'ratio':>6}")
+        for is_async in (False, True):
+            for provider in ("anthropic", "openai"):
+                bare, wrapped, events = overhead(provider, server, args.streams, is_async=is_async)
+                print(f"{'async' if is_async else 'sync':<7} {provider:<10} {RECORDING[provider]:<10} "
+                      f"{events:6d} {bare * 1e3:8.2f} {wrapped * 1e3:9.2f} {wrapped / bare:6.3f}",
+                      flush=True)
+        server.wait_idle(5)
+        print(f"\nopen connections at the server after the benchmark: {server.open_connections}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
