@@ -23,7 +23,6 @@ from __future__ import annotations
 import itertools
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from types import SimpleNamespace
 from typing import Final
 
 from ._machine import (
@@ -43,7 +42,7 @@ __all__ = ["adapter_mermaid", "lifecycle_dot", "lifecycle_mermaid", "run_diagram
 
 def _initial_state() -> str:
     """The initial state, as the machine itself is configured (``build_machine``)."""
-    return str(build_machine(SimpleNamespace()).initial)
+    return str(build_machine(None).initial)
 
 
 INITIAL_STATE: Final = _initial_state()
