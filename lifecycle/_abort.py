@@ -17,6 +17,7 @@ is writing: it is set by the driver around each attempt, on the run's thread or 
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import threading
 import time
@@ -34,12 +35,12 @@ class AttemptConnection:
     """The socket of one attempt, shared by the run's thread and its aborters."""
 
     __slots__ = (
+        "_live",
         "_lock",
         "_sock",
-        "_live",
+        "abort_reason",
         "aborted_at",
         "aborted_by",
-        "abort_reason",
         "bytes_read",
         "first_byte_at",
         "sent_at",
@@ -109,11 +110,9 @@ class AttemptConnection:
 
 
 def _shutdown(sock: Shutdownable) -> None:
-    try:
+    # Already shut, or already closed by its owner: either way the reader is free.
+    with contextlib.suppress(OSError):
         sock.shutdown(socket.SHUT_RDWR)
-    except OSError:
-        # Already shut or already closed by its owner: either way the reader is free.
-        pass
 
 
 active_connection: ContextVar[AttemptConnection | None] = ContextVar(

@@ -80,7 +80,9 @@ class RetryPolicy:
         if isinstance(self.max_attempts, bool) or not isinstance(self.max_attempts, int):
             raise TypeError("RetryPolicy.max_attempts must be an int")
         if self.max_attempts < 1:
-            raise ValueError(f"RetryPolicy.max_attempts must be at least 1, got {self.max_attempts}")
+            raise ValueError(
+                f"RetryPolicy.max_attempts must be at least 1, got {self.max_attempts}"
+            )
         for name in ("initial_backoff", "max_backoff", "max_retry_after"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int | float):

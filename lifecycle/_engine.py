@@ -8,11 +8,11 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from types import TracebackType
 from typing import Any
 
+from ._async_driver import AsyncRun
 from ._config import RetryPolicy, Timeouts
 from ._machine import RouteInfo, RunCore
 from ._route import Request, Route
 from ._run import Transition
-from ._async_driver import AsyncRun
 from ._sync_driver import Run
 
 __all__ = ["StreamEngine"]

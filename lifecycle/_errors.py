@@ -23,7 +23,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
 if TYPE_CHECKING:
-    from ._run import AttemptRecord, Message
+    from ._message import Message
+    from ._run import AttemptRecord
 
 __all__ = ["Fault", "Interrupted", "LifecycleError", "StreamFailed"]
 
@@ -93,7 +94,8 @@ class StreamFailed(LifecycleError):
 class Interrupted(LifecycleError):
     """``run.interrupt()`` ended the run; its state is ``cancelled``."""
 
-    def __init__(self, message: str = "the run was interrupted", *,
-                 attempts: Sequence[AttemptRecord] = ()) -> None:
+    def __init__(
+        self, message: str = "the run was interrupted", *, attempts: Sequence[AttemptRecord] = ()
+    ) -> None:
         super().__init__(message)
         self.attempts = tuple(attempts)

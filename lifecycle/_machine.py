@@ -35,7 +35,7 @@ from __future__ import annotations
 import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, Final, cast
 
 from transitions import EventData, Machine
 
@@ -55,7 +55,7 @@ from ._events import (
 from ._policy import Decision, decide
 from ._run import AttemptRecord, Transition
 
-__all__ = ["FINAL_STATES", "STATES", "TRANSITIONS", "CleanupPlan", "RunCore", "RouteInfo"]
+__all__ = ["FINAL_STATES", "STATES", "TRANSITIONS", "CleanupPlan", "RouteInfo", "RunCore"]
 
 IN_FLIGHT: Final = ("connecting", "streaming")
 FAULTS: Final = ("stale", "dropped", "interrupted")
@@ -92,7 +92,7 @@ class CleanupPlan:
 # Guards and actions: plain functions over EventData, referenced from the table below.
 def _decided(kind: str) -> Callable[[EventData], bool]:
     def guard(ev: EventData) -> bool:
-        core: RunCore = ev.model
+        core = cast(RunCore, ev.model)
         return core.decision is not None and core.decision.kind == kind
 
     guard.__name__ = f"decided_{kind}"
@@ -108,12 +108,12 @@ decided_cancel = _decided("cancel")
 
 def plan_cleanup(ev: EventData) -> None:
     """abort + close(api_mode) + rebuild, aimed at the active attempt's own route."""
-    core: RunCore = ev.model
+    core = cast(RunCore, ev.model)
     core.plan_cleanup()
 
 
 def decide_next(ev: EventData) -> None:
-    core: RunCore = ev.model
+    core = cast(RunCore, ev.model)
     core.decide_next(ev.kwargs["event"].at)
 
 
@@ -161,7 +161,12 @@ TRANSITIONS: Final[tuple[dict[str, Any], ...]] = (
         "dest": "falling_back",
         "conditions": decided_fallback,
     },
-    {"trigger": "finish_cleanup", "source": "cleanup", "dest": "failed", "conditions": decided_fail},
+    {
+        "trigger": "finish_cleanup",
+        "source": "cleanup",
+        "dest": "failed",
+        "conditions": decided_fail,
+    },
     {"trigger": "expire", "source": "retrying", "dest": "failed"},
     {"trigger": "expire", "source": "falling_back", "dest": "failed"},
 )
@@ -203,14 +208,15 @@ def build_machine(model: object | None = None) -> Machine:
     )
 
 
-
 def _record_transition(ev: EventData) -> None:
-    core: RunCore = ev.model
+    core = cast(RunCore, ev.model)
     event: LifecycleEvent = ev.kwargs["event"]
+    transition = ev.transition
+    assert transition is not None and transition.dest is not None
     record = Transition(
-        source=ev.transition.source,
+        source=transition.source,
         trigger=ev.event.name,
-        dest=ev.transition.dest,
+        dest=transition.dest,
         at=event.at - core.started_at,
     )
     core.history.append(record)

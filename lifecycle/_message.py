@@ -10,7 +10,15 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-__all__ = ["Message", "MessageBuilder", "Restart", "StreamEvent", "ToolCall", "ToolCallDelta", "Usage"]
+__all__ = [
+    "Message",
+    "MessageBuilder",
+    "Restart",
+    "StreamEvent",
+    "ToolCall",
+    "ToolCallDelta",
+    "Usage",
+]
 
 EventType = Literal["text", "thinking", "tool_call", "restart", "stop"]
 
@@ -81,7 +89,7 @@ class _ToolCallParts:
 class MessageBuilder:
     """Accumulates one attempt's events; cheap enough to run on every event."""
 
-    __slots__ = ("_text", "_thinking", "_tools", "stop_reason", "usage", "api_mode", "model")
+    __slots__ = ("_text", "_thinking", "_tools", "api_mode", "model", "stop_reason", "usage")
 
     def __init__(self, *, api_mode: str, model: str) -> None:
         self._text: list[str] = []

@@ -27,9 +27,9 @@ class Decision:
 
 
 def backoff_delay(policy: RetryPolicy, failed_attempts: int, rng: random.Random) -> float:
-    """Exponential backoff with (partial or full) jitter for the attempt after ``failed_attempts``."""
+    """Exponential backoff, with jitter, for the attempt after ``failed_attempts``."""
     ceiling = min(policy.max_backoff, policy.initial_backoff * 2 ** max(0, failed_attempts - 1))
-    return ceiling * (1.0 - policy.jitter * rng.random())
+    return float(ceiling * (1.0 - policy.jitter * rng.random()))
 
 
 def decide(
@@ -57,9 +57,7 @@ def decide(
             route_index=route_index,
         )
     has_next = route_index + 1 < route_count
-    fallback = Decision(
-        kind="fallback", reason=fault.reason, route_index=route_index + 1
-    )
+    fallback = Decision(kind="fallback", reason=fault.reason, route_index=route_index + 1)
     if fault.retryable:
         if attempts_on_route < policy.max_attempts:
             if fault.retry_after is not None and fault.retry_after > policy.max_retry_after:

@@ -175,8 +175,12 @@ class RunBase:
     def _cleanup_stream_closed(self, plan: CleanupPlan, error: BaseException | None) -> None:
         detail = "" if error is None else redact(repr(error))[:200]
         plan.attempt.diagnostics.cleanup.append(
-            CleanupStep(step="close_stream", thread=_here(), at=now() - plan.attempt.started_at,
-                        detail=detail)
+            CleanupStep(
+                step="close_stream",
+                thread=_here(),
+                at=now() - plan.attempt.started_at,
+                detail=detail,
+            )
         )
 
     def _cleanup_retire(
@@ -207,8 +211,9 @@ class RunBase:
         if error is not None:
             detail += f": {redact(repr(error))[:200]}"
         plan.attempt.diagnostics.cleanup.append(
-            CleanupStep(step="close", thread=_here(), at=now() - plan.attempt.started_at,
-                        detail=detail)
+            CleanupStep(
+                step="close", thread=_here(), at=now() - plan.attempt.started_at, detail=detail
+            )
         )
 
     def _cleanup_rebuild(self, plan: CleanupPlan, slot: ClientSlot) -> None:
@@ -218,8 +223,9 @@ class RunBase:
         except Exception as exc:
             detail = f"{plan.api_mode}: rebuild failed: {redact(repr(exc))[:200]}"
         plan.attempt.diagnostics.cleanup.append(
-            CleanupStep(step="rebuild", thread=_here(), at=now() - plan.attempt.started_at,
-                        detail=detail)
+            CleanupStep(
+                step="rebuild", thread=_here(), at=now() - plan.attempt.started_at, detail=detail
+            )
         )
 
 

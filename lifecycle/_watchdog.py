@@ -39,18 +39,18 @@ class Watch:
     """Deadlines of one attempt. Written by the run's thread, read by the watchdog."""
 
     __slots__ = (
-        "connection",
-        "first_token_due",
-        "stale",
-        "total_due",
-        "progress_at",
-        "holding",
         "armed",
+        "connection",
         "fired",
         "fired_at",
         "fired_deadline",
+        "first_token_due",
         "generation",
+        "holding",
+        "progress_at",
+        "stale",
         "timer",
+        "total_due",
     )
 
     def __init__(self) -> None:
@@ -135,8 +135,9 @@ class Watchdog:
         stale: float,
         total_due: float,
     ) -> None:
-        watch.reset(connection, sent_at=sent_at, first_token=first_token, stale=stale,
-                    total_due=total_due)
+        watch.reset(
+            connection, sent_at=sent_at, first_token=first_token, stale=stale, total_due=total_due
+        )
         due, _ = watch.due()
         self._push(due, watch)
 
@@ -228,8 +229,9 @@ def arm_on_loop(
     stale: float,
     total_due: float,
 ) -> None:
-    watch.reset(connection, sent_at=sent_at, first_token=first_token, stale=stale,
-                total_due=total_due)
+    watch.reset(
+        connection, sent_at=sent_at, first_token=first_token, stale=stale, total_due=total_due
+    )
     due, _ = watch.due()
     watch.timer = loop.call_at(due, _check_on_loop, loop, watch, watch.generation)
 

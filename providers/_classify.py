@@ -52,7 +52,9 @@ ERROR_TYPE_STATUS: Mapping[str, int] = {
 }
 
 
-def parse_retry_after(headers: Mapping[str, str] | None, *, now: float | None = None) -> float | None:
+def parse_retry_after(
+    headers: Mapping[str, str] | None, *, now: float | None = None
+) -> float | None:
     """Seconds to wait from ``retry-after-ms`` or ``retry-after`` (seconds or HTTP date)."""
     if not headers:
         return None

@@ -34,7 +34,6 @@ from lifecycle import (
 from .anthropic_messages import AnthropicMessages
 from .loopback import (
     DropAfterEvents,
-    Healthy,
     HttpError,
     LoopbackServer,
     PingsOnly,
@@ -258,8 +257,10 @@ def run_demo(*, diagrams_dir: str = "demo-diagrams", stale: float = 0.5) -> int:
     # The demo must not depend on the caller's real credentials or proxies.
     for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy"):
         os.environ.pop(name, None)
-    out(f"lifecycle demo: real anthropic {anthropic.__version__} and openai "
-        f"{openai.__version__} SDKs against a loopback provider; stale = {stale}s")
+    out(
+        f"lifecycle demo: real anthropic {anthropic.__version__} and openai "
+        f"{openai.__version__} SDKs against a loopback provider; stale = {stale}s"
+    )
     outcomes: list[Outcome] = []
     with LoopbackServer() as server:
         out(f"loopback provider listening on {server.url}")

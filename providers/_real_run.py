@@ -39,9 +39,12 @@ def run_real(
         ),
     )
     try:
-        with engine, engine.stream(
-            messages=[{"role": "user", "content": prompt}], max_tokens=max_tokens
-        ) as run:
+        with (
+            engine,
+            engine.stream(
+                messages=[{"role": "user", "content": prompt}], max_tokens=max_tokens
+            ) as run,
+        ):
             for event in run:
                 if event.type == "text":
                     print(event.text, end="", flush=True)

@@ -159,10 +159,12 @@ class _TaggedStream:
                 owner.detach(sock)
         self._inner.close()
 
-    def start_tls(self, ssl_context: Any, server_hostname: str | None = None,
-                  timeout: float | None = None) -> _TaggedStream:
-        return _TaggedStream(self._inner.start_tls(ssl_context, server_hostname, timeout),
-                             self._owner)
+    def start_tls(
+        self, ssl_context: Any, server_hostname: str | None = None, timeout: float | None = None
+    ) -> _TaggedStream:
+        return _TaggedStream(
+            self._inner.start_tls(ssl_context, server_hostname, timeout), self._owner
+        )
 
     def get_extra_info(self, info: str) -> Any:
         return self._inner.get_extra_info(info)
@@ -208,8 +210,9 @@ class _AsyncTaggedStream:
                 owner.detach(sock)
         await self._inner.aclose()
 
-    async def start_tls(self, ssl_context: Any, server_hostname: str | None = None,
-                        timeout: float | None = None) -> _AsyncTaggedStream:
+    async def start_tls(
+        self, ssl_context: Any, server_hostname: str | None = None, timeout: float | None = None
+    ) -> _AsyncTaggedStream:
         inner = await self._inner.start_tls(ssl_context, server_hostname, timeout)
         return _AsyncTaggedStream(inner, self._owner)
 

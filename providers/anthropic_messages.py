@@ -182,7 +182,7 @@ def classify(exc: BaseException) -> Fault:
 class _Translator:
     """Folds Anthropic's raw events into neutral ones; state is the stop reason and usage."""
 
-    __slots__ = ("stop_reason", "input_tokens", "output_tokens")
+    __slots__ = ("input_tokens", "output_tokens", "stop_reason")
 
     def __init__(self) -> None:
         self.stop_reason: str | None = None

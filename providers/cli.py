@@ -23,8 +23,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     demo = commands.add_parser(
         "demo", help="run the real SDKs through a gallery of faults on a loopback server"
     )
-    demo.add_argument("--diagrams", default="demo-diagrams",
-                      help="folder for one per-run diagram per scenario (default: %(default)s)")
+    demo.add_argument(
+        "--diagrams",
+        default="demo-diagrams",
+        help="folder for one per-run diagram per scenario (default: %(default)s)",
+    )
     demo.add_argument("--stale", type=float, default=0.5, help="stale/first_token seconds")
 
     run = commands.add_parser("run", help="stream from a real provider with the same lifecycle")
@@ -41,8 +44,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     diagram = commands.add_parser(
         "diagram", help="write diagrams/ from the machine (or --check that they are current)"
     )
-    diagram.add_argument("--check", action="store_true",
-                         help="exit 1 naming each file that differs from the machine")
+    diagram.add_argument(
+        "--check", action="store_true", help="exit 1 naming each file that differs from the machine"
+    )
     diagram.add_argument("--dir", default=None, help="diagrams folder (default: ./diagrams)")
 
     args = parser.parse_args(argv)

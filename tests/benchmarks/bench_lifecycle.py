@@ -44,7 +44,9 @@ def route_for(provider: str, server: LoopbackServer, key: str, *, is_async: bool
     if provider == "anthropic":
         cls: Any = anthropic.AsyncAnthropic if is_async else anthropic.Anthropic
         return AnthropicMessages(
-            lambda: cls(base_url=server.anthropic_base_url, api_key="bench", default_headers=headers),
+            lambda: cls(
+                base_url=server.anthropic_base_url, api_key="bench", default_headers=headers
+            ),
             model="claude-bench",
         )
     ocls: Any = openai.AsyncOpenAI if is_async else openai.OpenAI
@@ -54,7 +56,9 @@ def route_for(provider: str, server: LoopbackServer, key: str, *, is_async: bool
     )
 
 
-def recovery_latencies(provider: str, server: LoopbackServer, stalls: int, *, is_async: bool) -> tuple[list[float], list[float]]:
+def recovery_latencies(
+    provider: str, server: LoopbackServer, stalls: int, *, is_async: bool
+) -> tuple[list[float], list[float]]:
     key = f"recovery-{provider}-{is_async}"
     engine = StreamEngine(
         routes=[route_for(provider, server, key, is_async=is_async)],
@@ -71,6 +75,7 @@ def recovery_latencies(provider: str, server: LoopbackServer, stalls: int, *, is
         lateness.append(stale.diagnostics.detection_lateness)
 
     if is_async:
+
         async def main() -> None:
             for _ in range(stalls):
                 server.script(key, [StallAfterEvents(n=1)])
@@ -92,7 +97,9 @@ def recovery_latencies(provider: str, server: LoopbackServer, stalls: int, *, is
     return recoveries, lateness
 
 
-def overhead(provider: str, server: LoopbackServer, streams: int, *, is_async: bool) -> tuple[float, float, int]:
+def overhead(
+    provider: str, server: LoopbackServer, streams: int, *, is_async: bool
+) -> tuple[float, float, int]:
     key = f"overhead-{provider}-{is_async}"
     recording = RECORDING[provider]
     route = route_for(provider, server, key, is_async=is_async)
@@ -109,6 +116,7 @@ def overhead(provider: str, server: LoopbackServer, streams: int, *, is_async: b
     events = 0
 
     if is_async:
+
         async def main() -> int:
             count = 0
             for i in range(streams * 2 + 4):
@@ -152,27 +160,40 @@ def main() -> int:
     parser.add_argument("--stalls", type=int, default=50)
     parser.add_argument("--streams", type=int, default=30)
     args = parser.parse_args()
-    print(f"machine: {platform.machine()}, {platform.python_implementation()} "
-          f"{platform.python_version()}, anthropic {anthropic.__version__}, openai {openai.__version__}")
+    print(
+        f"machine: {platform.machine()}, {platform.python_implementation()} "
+        f"{platform.python_version()}, anthropic {anthropic.__version__}, "
+        f"openai {openai.__version__}"
+    )
     with LoopbackServer() as server:
         print(f"\nrecovery latency over {args.stalls} stalls (stale=0.2 s, zero backoff)")
-        print(f"{'driver':<7} {'provider':<10} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8} "
-              f"{'detect p50 ms':>14} {'detect p99 ms':>14}")
+        print(
+            f"{'driver':<7} {'provider':<10} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8} "
+            f"{'detect p50 ms':>14} {'detect p99 ms':>14}"
+        )
         for is_async in (False, True):
             for provider in ("anthropic", "openai"):
                 rec, late = recovery_latencies(provider, server, args.stalls, is_async=is_async)
-                print(f"{'async' if is_async else 'sync':<7} {provider:<10} "
-                      f"{pct(rec, .5) * 1e3:8.1f} {pct(rec, .99) * 1e3:8.1f} {max(rec) * 1e3:8.1f} "
-                      f"{pct(late, .5) * 1e3:14.2f} {pct(late, .99) * 1e3:14.2f}", flush=True)
+                print(
+                    f"{'async' if is_async else 'sync':<7} {provider:<10} "
+                    f"{pct(rec, 0.5) * 1e3:8.1f} {pct(rec, 0.99) * 1e3:8.1f} {max(rec) * 1e3:8.1f} "
+                    f"{pct(late, 0.5) * 1e3:14.2f} {pct(late, 0.99) * 1e3:14.2f}",
+                    flush=True,
+                )
         print(f"\nper-event cost, median of {args.streams} streams each, engine vs bare SDK")
-        print(f"{'driver':<7} {'provider':<10} {'recording':<10} {'events':>6} {'bare ms':>8} "
-              f"{'engine ms':>9} {'ratio':>6}")
+        print(
+            f"{'driver':<7} {'provider':<10} {'recording':<10} {'events':>6} {'bare ms':>8} "
+            f"{'engine ms':>9} {'ratio':>6}"
+        )
         for is_async in (False, True):
             for provider in ("anthropic", "openai"):
                 bare, wrapped, events = overhead(provider, server, args.streams, is_async=is_async)
-                print(f"{'async' if is_async else 'sync':<7} {provider:<10} {RECORDING[provider]:<10} "
-                      f"{events:6d} {bare * 1e3:8.2f} {wrapped * 1e3:9.2f} {wrapped / bare:6.3f}",
-                      flush=True)
+                print(
+                    f"{'async' if is_async else 'sync':<7} {provider:<10} "
+                    f"{RECORDING[provider]:<10} "
+                    f"{events:6d} {bare * 1e3:8.2f} {wrapped * 1e3:9.2f} {wrapped / bare:6.3f}",
+                    flush=True,
+                )
         server.wait_idle(5)
         print(f"\nopen connections at the server after the benchmark: {server.open_connections}")
     return 0
