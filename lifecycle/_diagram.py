@@ -458,3 +458,52 @@ def _flow_node(state: str) -> str:
     if state in FINAL_STATES:
         return f'{state}((("{state}")))'
     return f'{state}(["{state}"])'
+
+
+def run_dot(history: Sequence[Transition], attempts: Sequence[AttemptRecord]) -> str:
+    """Graphviz DOT of the lifecycle with one run's path highlighted (for an SVG per run):
+    visited states filled, taken edges bold and numbered in order with elapsed time,
+    the rest grey."""
+    visited = {INITIAL_STATE}
+    taken: dict[tuple[str, str, str], list[str]] = {}
+    for number, transition in enumerate(history, start=1):
+        visited.update((transition.source, transition.dest))
+        key = (transition.source, transition.trigger, transition.dest)
+        taken.setdefault(key, []).append(f"{number}. {transition.trigger} @{transition.at:.3f}s")
+    title = _one_line(_run_title(attempts))
+    lines = [
+        "digraph run {",
+        f"    label={_dot_quote(title)}; labelloc=t; rankdir=TB; nodesep=0.5; ranksep=0.55;",
+        '    node [shape=box, style="rounded,filled", fontname="Helvetica", fontsize=11];',
+        '    edge [fontname="Helvetica", fontsize=9];',
+    ]
+    for state in STATES:
+        final = state in FINAL_STATES
+        if state in visited:
+            fill, font = "#cfe8ff", "black"
+        else:
+            fill, font = "#f2f2f2", "#9a9a9a"
+        peripheries = 2 if final else 1
+        lines.append(
+            f"    {state} [fillcolor={_dot_quote(fill)}, fontcolor={_dot_quote(font)}, "
+            f"peripheries={peripheries}];"
+        )
+    seen: set[tuple[str, str, str]] = set()
+    for edge in _edges():
+        if edge.key in seen:
+            continue
+        seen.add(edge.key)
+        source, trigger, dest = edge.key
+        if edge.key in taken:
+            label = "\\n".join(taken[edge.key])
+            lines.append(
+                f"    {source} -> {dest} [label={_dot_quote(label)}, penwidth=2.4, "
+                'color="#1f6fd1", fontcolor="#1f6fd1"];'
+            )
+        else:
+            lines.append(
+                f"    {source} -> {dest} [label={_dot_quote(trigger)}, style=dashed, "
+                'color="#c8c8c8", fontcolor="#b0b0b0"];'
+            )
+    lines.append("}")
+    return "\n".join(lines) + "\n"

@@ -15,7 +15,6 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import anthropic
 import openai
@@ -242,12 +241,9 @@ def _write_diagrams(outcomes: Sequence[Outcome], directory: Path) -> list[Path]:
 
 
 def _run_dot_text(run: Run) -> str | None:
-    try:
-        from lifecycle._diagram import run_dot  # type: ignore[attr-defined]
-    except ImportError:
-        return None
-    result: Any = run_dot(run.history, run.attempts)
-    return str(result)
+    from lifecycle._diagram import run_dot
+
+    return run_dot(run.history, run.attempts)
 
 
 def run_demo(*, diagrams_dir: str = "demo-diagrams", stale: float = 0.5) -> int:
