@@ -495,9 +495,10 @@ def run_dot(history: Sequence[Transition], attempts: Sequence[AttemptRecord]) ->
         seen.add(edge.key)
         source, trigger, dest = edge.key
         if edge.key in taken:
-            label = "\\n".join(taken[edge.key])
+            # One line per time the edge was taken; \n is DOT's own line break.
+            label = '"' + "\\n".join(_dot_quote(step)[1:-1] for step in taken[edge.key]) + '"'
             lines.append(
-                f"    {source} -> {dest} [label={_dot_quote(label)}, penwidth=2.4, "
+                f"    {source} -> {dest} [label={label}, penwidth=2.4, "
                 'color="#1f6fd1", fontcolor="#1f6fd1"];'
             )
         else:
