@@ -91,6 +91,8 @@ class RetryPolicy:
                 raise ValueError(f"RetryPolicy.{name} must be >= 0, got {value!r}")
         if self.max_backoff < self.initial_backoff:
             raise ValueError("RetryPolicy.max_backoff must be >= RetryPolicy.initial_backoff")
+        if isinstance(self.jitter, bool) or not isinstance(self.jitter, int | float):
+            raise TypeError("RetryPolicy.jitter must be a number within [0, 1]")
         if math.isnan(self.jitter) or not 0.0 <= self.jitter <= 1.0:
             raise ValueError(f"RetryPolicy.jitter must be within [0, 1], got {self.jitter!r}")
         if self.on_partial not in ("restart", "fail"):

@@ -37,7 +37,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, cast
 
-from transitions import EventData, Machine
+from transitions import EventData, Machine, MachineError
 
 from ._config import RetryPolicy, Timeouts
 from ._errors import Fault
@@ -53,7 +53,7 @@ from ._events import (
     StreamFinished,
 )
 from ._policy import Decision, decide
-from ._run import AttemptRecord, Transition
+from ._run import AttemptRecord, Transition, redact
 
 __all__ = ["FINAL_STATES", "STATES", "TRANSITIONS", "CleanupPlan", "RouteInfo", "RunCore"]
 
@@ -265,7 +265,11 @@ class RunCore:
     # -- feeding -----------------------------------------------------------------
     def feed(self, event: LifecycleEvent) -> None:
         """Apply one reported event. Raises ``transitions.MachineError`` if it is not
-        allowed in the current state: a driver bug, never something to ignore."""
+        allowed in the current state: a driver bug, never something to ignore. The check
+        comes first, so a rejected event leaves the records as they were."""
+        trigger = TRIGGER_OF[type(event)]
+        if self.state not in MACHINE.events[trigger].transitions:
+            raise MachineError(f"{trigger} ({type(event).__name__}) is not allowed in {self.state}")
         if isinstance(event, AttemptStarted):
             self._open_attempt(event)
         elif isinstance(event, InterruptRequested):
@@ -287,7 +291,6 @@ class RunCore:
             self._close_attempt(event.fault, event.at)
         elif isinstance(event, FirstEventReceived):
             self.committed = True
-        trigger = TRIGGER_OF[type(event)]
         if isinstance(event, InterruptRequested) and self.state in IN_FLIGHT:
             self._close_attempt(
                 Fault(
@@ -369,7 +372,9 @@ class RunCore:
     def _close_attempt(self, fault: Fault, at: float) -> None:
         attempt = self.active_attempt
         attempt.outcome = fault.outcome
-        attempt.reason = fault.reason
+        attempt.reason = redact(fault.reason)
+        if fault.request_id and "request-id" not in attempt.diagnostics.headers:
+            attempt.diagnostics.headers["request-id"] = redact(fault.request_id)
         attempt.diagnostics.elapsed = at - attempt.started_at
         if fault.http_status is not None:
             attempt.diagnostics.http_status = fault.http_status

@@ -22,6 +22,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from lifecycle import Fault
+from lifecycle._run import redact
 
 __all__ = [
     "REQUEST_ERRORS",
@@ -103,7 +104,7 @@ def status_fault(
         outcome="error",
         retryable=retryable,
         fallback_eligible=fallback,
-        reason=f"HTTP {status}: {message}"[:300],
+        reason=redact(f"HTTP {status}: {message}")[:300],
         http_status=status,
         retry_after=retry_after,
         request_id=request_id,
