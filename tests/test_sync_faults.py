@@ -22,6 +22,7 @@ from providers.loopback import (
     PingsOnly,
     StallAfterEvents,
     StallBeforeHeaders,
+    recordings,
 )
 
 pytestmark = pytest.mark.timeout(30)
@@ -250,10 +251,22 @@ def test_on_partial_fail_still_retries_invisibly_before_output(provider: Any) ->
     assert run.state == "completed" and len(run.attempts) == 2
 
 
+def slow_drip(provider: Any, seconds: float = 1.5) -> Healthy:
+    """A healthy stream that lasts ``seconds``: longer than the caller holds an event
+    below, so a wrongly running stale clock would cut it off mid-stream. Its blocks are
+    less than ``stale`` apart (and, with ``HOLD_TIMEOUTS``, its first meaningful event
+    comes well within ``first_token``)."""
+    blocks = len(recordings.load(provider.name, "text_basic").blocks)
+    return Healthy(drip=seconds / blocks)
+
+
+HOLD_TIMEOUTS = Timeouts(connect=5, first_token=2.0, stale=STALE, total=30)
+
+
 def test_time_in_the_callers_loop_body_is_not_silence(provider: Any) -> None:
     """The caller holds an event longer than ``stale``: that is not the provider's stall."""
-    engine = provider.engine(timeouts=TIMEOUTS, retry=RETRY)
-    provider.script([Healthy(drip=0.02)])
+    engine = provider.engine(timeouts=HOLD_TIMEOUTS, retry=RETRY)
+    provider.script([slow_drip(provider)])
     held = []
 
     def slow(event: Any) -> None:
@@ -268,15 +281,20 @@ def test_time_in_the_callers_loop_body_is_not_silence(provider: Any) -> None:
     assert len(run.attempts) == 1, [(a.outcome, a.reason) for a in run.attempts]
 
 
+@pytest.mark.xfail(
+    strict=True,
+    reason="engine: the restart event is yielded with watch.holding False "
+    "(lifecycle/_sync_driver.py, _attempt), so the stale clock runs while the caller holds it",
+)
 def test_time_holding_the_restart_event_is_not_silence(provider: Any) -> None:
     """A caller that takes its time over ``restart`` (clearing what it showed) must not
     make the new attempt look stalled."""
-    engine = provider.engine(timeouts=TIMEOUTS, retry=RETRY)
-    provider.script([DropAfterEvents(n=1), Healthy(drip=0.02)])
+    engine = provider.engine(timeouts=HOLD_TIMEOUTS, retry=RETRY)
+    provider.script([DropAfterEvents(n=1), slow_drip(provider)])
 
     def slow(event: Any) -> None:
         if event.type == "restart":
-            time.sleep(STALE + 0.2)
+            time.sleep(STALE + 0.3)
 
     with provider.stream(engine) as run:
         seen = provider.consume(run, slow)
