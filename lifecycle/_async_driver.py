@@ -162,7 +162,11 @@ class AsyncRun(RunBase):
                                 progressed_on_loop(loop, watch)
                                 restart = self._restart_event(attempt)
                                 if restart is not None:
+                                    # Holding the restart event is the caller's time too.
+                                    watch.holding = True
                                     yield restart
+                                    watch.progress_at = now()
+                                    watch.holding = False
                             builder.add(event)
                             chunks += 1
                             watch.holding = True

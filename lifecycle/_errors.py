@@ -18,7 +18,7 @@ wrapped or swallowed: it propagates after a bounded cleanup.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
@@ -54,6 +54,8 @@ class Fault:
     request_id: str | None = None
     error_type: str | None = None
     api_mode: str | None = None
+    headers: Mapping[str, str] | None = None
+    """Response headers of the error, if any (filtered by the allowlist when recorded)."""
 
 
 class LifecycleError(Exception):

@@ -54,6 +54,7 @@ from ._events import (
 )
 from ._policy import Decision, decide
 from ._run import AttemptRecord, Transition, redact
+from ._shared import header_subset
 
 __all__ = ["FINAL_STATES", "STATES", "TRANSITIONS", "CleanupPlan", "RouteInfo", "RunCore"]
 
@@ -373,8 +374,8 @@ class RunCore:
         attempt = self.active_attempt
         attempt.outcome = fault.outcome
         attempt.reason = redact(fault.reason)
-        if fault.request_id and "request-id" not in attempt.diagnostics.headers:
-            attempt.diagnostics.headers["request-id"] = redact(fault.request_id)
+        if fault.headers:
+            attempt.diagnostics.headers.update(header_subset(fault.headers))
         attempt.diagnostics.elapsed = at - attempt.started_at
         if fault.http_status is not None:
             attempt.diagnostics.http_status = fault.http_status

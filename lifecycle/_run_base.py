@@ -217,6 +217,19 @@ class RunBase:
         )
 
     def _cleanup_rebuild(self, plan: CleanupPlan, slot: ClientSlot) -> None:
+        if self._core.interrupt_requested or self._interrupted:
+            # The run is ending: building a client (~20-40 ms of TLS set-up) would only
+            # delay the caller. The slot is empty, so the next run on this route builds
+            # a fresh client on its own thread.
+            plan.attempt.diagnostics.cleanup.append(
+                CleanupStep(
+                    step="rebuild",
+                    thread=_here(),
+                    at=now() - plan.attempt.started_at,
+                    detail=f"{plan.api_mode}: deferred to the next run (this one is cancelled)",
+                )
+            )
+            return
         try:
             slot.rebuild()
             detail = f"{plan.api_mode} client generation {slot.built_count}"

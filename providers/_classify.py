@@ -110,6 +110,7 @@ def status_fault(
         request_id=request_id,
         error_type=error_type,
         api_mode=api_mode,
+        headers=dict(headers) if headers else None,
     )
 
 

@@ -281,11 +281,6 @@ def test_time_in_the_callers_loop_body_is_not_silence(provider: Any) -> None:
     assert len(run.attempts) == 1, [(a.outcome, a.reason) for a in run.attempts]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="engine: the restart event is yielded with watch.holding False "
-    "(lifecycle/_sync_driver.py, _attempt), so the stale clock runs while the caller holds it",
-)
 def test_time_holding_the_restart_event_is_not_silence(provider: Any) -> None:
     """A caller that takes its time over ``restart`` (clearing what it showed) must not
     make the new attempt look stalled."""

@@ -143,17 +143,9 @@ def test_diagnostics_of_a_failed_attempt(provider: Any) -> None:
     assert all(s.thread == me for s in diag.cleanup)
 
 
-def test_failed_attempt_keeps_the_request_id(provider: Any, request: pytest.FixtureRequest) -> None:
+def test_failed_attempt_keeps_the_request_id(provider: Any) -> None:
     """The request id of an error response is what the provider's support asks for; it is
     kept under the provider's own header name, as for a completed attempt."""
-    if provider.name == "openai":
-        request.applymarker(
-            pytest.mark.xfail(
-                strict=True,
-                reason="engine: a failed attempt files OpenAI's x-request-id under "
-                "'request-id' (RunCore._close_attempt), a completed one under 'x-request-id'",
-            )
-        )
     engine = provider.engine(timeouts=TIMEOUTS, retry=QUICK)
     provider.script([HttpError(status=529), Healthy()])
     with provider.stream(engine) as run:
