@@ -39,6 +39,7 @@ from typing import Any, Final, cast
 
 from transitions import EventData, Machine, MachineError
 
+from . import _testing
 from ._config import RetryPolicy, Timeouts
 from ._errors import Fault
 from ._events import (
@@ -185,11 +186,6 @@ TRIGGER_OF: Final[dict[type, str]] = {
     DeadlinePassed: "expire",
 }
 
-# Test-only fault injection (see tests/): never part of the public API. When set, the
-# cleanup plan is aimed at the route after the active one, exactly like the bug that
-# started this project (an Anthropic stall "cleaned up" by rebuilding the OpenAI client).
-_MISDIRECT_CLEANUP_FOR_TESTS = False
-
 
 def build_machine(model: object | None = None) -> Machine:
     """The machine: built once per process, shared by every run. Runs are not added to it
@@ -327,7 +323,7 @@ class RunCore:
     def plan_cleanup(self) -> None:
         attempt = self.active_attempt
         index = attempt.route_index
-        if _MISDIRECT_CLEANUP_FOR_TESTS:
+        if _testing.misdirect_cleanup:  # test-only mutation, see _testing
             index = (index + 1) % len(self.routes)
         route = self.routes[index]
         self.pending_cleanup = CleanupPlan(

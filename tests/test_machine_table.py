@@ -16,7 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from transitions import MachineError
 
-from lifecycle import _machine
+from lifecycle import _machine, _testing
 from lifecycle._config import RetryPolicy, Timeouts
 from lifecycle._errors import Fault
 from lifecycle._events import (
@@ -564,7 +564,7 @@ def test_cleanup_targets_the_active_attempts_route(modes: tuple[str, str]) -> No
 def test_the_cleanup_check_catches_a_misdirected_plan(monkeypatch: pytest.MonkeyPatch) -> None:
     """The original bug (an Anthropic stall 'cleaned up' by rebuilding the OpenAI client)
     is what ``assert_cleanup_targets_active_route`` must catch."""
-    monkeypatch.setattr(_machine, "_MISDIRECT_CLEANUP_FOR_TESTS", True)
+    monkeypatch.setattr(_testing, "misdirect_cleanup", True)
     core = RunCore(
         routes=(
             RouteInfo(api_mode=ANTHROPIC, model="a", target=Target(ANTHROPIC, 0)),
