@@ -45,9 +45,10 @@ class Timeouts:
         for name in ("connect", "first_token", "stale", "total"):
             _positive(f"Timeouts.{name}", getattr(self, name))
         if self.first_token > self.total:
+            hint = " (60 is the default: set first_token too)" if self.first_token == 60.0 else ""
             raise ValueError(
-                f"Timeouts.first_token ({self.first_token}) must not exceed "
-                f"Timeouts.total ({self.total})"
+                f"Timeouts.first_token ({self.first_token:g}) must not exceed "
+                f"Timeouts.total ({self.total:g}){hint}"
             )
         if self.connect > self.total:
             raise ValueError(
