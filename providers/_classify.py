@@ -16,6 +16,7 @@ Each adapter maps its own SDK's exception classes (``anthropic_messages.classify
 from __future__ import annotations
 
 import email.utils
+import functools
 import json
 import time
 from collections.abc import Mapping
@@ -152,6 +153,7 @@ def error_body_type(body: Any) -> tuple[str | None, str]:
     return None, ""
 
 
+@functools.cache
 def transport_error_classes() -> tuple[type[BaseException], ...]:
     """httpx's and httpx2's transport errors, whichever are installed."""
     classes: list[type[BaseException]] = []
@@ -165,3 +167,118 @@ def transport_error_classes() -> tuple[type[BaseException], ...]:
             if isinstance(cls, type) and issubclass(cls, BaseException):
                 classes.append(cls)
     return tuple(classes)
+
+
+# -- table-driven classification of an SDK's exported exception classes ----------------
+# Each adapter lists EVERY exception class its SDK exports (all supported majors) with
+# the way it is handled; tests/test_classification.py enumerates the installed SDK and
+# fails when a class is missing, so a new SDK exception is never handled by accident.
+#
+#   by_status     the HTTP status (or, for an error inside a 200 stream, the status its
+#                 error type stands for) decides, per the table at the top
+#   stream_error  an error object inside a 200 stream: classified by its type/code
+#   account       this provider's account, billing, credentials or configuration:
+#                 not retryable, another route may work
+#   request       the request itself is refused: fail fast with the provider's message
+#   connection    the connection broke or timed out: retryable
+#   malformed     the stream could not be parsed: retryable
+#   sdk_error     a base class raised directly by the SDK: not retryable, fall back
+#   not_streaming raised only by SDK features the engine never uses (webhooks,
+#                 websockets, parse helpers); handled like sdk_error if it ever appears
+
+Category = str
+CATEGORIES = frozenset(
+    {
+        "by_status",
+        "stream_error",
+        "account",
+        "request",
+        "connection",
+        "malformed",
+        "sdk_error",
+        "not_streaming",
+    }
+)
+
+
+def _status_and_body(
+    exc: BaseException,
+) -> tuple[int | None, str | None, str, Mapping[str, str] | None]:
+    kind, message = error_body_type(getattr(exc, "body", None))
+    status = getattr(exc, "status_code", None)
+    response = getattr(exc, "response", None)
+    headers = getattr(response, "headers", None) if response is not None else None
+    return (status if isinstance(status, int) else None), kind, message, headers
+
+
+def classify_with_table(
+    exc: BaseException,
+    *,
+    api_mode: str,
+    sdk_module: str,
+    table: Mapping[str, Category],
+    request_id_header: str,
+) -> Fault:
+    """Classify ``exc`` by the first class of its MRO that the SDK exports and the table
+    names; exceptions from outside the SDK (the transport, the JSON parser) by type."""
+    category: Category | None = None
+    for cls in type(exc).__mro__:
+        if cls.__module__.split(".")[0] == sdk_module and cls.__name__ in table:
+            category = table[cls.__name__]
+            break
+    name = type(exc).__name__
+    text = redact(str(exc))[:200]
+    if category is None:
+        if isinstance(exc, json.JSONDecodeError) or (
+            isinstance(exc, ValueError) and "pydantic" in type(exc).__module__
+        ):
+            return malformed_fault(exc, api_mode=api_mode)
+        if isinstance(exc, transport_error_classes()):
+            return transport_fault(exc, api_mode=api_mode)
+        if isinstance(exc, RuntimeError) and "client has been closed" in str(exc):
+            return transport_fault(exc, api_mode=api_mode)
+        return Fault(
+            outcome="error",
+            retryable=False,
+            fallback_eligible=False,
+            reason=f"unexpected {name}: {text}",
+            error_type=name,
+            api_mode=api_mode,
+        )
+    if category in ("by_status", "stream_error"):
+        status, kind, message, headers = _status_and_body(exc)
+        if status is None or status < 400:
+            # An error inside a 200 stream stands for the status of its type or code.
+            code = getattr(exc, "code", None) or kind
+            if isinstance(code, int) or (isinstance(code, str) and code.isdigit()):
+                status = int(code)
+            else:
+                status = ERROR_TYPE_STATUS.get(str(code), 500) if code is not None else 500
+        request_id = getattr(exc, "request_id", None) or (
+            headers.get(request_id_header) if headers else None
+        )
+        return status_fault(
+            status,
+            api_mode=api_mode,
+            message=message or text,
+            headers=headers,
+            request_id=request_id,
+            error_type=kind or name,
+        )
+    if category == "connection":
+        return transport_fault(exc, api_mode=api_mode)
+    if category == "malformed":
+        return malformed_fault(exc, api_mode=api_mode)
+    status, kind, message, headers = _status_and_body(exc)
+    retryable = False
+    fallback = category != "request"
+    return Fault(
+        outcome="error",
+        retryable=retryable,
+        fallback_eligible=fallback,
+        reason=redact(f"{name} ({category}): {message or text}")[:300],
+        http_status=status,
+        error_type=kind or name,
+        api_mode=api_mode,
+        headers=dict(headers) if headers else None,
+    )

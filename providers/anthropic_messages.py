@@ -18,9 +18,8 @@ carrying the error body; it is classified by its error type (``overloaded_error`
 
 from __future__ import annotations
 
-import json
 from collections.abc import AsyncIterator, Iterator, Mapping
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Final
 
 import anthropic
 
@@ -36,19 +35,10 @@ from lifecycle import (
     Usage,
 )
 
-from ._classify import (
-    ERROR_TYPE_STATUS,
-    error_body_type,
-    malformed_fault,
-    status_fault,
-    transport_error_classes,
-    transport_fault,
-)
+from ._classify import classify_with_table
 from ._sockets import install_connection_tagging, socket_of_response
 
 __all__ = ["AnthropicMessages"]
-
-_TRANSPORT_ERRORS = transport_error_classes()
 
 
 class AnthropicMessages(Route):
@@ -131,51 +121,71 @@ class AnthropicMessages(Route):
         return classify(exc)
 
 
+# Every exception class anthropic exports (0.x and 2.x), and how it is handled; see
+# providers/_classify.py for the categories. tests/test_classification.py fails when the
+# installed SDK exports a class that is not listed here.
+EXCEPTION_TABLE: Final[Mapping[str, str]] = {
+    "AnthropicError": "sdk_error",
+    "APIError": "stream_error",
+    "APIStatusError": "by_status",
+    "APIConnectionError": "connection",
+    "APITimeoutError": "connection",
+    "APIResponseValidationError": "malformed",
+    "APIWebhookValidationError": "not_streaming",
+    "RetryableError": "connection",
+    "CredentialsError": "account",
+    "IdentityTokenFileError": "account",
+    "WorkloadIdentityError": "account",
+    "BadRequestError": "by_status",
+    "AuthenticationError": "by_status",
+    "PermissionDeniedError": "by_status",
+    "NotFoundError": "by_status",
+    "ConflictError": "by_status",
+    "UnprocessableEntityError": "by_status",
+    "RateLimitError": "by_status",
+    "RampLimitExceededError": "by_status",
+    "InternalServerError": "by_status",
+    "OverloadedError": "by_status",
+    "ServiceUnavailableError": "by_status",
+    "GatewayTimeoutError": "by_status",
+    "DeadlineExceededError": "by_status",
+    "RequestTimeoutError": "by_status",
+    "RequestTooLargeError": "by_status",
+    "ContentTooLargeError": "by_status",
+    "RequestBodyTooLargeAfterDecodingError": "by_status",
+    "RequestBodyEncodingInvalidError": "by_status",
+    "RequestBodyEncodingUnsupportedError": "by_status",
+    "PreconditionFailedError": "by_status",
+    "CMEKContextUnavailableError": "by_status",
+    "CMEKKeyUnreachableError": "by_status",
+    "ClientClosedRequestError": "connection",
+    "RequestHeaderFieldsTooLargeError": "request",
+    "ClaudeCodeVersionTooOldError": "request",
+    "HTTPNotImplementedError": "account",
+    "PaymentRequiredError": "account",
+    "LinkedOrganizationBillingUnavailableError": "account",
+    "LinkedOrganizationSpendLimitReachedError": "account",
+    "ContractSpendLimitReachedError": "account",
+    "EnforcedSpendLimitReachedError": "account",
+    "OrganizationOnHoldError": "account",
+    "OrganizationTypeNotSupportedError": "account",
+    "ParentOrganizationRequiredError": "account",
+    "WorkspaceHumanReviewDisabledError": "account",
+    "ClaudeCodeKeyCreatorNotMemberError": "account",
+    "CMEKKeyDisabledError": "account",
+    "CMEKKeyNetworkBlockedError": "account",
+    "SandboxEgressRestrictedError": "account",
+}
+
+
 def classify(exc: BaseException) -> Fault:
     """Every exception the anthropic SDK (or its transport) can raise, mapped on purpose."""
-    mode = AnthropicMessages.api_mode
-    if isinstance(exc, anthropic.APIStatusError):
-        kind, message = error_body_type(getattr(exc, "body", None))
-        status = exc.status_code
-        if status < 400 and kind is not None:
-            # An error event inside a 200 stream stands for the status of its type.
-            status = ERROR_TYPE_STATUS.get(kind, 500)
-        headers = exc.response.headers if exc.response is not None else None
-        return status_fault(
-            status,
-            api_mode=mode,
-            message=message or str(exc)[:200],
-            headers=headers,
-            request_id=getattr(exc, "request_id", None)
-            or (headers.get("request-id") if headers else None),
-            error_type=kind or type(exc).__name__,
-        )
-    if isinstance(exc, anthropic.APIResponseValidationError | json.JSONDecodeError):
-        return malformed_fault(exc, api_mode=mode)
-    if isinstance(exc, anthropic.APIConnectionError):  # includes APITimeoutError
-        return transport_fault(exc, api_mode=mode)
-    if isinstance(exc, _TRANSPORT_ERRORS):
-        return transport_fault(exc, api_mode=mode)
-    if isinstance(exc, ValueError) and "pydantic" in type(exc).__module__:
-        return malformed_fault(exc, api_mode=mode)
-    if isinstance(exc, RuntimeError) and "client has been closed" in str(exc):
-        return transport_fault(exc, api_mode=mode)
-    if isinstance(exc, anthropic.AnthropicError):
-        return Fault(
-            outcome="error",
-            retryable=False,
-            fallback_eligible=True,
-            reason=f"{type(exc).__name__}: {str(exc)[:200]}",
-            error_type=type(exc).__name__,
-            api_mode=mode,
-        )
-    return Fault(
-        outcome="error",
-        retryable=False,
-        fallback_eligible=False,
-        reason=f"unexpected {type(exc).__name__}: {str(exc)[:200]}",
-        error_type=type(exc).__name__,
-        api_mode=mode,
+    return classify_with_table(
+        exc,
+        api_mode=AnthropicMessages.api_mode,
+        sdk_module="anthropic",
+        table=EXCEPTION_TABLE,
+        request_id_header="request-id",
     )
 
 

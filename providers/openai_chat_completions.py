@@ -18,9 +18,8 @@ is classified by its type/code like the HTTP status it stands for.
 
 from __future__ import annotations
 
-import json
 from collections.abc import AsyncIterator, Iterator, Mapping
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Final
 
 import openai
 
@@ -36,19 +35,10 @@ from lifecycle import (
     Usage,
 )
 
-from ._classify import (
-    ERROR_TYPE_STATUS,
-    error_body_type,
-    malformed_fault,
-    status_fault,
-    transport_error_classes,
-    transport_fault,
-)
+from ._classify import classify_with_table
 from ._sockets import install_connection_tagging, socket_of_response
 
 __all__ = ["OpenAIChatCompletions"]
-
-_TRANSPORT_ERRORS = transport_error_classes()
 
 
 class OpenAIChatCompletions(Route):
@@ -132,60 +122,42 @@ class OpenAIChatCompletions(Route):
         return classify(exc)
 
 
+# Every exception class openai exports (2.x and 3.x), and how it is handled; see
+# providers/_classify.py for the categories. tests/test_classification.py fails when the
+# installed SDK exports a class that is not listed here.
+EXCEPTION_TABLE: Final[Mapping[str, str]] = {
+    "OpenAIError": "sdk_error",
+    "APIError": "stream_error",
+    "APIStatusError": "by_status",
+    "APIConnectionError": "connection",
+    "APITimeoutError": "connection",
+    "APIResponseValidationError": "malformed",
+    "BadRequestError": "by_status",
+    "AuthenticationError": "by_status",
+    "PermissionDeniedError": "by_status",
+    "NotFoundError": "by_status",
+    "ConflictError": "by_status",
+    "UnprocessableEntityError": "by_status",
+    "RateLimitError": "by_status",
+    "InternalServerError": "by_status",
+    "OAuthError": "account",
+    "ContentFilterFinishReasonError": "request",
+    "LengthFinishReasonError": "not_streaming",
+    "InvalidWebhookSignatureError": "not_streaming",
+    "WebSocketConnectionClosedError": "not_streaming",
+    "WebSocketQueueFullError": "not_streaming",
+    "_AmbiguousModuleClientUsageError": "not_streaming",
+}
+
+
 def classify(exc: BaseException) -> Fault:
     """Every exception the openai SDK (or its transport) can raise, mapped on purpose."""
-    mode = OpenAIChatCompletions.api_mode
-    if isinstance(exc, openai.APIStatusError):
-        kind, message = error_body_type(getattr(exc, "body", None))
-        headers = exc.response.headers if exc.response is not None else None
-        return status_fault(
-            exc.status_code,
-            api_mode=mode,
-            message=message or str(exc)[:200],
-            headers=headers,
-            request_id=getattr(exc, "request_id", None)
-            or (headers.get("x-request-id") if headers else None),
-            error_type=kind or type(exc).__name__,
-        )
-    if isinstance(exc, openai.APIResponseValidationError | json.JSONDecodeError):
-        return malformed_fault(exc, api_mode=mode)
-    if isinstance(exc, openai.APIConnectionError):  # includes APITimeoutError
-        return transport_fault(exc, api_mode=mode)
-    if isinstance(exc, openai.APIError):
-        # An error object inside a 200 stream (no status of its own).
-        kind, message = error_body_type(getattr(exc, "body", None))
-        code = getattr(exc, "code", None) or kind
-        status = ERROR_TYPE_STATUS.get(str(code), 500) if code is not None else 500
-        if isinstance(code, int) or (isinstance(code, str) and code.isdigit()):
-            status = int(code)
-        return status_fault(
-            status,
-            api_mode=mode,
-            message=message or str(exc)[:200],
-            error_type=str(code) if code is not None else type(exc).__name__,
-        )
-    if isinstance(exc, _TRANSPORT_ERRORS):
-        return transport_fault(exc, api_mode=mode)
-    if isinstance(exc, ValueError) and "pydantic" in type(exc).__module__:
-        return malformed_fault(exc, api_mode=mode)
-    if isinstance(exc, RuntimeError) and "client has been closed" in str(exc):
-        return transport_fault(exc, api_mode=mode)
-    if isinstance(exc, openai.OpenAIError):
-        return Fault(
-            outcome="error",
-            retryable=False,
-            fallback_eligible=True,
-            reason=f"{type(exc).__name__}: {str(exc)[:200]}",
-            error_type=type(exc).__name__,
-            api_mode=mode,
-        )
-    return Fault(
-        outcome="error",
-        retryable=False,
-        fallback_eligible=False,
-        reason=f"unexpected {type(exc).__name__}: {str(exc)[:200]}",
-        error_type=type(exc).__name__,
-        api_mode=mode,
+    return classify_with_table(
+        exc,
+        api_mode=OpenAIChatCompletions.api_mode,
+        sdk_module="openai",
+        table=EXCEPTION_TABLE,
+        request_id_header="x-request-id",
     )
 
 
