@@ -10,7 +10,15 @@ from ._config import RetryPolicy, Timeouts
 from ._engine import StreamEngine
 from ._errors import Fault, Interrupted, LifecycleError, StreamFailed
 from ._machine import FINAL_STATES, STATES, TRANSITIONS
-from ._message import Message, Restart, StreamEvent, ToolCall, ToolCallDelta, Usage
+from ._message import (
+    IncompleteToolCall,
+    Message,
+    Restart,
+    StreamEvent,
+    ToolCall,
+    ToolCallDelta,
+    Usage,
+)
 from ._route import AsyncAttemptStream, AttemptStream, Request, Route
 from ._run import AttemptRecord, CleanupStep, Diagnostics, Transition
 from ._sync_driver import Run
@@ -27,6 +35,7 @@ __all__ = [
     "CleanupStep",
     "Diagnostics",
     "Fault",
+    "IncompleteToolCall",
     "Interrupted",
     "LifecycleError",
     "Message",

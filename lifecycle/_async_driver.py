@@ -186,8 +186,8 @@ class AsyncRun(RunBase):
                     except BaseException as exc:
                         disarm_on_loop(watch)
                         diag.chunks = chunks
-                        self._message = builder.build()
                         core.feed(self._fault_event(route, exc, watch))
+                        self._message = builder.build(cut_reason=core.active_attempt.reason)
                         self._record_wire(attempt, connection)
                         leaving = not isinstance(exc, Exception)
                         await self._clean_up(connection, stream, lease, bounded=leaving)

@@ -7,10 +7,12 @@ ping, a message_start or a role-only chunk is progress of bytes, not of the answ
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from typing import Literal
 
 __all__ = [
+    "IncompleteToolCall",
     "Message",
     "MessageBuilder",
     "Restart",
@@ -69,10 +71,25 @@ class ToolCall:
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
+class IncompleteToolCall:
+    """A tool call whose stream was cut before the provider's stop: never to be executed.
+
+    ``arguments`` is whatever part of the JSON arrived (possibly not valid JSON)."""
+
+    id: str
+    name: str
+    arguments: str
+    reason: str
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
 class Message:
     text: str = ""
     thinking: str = ""
     tool_calls: tuple[ToolCall, ...] = ()
+    """Only calls the provider finished (the stream reached its stop)."""
+    incomplete_tool_calls: tuple[IncompleteToolCall, ...] = ()
+    """Calls cut off mid-stream, kept for diagnosis; ``tool_calls`` never holds them."""
     stop_reason: str | None = None
     usage: Usage | None = None
     api_mode: str | None = None
@@ -122,17 +139,43 @@ class MessageBuilder:
             if event.usage is not None:
                 self.usage = event.usage
 
-    def build(self) -> Message:
-        calls = tuple(
-            ToolCall(id=p.id, name=p.name, arguments="".join(p.arguments) or "{}")
-            for _, p in sorted(self._tools.items())
-        )
+    def build(self, *, cut_reason: str | None = None) -> Message:
+        """The message so far. Without the provider's stop, every tool call is incomplete:
+        half of a JSON argument object must never reach a tool."""
+        calls: list[ToolCall] = []
+        incomplete: list[IncompleteToolCall] = []
+        for _, parts in sorted(self._tools.items()):
+            arguments = "".join(parts.arguments)
+            reason: str | None = cut_reason or "the stream ended before the provider's stop"
+            if self.stop_reason is not None:
+                reason = _unusable_arguments(arguments, self.stop_reason)
+            if reason is None:
+                calls.append(ToolCall(id=parts.id, name=parts.name, arguments=arguments or "{}"))
+            else:
+                incomplete.append(
+                    IncompleteToolCall(
+                        id=parts.id, name=parts.name, arguments=arguments, reason=reason
+                    )
+                )
         return Message(
             text="".join(self._text),
             thinking="".join(self._thinking),
-            tool_calls=calls,
+            tool_calls=tuple(calls),
+            incomplete_tool_calls=tuple(incomplete),
             stop_reason=self.stop_reason,
             usage=self.usage,
             api_mode=self.api_mode,
             model=self.model,
         )
+
+
+def _unusable_arguments(arguments: str, stop_reason: str) -> str | None:
+    """Why a finished stream's tool call must not run, or None if its arguments are whole.
+    A provider that stops at max_tokens mid-call sends a clean stop with half the JSON."""
+    if not arguments:
+        return None
+    try:
+        json.loads(arguments)
+    except ValueError:
+        return f"arguments are not complete JSON (stop reason {stop_reason!r})"
+    return None

@@ -190,8 +190,8 @@ class Run(RunBase):
             except BaseException as exc:
                 watchdog.disarm(watch)
                 diag.chunks = chunks
-                self._message = builder.build()
                 core.feed(self._fault_event(route, exc, watch))
+                self._message = builder.build(cut_reason=core.active_attempt.reason)
                 self._record_wire(attempt, connection)
                 self._clean_up(connection, stream, lease)
                 if isinstance(exc, Exception):
