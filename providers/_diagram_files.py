@@ -18,10 +18,11 @@ from lifecycle._diagram import adapter_mermaid, lifecycle_dot, lifecycle_mermaid
 
 from .anthropic_messages import AnthropicMessages
 from .openai_chat_completions import OpenAIChatCompletions
+from .openai_responses import OpenAIResponses
 
 __all__ = ["ADAPTERS", "diagram_command", "expected_files"]
 
-ADAPTERS = (AnthropicMessages, OpenAIChatCompletions)
+ADAPTERS = (AnthropicMessages, OpenAIChatCompletions, OpenAIResponses)
 DEFAULT_DIRECTORY = "diagrams"
 SVG_NAME = "lifecycle.svg"
 

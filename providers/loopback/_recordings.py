@@ -31,8 +31,8 @@ __all__ = [
     "parse_blocks",
 ]
 
-Provider = Literal["anthropic", "openai"]
-PROVIDERS: tuple[Provider, ...] = ("anthropic", "openai")
+Provider = Literal["anthropic", "openai", "openai_responses"]
+PROVIDERS: tuple[Provider, ...] = ("anthropic", "openai", "openai_responses")
 
 _ANTHROPIC_MEANINGFUL = frozenset({"content_block_delta", "message_stop"})
 
@@ -92,6 +92,12 @@ class Recording:
         Anthropic: every ``text_delta``. OpenAI: the ``content`` of choice ``choice``.
         """
         parts: list[str] = []
+        if self.provider == "openai_responses":
+            return "".join(
+                str(p.get("delta", ""))
+                for p in _payloads(self.blocks)
+                if p.get("type") == "response.output_text.delta"
+            )
         for block in self.blocks:
             if not block.meaningful:
                 continue
@@ -118,7 +124,23 @@ class Recording:
         """
         if self.provider == "anthropic":
             return _anthropic_message(self.blocks)
+        if self.provider == "openai_responses":
+            return _responses_final(self.blocks)
         return _openai_completion(self.blocks)
+
+
+# Responses API events that are progress of the answer (the rest is bookkeeping).
+_RESPONSES_MEANINGFUL = frozenset(
+    {
+        "response.output_text.delta",
+        "response.refusal.delta",
+        "response.reasoning_summary_text.delta",
+        "response.reasoning_text.delta",
+        "response.function_call_arguments.delta",
+        "response.completed",
+        "response.incomplete",
+    }
+)
 
 
 def _is_meaningful(provider: Provider, event: str | None, data: str) -> bool:
@@ -130,6 +152,8 @@ def _is_meaningful(provider: Provider, event: str | None, data: str) -> bool:
             except (ValueError, AttributeError):
                 return False
         return event in _ANTHROPIC_MEANINGFUL
+    if provider == "openai_responses":
+        return event in _RESPONSES_MEANINGFUL
     if data.startswith("[DONE]"):
         return False
     try:
@@ -311,3 +335,12 @@ def _openai_completion(blocks: tuple[SseBlock, ...]) -> dict[str, Any]:
                 choice["finish_reason"] = item["finish_reason"]
     completion["choices"] = [choices[i] for i in sorted(choices)]
     return completion
+
+
+def _responses_final(blocks: tuple[SseBlock, ...]) -> dict[str, Any]:
+    for payload in reversed(_payloads(blocks)):
+        if payload.get("type") in ("response.completed", "response.incomplete"):
+            response = payload.get("response")
+            if isinstance(response, dict):
+                return response
+    return {}

@@ -75,6 +75,8 @@ _ROUTES: dict[str, Provider] = {
     "/v1/messages": "anthropic",
     "/v1/chat/completions": "openai",
     "/chat/completions": "openai",
+    "/v1/responses": "openai_responses",
+    "/responses": "openai_responses",
 }
 _READ_SIZE = 64 * 1024
 _MAX_HEAD = 64 * 1024
@@ -83,14 +85,21 @@ _END_CHUNKS = b"0\r\n\r\n"
 _PING = {
     "anthropic": b'event: ping\ndata: {"type": "ping"}\n\n',
     "openai": b": keep-alive\n\n",
+    "openai_responses": b": keep-alive\n\n",
 }
 _MALFORMED = {
     "anthropic": b"event: content_block_delta\n"
     b'data: {"type": "content_block_delta", "delta": {\n\n',
     "openai": b'data: {"id": "chatcmpl-loopback", "choices": [{"index": 0, "delta": {\n\n',
+    "openai_responses": b"event: response.output_text.delta\n"
+    b'data: {"type": "response.output_text.delta", "delta": {\n\n',
 }
 _RECORDING_FAULTS = (Healthy, StallAfterEvents, PingsOnly, DropAfterEvents, MalformedEvent)
-_REQUEST_ID_HEADER = {"anthropic": "request-id", "openai": "x-request-id"}
+_REQUEST_ID_HEADER = {
+    "anthropic": "request-id",
+    "openai": "x-request-id",
+    "openai_responses": "x-request-id",
+}
 
 _ANTHROPIC_ERRORS: dict[int, tuple[str, str]] = {
     400: ("invalid_request_error", "Invalid request"),

@@ -1,0 +1,218 @@
+"""``OpenAIResponses``: the OpenAI Responses API, ``responses.create(stream=True)`` through
+the ``openai`` SDK.
+
+Events and what they become (only meaningful events reach the engine):
+
+| SDK event                                        | neutral event                |
+| ------------------------------------------------ | ---------------------------- |
+| response.output_text.delta, response.refusal.delta | ``text``                   |
+| response.reasoning_summary_text.delta, reasoning_text.delta | ``thinking``       |
+| response.output_item.added (function_call)        | ``tool_call`` (id, name)    |
+| response.function_call_arguments.delta            | ``tool_call`` (arguments)   |
+| response.completed / response.incomplete          | ``stop`` (reason, usage)    |
+| response.failed, error                            | raised: classified by code  |
+| created, in_progress, *.added / *.done bookkeeping| nothing: bytes, not progress |
+
+The tool-call index is the item's ``output_index``; the id given to the caller is the
+``call_id`` the API expects back with the function's output.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator, Mapping
+from typing import Any, ClassVar
+
+import openai
+
+from lifecycle import (
+    AsyncAttemptStream,
+    AttemptStream,
+    Fault,
+    Request,
+    Route,
+    StreamEvent,
+    Timeouts,
+    ToolCallDelta,
+    Usage,
+)
+
+from ._classify import classify_with_table
+from ._sockets import install_connection_tagging, socket_of_response
+from .openai_chat_completions import EXCEPTION_TABLE
+
+__all__ = ["OpenAIResponses"]
+
+
+class OpenAIResponses(Route):
+    """A route to the Responses API: ``OpenAIResponses(factory, model=...)``."""
+
+    api_mode: ClassVar[str] = "responses"
+    cleanup_description: ClassVar[tuple[str, ...]] = (
+        "shutdown(SHUT_RDWR) of the attempt's socket",
+        "close the openai.OpenAI client",
+        "rebuild openai.OpenAI from the factory",
+    )
+
+    def is_async_client(self, client: Any) -> bool:
+        return isinstance(client, openai.AsyncOpenAI)
+
+    def prepare_client(self, client: Any) -> Any:
+        if not isinstance(client, openai.OpenAI | openai.AsyncOpenAI):
+            raise TypeError(
+                f"route {self.name}: the factory must return openai.OpenAI or "
+                f"openai.AsyncOpenAI, got {type(client).__module__}.{type(client).__name__}"
+            )
+        prepared = client.with_options(max_retries=0)
+        install_connection_tagging(prepared)
+        return prepared
+
+    def request_kwargs(self, request: Request, timeouts: Timeouts) -> dict[str, Any]:
+        kwargs: dict[str, Any] = {
+            "model": self.model,
+            "input": list(request.messages),
+            "max_output_tokens": request.max_tokens,
+            "stream": True,
+            "timeout": openai.Timeout(
+                connect=timeouts.connect,
+                read=timeouts.total,
+                write=timeouts.connect,
+                pool=timeouts.connect,
+            ),
+        }
+        if request.system is not None:
+            kwargs["instructions"] = request.system
+        if request.tools:
+            kwargs["tools"] = [
+                {
+                    "type": "function",
+                    "name": tool["name"],
+                    "description": tool.get("description", ""),
+                    "parameters": tool.get("input_schema")
+                    or tool.get("parameters")
+                    or {"type": "object"},
+                }
+                for tool in request.tools
+            ]
+        kwargs.update(self.options)
+        kwargs.update(request.options)
+        return kwargs
+
+    def open(self, client: Any, request: Request, timeouts: Timeouts) -> AttemptStream:
+        stream = client.responses.create(**self.request_kwargs(request, timeouts))
+        return _ResponsesStream(stream)
+
+    async def aopen(self, client: Any, request: Request, timeouts: Timeouts) -> AsyncAttemptStream:
+        stream = await client.responses.create(**self.request_kwargs(request, timeouts))
+        return _AsyncResponsesStream(stream)
+
+    def close_client(self, client: Any) -> None:
+        client.close()
+
+    async def aclose_client(self, client: Any) -> None:
+        await client.close()
+
+    def classify(self, exc: BaseException) -> Fault:
+        return classify_with_table(
+            exc,
+            api_mode=self.api_mode,
+            sdk_module="openai",
+            table=EXCEPTION_TABLE,
+            request_id_header="x-request-id",
+        )
+
+
+class _Translator:
+    __slots__ = ("calls", "request")
+
+    def __init__(self, request: Any) -> None:
+        self.calls: set[int] = set()
+        self.request = request
+
+    def translate(self, event: Any) -> StreamEvent | None:
+        kind = event.type
+        if kind == "response.output_text.delta" or kind == "response.refusal.delta":
+            return StreamEvent(type="text", text=event.delta)
+        if kind == "response.function_call_arguments.delta":
+            return StreamEvent(
+                type="tool_call",
+                tool_call=ToolCallDelta(index=event.output_index, arguments_delta=event.delta),
+            )
+        if kind in ("response.reasoning_summary_text.delta", "response.reasoning_text.delta"):
+            return StreamEvent(type="thinking", text=event.delta)
+        if kind == "response.output_item.added":
+            item = event.item
+            if getattr(item, "type", None) == "function_call":
+                self.calls.add(event.output_index)
+                return StreamEvent(
+                    type="tool_call",
+                    tool_call=ToolCallDelta(
+                        index=event.output_index,
+                        id=getattr(item, "call_id", None) or getattr(item, "id", None),
+                        name=item.name,
+                        arguments_delta=getattr(item, "arguments", "") or "",
+                    ),
+                )
+            return None
+        if kind == "response.completed":
+            return self._stop(event.response, "tool_calls" if self.calls else "stop")
+        if kind == "response.incomplete":
+            details = getattr(event.response, "incomplete_details", None)
+            return self._stop(event.response, getattr(details, "reason", None) or "incomplete")
+        if kind in ("response.failed", "error"):
+            error = getattr(getattr(event, "response", None), "error", None) or event
+            code = getattr(error, "code", None) or "server_error"
+            message = getattr(error, "message", None) or kind
+            # Classified like the HTTP status its code stands for (see _classify).
+            raise openai.APIError(
+                str(message), self.request, body={"code": code, "message": message}
+            )
+        return None
+
+    def _stop(self, response: Any, reason: str) -> StreamEvent:
+        usage = getattr(response, "usage", None)
+        return StreamEvent(
+            type="stop",
+            stop_reason=reason,
+            usage=Usage(
+                input_tokens=getattr(usage, "input_tokens", None),
+                output_tokens=getattr(usage, "output_tokens", None),
+            ),
+        )
+
+
+class _ResponsesStream(AttemptStream):
+    def __init__(self, stream: Any) -> None:
+        self._stream = stream
+        response = stream.response
+        self.http_status = response.status_code
+        self.headers: Mapping[str, str] = response.headers
+        self.socket = socket_of_response(response)
+
+    def events(self) -> Iterator[StreamEvent]:
+        translate = _Translator(self._stream.response.request).translate
+        for event in self._stream:
+            neutral = translate(event)
+            if neutral is not None:
+                yield neutral
+
+    def close(self) -> None:
+        self._stream.close()
+
+
+class _AsyncResponsesStream(AsyncAttemptStream):
+    def __init__(self, stream: Any) -> None:
+        self._stream = stream
+        response = stream.response
+        self.http_status = response.status_code
+        self.headers: Mapping[str, str] = response.headers
+        self.socket = socket_of_response(response)
+
+    async def events(self) -> AsyncIterator[StreamEvent]:
+        translate = _Translator(self._stream.response.request).translate
+        async for event in self._stream:
+            neutral = translate(event)
+            if neutral is not None:
+                yield neutral
+
+    async def aclose(self) -> None:
+        await self._stream.close()
