@@ -19,6 +19,7 @@ is classified by its type/code like the HTTP status it stands for.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator, Mapping
+from dataclasses import replace
 from typing import Any, ClassVar, Final
 
 import openai
@@ -78,7 +79,6 @@ class OpenAIChatCompletions(Route):
             "messages": messages,
             "max_tokens": request.max_tokens,
             "stream": True,
-            "stream_options": {"include_usage": True},
             "timeout": openai.Timeout(
                 connect=timeouts.connect,
                 read=timeouts.total,
@@ -86,6 +86,8 @@ class OpenAIChatCompletions(Route):
                 pool=timeouts.connect,
             ),
         }
+        if not self.without_stream_options:
+            kwargs["stream_options"] = {"include_usage": True}
         if request.tools:
             kwargs["tools"] = [
                 {
@@ -118,8 +120,26 @@ class OpenAIChatCompletions(Route):
     async def aclose_client(self, client: Any) -> None:
         await client.close()
 
+    without_stream_options = False
+    """Set once a server refused ``stream_options`` (some OpenAI-compatible servers do):
+    every later request of this route omits it, so usage may then be missing."""
+
     def classify(self, exc: BaseException) -> Fault:
-        return classify(exc)
+        fault = classify(exc)
+        if (
+            fault.http_status in (400, 422)
+            and not self.without_stream_options
+            and "stream_options" in fault.reason
+        ):
+            # Not the caller's request that is wrong: this server lacks an option the
+            # adapter added. Remember it for the route and retry once without it.
+            self.without_stream_options = True
+            return replace(
+                fault,
+                retryable=True,
+                reason=f"{fault.reason} (retrying without stream_options)",
+            )
+        return fault
 
 
 # Every exception class openai exports (2.x and 3.x), and how it is handled; see
