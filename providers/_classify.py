@@ -229,7 +229,7 @@ def classify_with_table(
     name = type(exc).__name__
     text = redact(str(exc))[:200]
     if category is None:
-        if isinstance(exc, json.JSONDecodeError) or (
+        if isinstance(exc, json.JSONDecodeError | UnicodeDecodeError) or (
             isinstance(exc, ValueError) and "pydantic" in type(exc).__module__
         ):
             return malformed_fault(exc, api_mode=api_mode)

@@ -23,6 +23,7 @@ __all__ = [
     "HttpError",
     "MalformedEvent",
     "PingsOnly",
+    "RawResponse",
     "StallAfterEvents",
     "StallAfterHeaders",
     "StallBeforeHeaders",
@@ -158,6 +159,32 @@ class MalformedEvent:
         _check_recording(self.recording)
 
 
+@dataclass(frozen=True, kw_only=True, slots=True)
+class RawResponse:
+    """Send exactly these bytes: for hostile input (HTML error pages, a JSON body where a
+    stream was expected, invalid UTF-8, unknown or out-of-order events, a body cut
+    mid-event). ``body`` is sent as one chunk of a chunked body (or with a
+    content-length when ``chunked`` is false); ``end`` is ``"complete"`` (terminate the
+    body), ``"cut"`` (TCP reset right after the bytes) or ``"stall"`` (send nothing more).
+    """
+
+    status: int = 200
+    headers: tuple[tuple[str, str], ...] = (("content-type", "text/event-stream"),)
+    body: bytes = b""
+    chunked: bool = True
+    end: str = "complete"
+
+    def __post_init__(self) -> None:
+        if not 100 <= self.status <= 599:
+            raise ValueError(f"status must be an HTTP status, got {self.status!r}")
+        if self.end not in ("complete", "cut", "stall"):
+            raise ValueError(f"end must be 'complete', 'cut' or 'stall', got {self.end!r}")
+        object.__setattr__(self, "headers", tuple((str(k), str(v)) for k, v in self.headers))
+        for name, value in self.headers:
+            if any(c in name + value for c in "\r\n"):
+                raise ValueError("header names and values must not contain CR or LF")
+
+
 Fault: TypeAlias = (
     Healthy
     | StallBeforeHeaders
@@ -167,6 +194,7 @@ Fault: TypeAlias = (
     | DropAfterEvents
     | HttpError
     | MalformedEvent
+    | RawResponse
 )
 """Any fault script the server understands."""
 
@@ -179,4 +207,5 @@ FAULT_TYPES: tuple[type, ...] = (
     DropAfterEvents,
     HttpError,
     MalformedEvent,
+    RawResponse,
 )

@@ -55,6 +55,7 @@ from ._faults import (
     HttpError,
     MalformedEvent,
     PingsOnly,
+    RawResponse,
     StallAfterEvents,
     StallAfterHeaders,
     StallBeforeHeaders,
@@ -910,6 +911,8 @@ class LoopbackServer:
             return keep_alive
         if isinstance(fault, HttpError):
             await self._send_http_error(conn, req, fault, keep_alive)
+        elif isinstance(fault, RawResponse):
+            await self._send_raw(conn, req, fault, keep_alive)
         elif stream:
             await self._stream(conn, req, fault, recording, keep_alive)
         else:
@@ -949,6 +952,26 @@ class LoopbackServer:
         headers += fault.headers
         self._set_status(req, fault.status)
         await self._send(conn, _head(fault.status, headers) + body)
+
+    async def _send_raw(self, conn: _Conn, req: _Req, fault: RawResponse, keep_alive: bool) -> None:
+        headers = list(fault.headers)
+        if fault.chunked:
+            headers.append(("transfer-encoding", "chunked"))
+            payload = _frame(fault.body) if fault.body else b""
+            ending = _END_CHUNKS
+        else:
+            headers.append(("content-length", str(len(fault.body))))
+            payload, ending = fault.body, b""
+        headers += self._common_headers(req, keep_alive)
+        self._set_status(req, fault.status)
+        await self._send(conn, _head(fault.status, headers) + payload)
+        if fault.end == "complete":
+            if ending:
+                await self._send(conn, ending)
+        elif fault.end == "cut":
+            await self._drop(conn)
+        else:
+            await self._stall(conn)
 
     async def _stream(
         self, conn: _Conn, req: _Req, fault: Fault, recording: str, keep_alive: bool

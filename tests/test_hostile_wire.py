@@ -1,0 +1,177 @@
+"""Hostile input from the wire: each ends in a typed error or a correct retry, never a
+hang, an engine crash or a leaked connection. Both providers, the real SDKs."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import anthropic
+import openai
+import pytest
+
+from lifecycle import RetryPolicy, StreamEngine, StreamFailed, Timeouts
+from providers import AnthropicMessages, OpenAIChatCompletions
+from providers.loopback import Healthy, LoopbackServer, RawResponse
+
+MESSAGES = [{"role": "user", "content": "Hi"}]
+SSE = (("content-type", "text/event-stream"),)
+
+
+@pytest.fixture(scope="module")
+def server() -> Any:
+    with LoopbackServer() as srv:
+        yield srv
+
+
+def _sse(provider: str, events: list[tuple[str | None, Any]]) -> bytes:
+    out = []
+    for name, data in events:
+        text = data if isinstance(data, str) else json.dumps(data)
+        out.append((f"event: {name}\n" if name else "") + f"data: {text}\n\n")
+    return "".join(out).encode()
+
+
+def _anthropic_events(*middle: tuple[str | None, Any]) -> list[tuple[str | None, Any]]:
+    start = {
+        "type": "message_start",
+        "message": {
+            "id": "msg_x",
+            "type": "message",
+            "role": "assistant",
+            "model": "m",
+            "content": [],
+            "stop_reason": None,
+            "stop_sequence": None,
+            "usage": {"input_tokens": 1, "output_tokens": 0},
+        },
+    }
+    return [("message_start", start), *middle]
+
+
+def _text_delta(text: str) -> tuple[str, Any]:
+    return (
+        "content_block_delta",
+        {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": text}},
+    )
+
+
+def _engine(server: LoopbackServer, provider: str, key: str) -> tuple[StreamEngine, Any]:
+    if provider == "anthropic":
+        route: Any = AnthropicMessages(
+            lambda: anthropic.Anthropic(
+                base_url=server.anthropic_base_url,
+                api_key="t",
+                default_headers={"x-loopback-key": key},
+            ),
+            model="claude-hostile",
+        )
+    else:
+        route = OpenAIChatCompletions(
+            lambda: openai.OpenAI(
+                base_url=server.openai_base_url,
+                api_key="t",
+                default_headers={"x-loopback-key": key},
+            ),
+            model="gpt-hostile",
+        )
+    engine = StreamEngine(
+        routes=[route],
+        timeouts=Timeouts(connect=2, first_token=1.0, stale=1.0, total=15),
+        retry=RetryPolicy(max_attempts=2, initial_backoff=0.0),
+    )
+    return engine, route
+
+
+def _run(server: LoopbackServer, provider: str, key: str, fault: Any) -> tuple[Any, Any]:
+    server.script(key, [fault, Healthy()])
+    engine, _ = _engine(server, provider, key)
+    error = None
+    with engine:
+        run = engine.stream(messages=MESSAGES, max_tokens=16)
+        try:
+            with run:
+                for _ in run:
+                    pass
+        except StreamFailed as exc:
+            error = exc
+    assert server.wait_idle(3.0), f"leaked connections: {server.open_connections}"
+    return run, error
+
+
+HOSTILE: dict[str, RawResponse] = {
+    "html-page-200": RawResponse(
+        status=200,
+        headers=(("content-type", "text/html"),),
+        body=b"<html><body><h1>Bad gateway</h1></body></html>",
+        chunked=False,
+    ),
+    "html-page-502": RawResponse(
+        status=502,
+        headers=(("content-type", "text/html"),),
+        body=b"<html><body>502 Bad Gateway</body></html>",
+        chunked=False,
+    ),
+    "json-instead-of-stream": RawResponse(
+        status=200,
+        headers=(("content-type", "application/json"),),
+        body=b'{"unexpected": "not a stream"}',
+        chunked=False,
+    ),
+    "invalid-json-in-data": RawResponse(
+        headers=SSE, body=b"event: content_block_delta\ndata: {nope\n\n"
+    ),
+    "body-ends-mid-event": RawResponse(
+        headers=SSE, body=b'event: content_block_delta\ndata: {"type": "content_bl', end="cut"
+    ),
+    "empty-200-stream": RawResponse(headers=SSE, body=b""),
+    "invalid-utf8": RawResponse(headers=SSE, body=b'data: {"x": "\xff\xfe\xc3"}\n\n'),
+}
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("provider", ["anthropic", "openai"])
+@pytest.mark.parametrize("case", sorted(HOSTILE))
+def test_hostile_response_is_retried_or_typed(
+    server: LoopbackServer, provider: str, case: str
+) -> None:
+    run, error = _run(server, provider, f"hostile-{provider}-{case}", HOSTILE[case])
+    # Every case here is transient garbage from a proxy or a broken upstream: classified
+    # (an error status, or a dropped/malformed/truncated stream) and retried.
+    assert error is None, error
+    assert run.state == "completed"
+    first = run.attempts[0]
+    expected = "error" if HOSTILE[case].status >= 400 else "dropped"
+    assert first.outcome == expected, first.reason
+    assert run.message is not None and run.message.text
+
+
+@pytest.mark.timeout(30)
+def test_unknown_and_out_of_order_events_never_crash_the_engine(server: LoopbackServer) -> None:
+    body = _sse(
+        "anthropic",
+        _anthropic_events(
+            ("mystery_event", {"type": "mystery_event", "x": 1}),
+            _text_delta("delta before any content_block_start"),
+            ("message_stop", {"type": "message_stop"}),
+            ("message_stop", {"type": "message_stop"}),
+        ),
+    )
+    run, error = _run(server, "anthropic", "hostile-order", RawResponse(headers=SSE, body=body))
+    assert run.state in ("completed", "failed")
+    assert error is None or error.attempts
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("provider", ["anthropic", "openai"])
+def test_a_server_that_never_answers_is_stale_not_a_hang(
+    server: LoopbackServer, provider: str
+) -> None:
+    run, _ = _run(
+        server,
+        provider,
+        f"hostile-silent-{provider}",
+        RawResponse(headers=SSE, body=b": hello\n\n", end="stall"),
+    )
+    assert run.state == "completed"
+    assert run.attempts[0].outcome == "stale"
