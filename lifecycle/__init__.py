@@ -4,7 +4,7 @@ The public API is what ``__all__`` names; every other module is private. ``lifec
 is provider-neutral and never imports ``providers``: adapters implement ``Route``.
 """
 
-from ._abort import AttemptConnection, Shutdownable, active_connection
+from ._abort import AttemptConnection, OversizedEvent, Shutdownable, active_connection, count_read
 from ._async_driver import AsyncRun
 from ._config import RetryPolicy, Timeouts
 from ._engine import StreamEngine
@@ -39,6 +39,7 @@ __all__ = [
     "Interrupted",
     "LifecycleError",
     "Message",
+    "OversizedEvent",
     "Request",
     "Restart",
     "RetryPolicy",
@@ -54,4 +55,5 @@ __all__ = [
     "Transition",
     "Usage",
     "active_connection",
+    "count_read",
 ]

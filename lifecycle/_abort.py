@@ -24,7 +24,13 @@ import time
 from contextvars import ContextVar
 from typing import Protocol
 
-__all__ = ["AttemptConnection", "Shutdownable", "active_connection"]
+__all__ = [
+    "AttemptConnection",
+    "OversizedEvent",
+    "Shutdownable",
+    "active_connection",
+    "count_read",
+]
 
 
 class Shutdownable(Protocol):
@@ -41,6 +47,8 @@ class AttemptConnection:
         "abort_reason",
         "aborted_at",
         "aborted_by",
+        "byte_budget",
+        "bytes_at_progress",
         "bytes_read",
         "first_byte_at",
         "sent_at",
@@ -54,6 +62,11 @@ class AttemptConnection:
         self.aborted_by: str | None = None
         self.abort_reason: str | None = None
         self.bytes_read = 0
+        self.bytes_at_progress = 0
+        """``bytes_read`` when the last meaningful event arrived."""
+        self.byte_budget: float = float("inf")
+        """How many bytes may arrive without a meaningful event before the read fails
+        with ``OversizedEvent`` (a single SSE line of 64 MiB must not be buffered whole)."""
         self.first_byte_at: float | None = None
         self.sent_at: float | None = None
 
@@ -113,6 +126,24 @@ def _shutdown(sock: Shutdownable) -> None:
     # Already shut, or already closed by its owner: either way the reader is free.
     with contextlib.suppress(OSError):
         sock.shutdown(socket.SHUT_RDWR)
+
+
+class OversizedEvent(Exception):
+    """Raised from the network read when more than ``byte_budget`` bytes arrived without
+    a meaningful event: the engine stops reading instead of buffering it."""
+
+
+def count_read(connection: AttemptConnection | None, size: int, at: float) -> None:
+    """Account ``size`` bytes read for ``connection`` (called by adapters' network streams)."""
+    if connection is None or not size:
+        return
+    connection.bytes_read += size
+    if connection.first_byte_at is None:
+        connection.first_byte_at = at
+    if connection.bytes_read - connection.bytes_at_progress > connection.byte_budget:
+        raise OversizedEvent(
+            f"more than {int(connection.byte_budget)} bytes arrived without a meaningful event"
+        )
 
 
 active_connection: ContextVar[AttemptConnection | None] = ContextVar(

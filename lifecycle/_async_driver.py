@@ -50,8 +50,15 @@ CLEANUP_BOUND: Final = 5.0
 class AsyncRun(RunBase):
     """One streaming call with its whole lifecycle; ``async for`` it in one task."""
 
-    def __init__(self, *, core: RunCore, routes: tuple[Route, ...], request: Request) -> None:
-        super().__init__(core=core, routes=routes, request=request)
+    def __init__(
+        self,
+        *,
+        core: RunCore,
+        routes: tuple[Route, ...],
+        request: Request,
+        max_event_bytes: float = float("inf"),
+    ) -> None:
+        super().__init__(core=core, routes=routes, request=request, max_event_bytes=max_event_bytes)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._wake: asyncio.Event | None = None
         self._iterator: AsyncGenerator[StreamEvent, None] | None = None
@@ -119,6 +126,7 @@ class AsyncRun(RunBase):
             route = self._routes[route_index]
             diag = attempt.diagnostics
             connection = AttemptConnection()
+            connection.byte_budget = self._max_event_bytes
             self._connection = connection
             if self._interrupted:
                 connection.abort(reason="interrupt")
@@ -174,6 +182,7 @@ class AsyncRun(RunBase):
                                     watch.progress_at = now()
                                     watch.holding = False
                             builder.add(event)
+                            connection.bytes_at_progress = connection.bytes_read
                             chunks += 1
                             watch.holding = True
                             yield event

@@ -23,8 +23,10 @@ class StreamEngine:
 
     ``routes`` is the fallback chain, in order. Clients are built lazily, one per route
     and flavour, shared by concurrent runs, and closed by ``close()``.
-    ``on_transition`` is called with each ``Transition`` a run takes, on the thread or
-    task that owns the run (keep it fast; it runs inside the lifecycle).
+    ``max_event_bytes`` bounds what may arrive without a meaningful event (a runaway
+    SSE line is refused, not buffered). ``on_transition`` is called with each
+    ``Transition`` a run takes, on the thread or task that owns the run (keep it fast;
+    it runs inside the lifecycle).
     """
 
     def __init__(
@@ -35,6 +37,7 @@ class StreamEngine:
         retry: RetryPolicy | None = None,
         rng: random.Random | None = None,
         on_transition: Callable[[Transition], None] | None = None,
+        max_event_bytes: int = 16 * 1024 * 1024,
     ) -> None:
         if isinstance(routes, Route) or not isinstance(routes, Iterable):
             raise TypeError("StreamEngine(routes=...) must be a list of routes")
@@ -58,6 +61,11 @@ class StreamEngine:
         self._route_infos = tuple(
             RouteInfo(api_mode=r.api_mode, model=r.model, target=r) for r in routes
         )
+        if isinstance(max_event_bytes, bool) or not isinstance(max_event_bytes, int):
+            raise TypeError("StreamEngine(max_event_bytes=...) must be an int")
+        if max_event_bytes < 1024:
+            raise ValueError("StreamEngine(max_event_bytes=...) must be at least 1024")
+        self.max_event_bytes = max_event_bytes
         self._closed = False
         self._listeners = (on_transition,) if on_transition is not None else ()
 
@@ -107,7 +115,12 @@ class StreamEngine:
         ``Timeouts.total`` counts from this call.
         """
         request = self._request(messages, max_tokens, system, tools, options)
-        return Run(core=self._core(), routes=self.routes, request=request)
+        return Run(
+            core=self._core(),
+            routes=self.routes,
+            request=request,
+            max_event_bytes=self.max_event_bytes,
+        )
 
     def astream(
         self,
@@ -125,7 +138,12 @@ class StreamEngine:
         naming the route.
         """
         request = self._request(messages, max_tokens, system, tools, options)
-        return AsyncRun(core=self._core(), routes=self.routes, request=request)
+        return AsyncRun(
+            core=self._core(),
+            routes=self.routes,
+            request=request,
+            max_event_bytes=self.max_event_bytes,
+        )
 
     async def aclose(self) -> None:
         """Close every client this engine's routes built, async ones included."""

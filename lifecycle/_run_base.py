@@ -16,14 +16,14 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from . import _testing
-from ._abort import AttemptConnection
+from ._abort import AttemptConnection, OversizedEvent
 from ._clients import ClientLease, ClientSlot
 from ._errors import Fault, Interrupted, StreamFailed
 from ._events import AttemptFailed, InterruptRequested, StallDetected
 from ._message import Message, Restart, StreamEvent
 from ._route import Request, Route
 from ._run import AttemptRecord, CleanupStep, Transition, cause_chain, redact
-from ._shared import failure_message, truncated_fault
+from ._shared import failure_message, oversized_fault, truncated_fault
 from ._watchdog import Watch
 
 if TYPE_CHECKING:
@@ -48,8 +48,16 @@ class Truncated(Exception):
 class RunBase:
     """State and records of one run; the drivers add iteration."""
 
-    def __init__(self, *, core: RunCore, routes: tuple[Route, ...], request: Request) -> None:
+    def __init__(
+        self,
+        *,
+        core: RunCore,
+        routes: tuple[Route, ...],
+        request: Request,
+        max_event_bytes: float = float("inf"),
+    ) -> None:
         self._core = core
+        self._max_event_bytes = max_event_bytes
         self._routes = routes
         self._request = request
         self._interrupted = False
@@ -120,6 +128,9 @@ class RunBase:
             return InterruptRequested(at=at)
         if isinstance(exc, Truncated):
             return AttemptFailed(at=at, fault=truncated_fault(route))
+        if isinstance(exc, OversizedEvent):
+            diag.error_type = type(exc).__name__
+            return AttemptFailed(at=at, fault=oversized_fault(route, str(exc)))
         fault: Fault = route.classify(exc)
         diag.error_type = type(exc).__name__
         diag.cause_chain = cause_chain(exc)

@@ -12,7 +12,13 @@ if TYPE_CHECKING:
     from ._machine import RunCore
     from ._route import Route
 
-__all__ = ["client_build_fault", "failure_message", "header_subset", "truncated_fault"]
+__all__ = [
+    "client_build_fault",
+    "failure_message",
+    "header_subset",
+    "oversized_fault",
+    "truncated_fault",
+]
 
 
 def client_build_fault(route: Route, exc: BaseException) -> Fault:
@@ -35,6 +41,18 @@ def truncated_fault(route: Route) -> Fault:
         retryable=True,
         fallback_eligible=True,
         reason="stream ended without a stop reason (truncated)",
+        api_mode=route.api_mode,
+    )
+
+
+def oversized_fault(route: Route, detail: str) -> Fault:
+    """An event larger than the engine will buffer: the provider (or a proxy) is sending
+    something that is not a normal stream; retrying the same route would repeat it."""
+    return Fault(
+        outcome="dropped",
+        retryable=False,
+        fallback_eligible=True,
+        reason=f"oversized event: {detail}",
         api_mode=route.api_mode,
     )
 

@@ -46,8 +46,15 @@ class _CallerLeft(Exception):
 class Run(RunBase):
     """One streaming call with its whole lifecycle; iterate it on one thread."""
 
-    def __init__(self, *, core: RunCore, routes: tuple[Route, ...], request: Request) -> None:
-        super().__init__(core=core, routes=routes, request=request)
+    def __init__(
+        self,
+        *,
+        core: RunCore,
+        routes: tuple[Route, ...],
+        request: Request,
+        max_event_bytes: float = float("inf"),
+    ) -> None:
+        super().__init__(core=core, routes=routes, request=request, max_event_bytes=max_event_bytes)
         self._wake = threading.Event()
         self._iterator: Generator[StreamEvent, None, None] | None = None
 
@@ -125,6 +132,7 @@ class Run(RunBase):
         route = self._routes[attempt.route_index]
         diag = attempt.diagnostics
         connection = AttemptConnection()
+        connection.byte_budget = self._max_event_bytes
         self._connection = connection
         if self._interrupted:
             connection.abort(reason="interrupt")
@@ -177,6 +185,7 @@ class Run(RunBase):
                             watch.progress_at = now()
                             watch.holding = False
                     builder.add(event)
+                    connection.bytes_at_progress = connection.bytes_read
                     chunks += 1
                     watch.holding = True
                     yield event

@@ -25,7 +25,7 @@ import time
 from collections.abc import Iterable
 from typing import Any
 
-from lifecycle import AttemptConnection, Shutdownable, active_connection
+from lifecycle import AttemptConnection, Shutdownable, active_connection, count_read
 
 __all__ = [
     "ConnectionTaggingUnavailable",
@@ -128,9 +128,7 @@ def _claim(owner: AttemptConnection | None, stream: Any) -> AttemptConnection | 
 
 def _count(owner: AttemptConnection | None, data: bytes) -> None:
     if owner is not None and data:
-        owner.bytes_read += len(data)
-        if owner.first_byte_at is None:
-            owner.first_byte_at = _now()
+        count_read(owner, len(data), _now())
 
 
 class _TaggedStream:

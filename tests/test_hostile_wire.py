@@ -175,3 +175,30 @@ def test_a_server_that_never_answers_is_stale_not_a_hang(
     )
     assert run.state == "completed"
     assert run.attempts[0].outcome == "stale"
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("provider", ["anthropic", "openai"])
+def test_a_64_mib_sse_line_is_refused_without_buffering_it(
+    server: LoopbackServer, provider: str
+) -> None:
+    line = b'data: {"x": "' + b"a" * (64 * 1024 * 1024) + b'"}\n\n'
+    key = f"hostile-huge-{provider}"
+    server.script(key, [RawResponse(headers=SSE, body=line)])
+    engine, route = _engine(server, provider, key)
+    engine = StreamEngine(
+        routes=[route],
+        timeouts=Timeouts(connect=2, first_token=20, stale=20, total=30),
+        retry=RetryPolicy(max_attempts=2, initial_backoff=0.0),
+    )
+    with engine, pytest.raises(StreamFailed, match="oversized event"):
+        run = engine.stream(messages=MESSAGES, max_tokens=16)
+        with run:
+            for _ in run:
+                pass
+    (first,) = run.attempts  # not retried on the same route: it would come again
+    assert first.outcome == "dropped" and first.diagnostics.error_type == "OversizedEvent"
+    # The engine stopped reading just past the budget (16 MiB by default), far short of
+    # the 64 MiB line: it never held the whole line, let alone twice.
+    assert first.diagnostics.bytes < 20 * 1024 * 1024, first.diagnostics.bytes
+    assert server.wait_idle(3.0)
