@@ -34,6 +34,13 @@ class ToolCallDelta:
     name: str | None = None
     arguments_delta: str = ""
 
+    def __post_init__(self) -> None:
+        # Wire data decides these; an adapter turns this TypeError into a malformed stream.
+        if isinstance(self.index, bool) or not isinstance(self.index, int):
+            raise TypeError(f"tool call index must be an int, got {self.index!r}")
+        if not isinstance(self.arguments_delta, str):
+            raise TypeError(f"tool call arguments must be text, got {self.arguments_delta!r}")
+
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class Usage:

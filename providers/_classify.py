@@ -29,6 +29,7 @@ __all__ = [
     "REQUEST_ERRORS",
     "RETRYABLE_STATUSES",
     "ROUTE_ERRORS",
+    "SchemaViolation",
     "malformed_fault",
     "parse_retry_after",
     "status_fault",
@@ -52,6 +53,11 @@ ERROR_TYPE_STATUS: Mapping[str, int] = {
     "not_found_error": 404,
     "request_too_large": 413,
 }
+
+
+class SchemaViolation(ValueError):
+    """An event parsed as JSON but does not have the shape its wire API documents (a
+    chunk without ``choices``, a delta without its text): a malformed stream."""
 
 
 def parse_retry_after(
@@ -229,7 +235,7 @@ def classify_with_table(
     name = type(exc).__name__
     text = redact(str(exc))[:200]
     if category is None:
-        if isinstance(exc, json.JSONDecodeError | UnicodeDecodeError) or (
+        if isinstance(exc, json.JSONDecodeError | UnicodeDecodeError | SchemaViolation) or (
             isinstance(exc, ValueError) and "pydantic" in type(exc).__module__
         ):
             return malformed_fault(exc, api_mode=api_mode)
@@ -282,3 +288,12 @@ def classify_with_table(
         api_mode=api_mode,
         headers=dict(headers) if headers else None,
     )
+
+
+SHAPE_ERRORS: tuple[type[Exception], ...] = (AttributeError, TypeError, KeyError, IndexError)
+"""What reading a field of an event that lacks it raises, in an adapter's translator."""
+
+
+def schema_violation(event: object, exc: Exception) -> SchemaViolation:
+    kind = getattr(event, "type", None) or getattr(event, "object", None) or type(event).__name__
+    return SchemaViolation(f"{kind}: {type(exc).__name__}: {exc}")

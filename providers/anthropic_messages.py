@@ -35,7 +35,7 @@ from lifecycle import (
     Usage,
 )
 
-from ._classify import classify_with_table
+from ._classify import SHAPE_ERRORS, classify_with_table, schema_violation
 from ._sockets import install_connection_tagging, socket_of_response
 
 __all__ = ["AnthropicMessages"]
@@ -253,7 +253,10 @@ class _AnthropicStream(AttemptStream):
     def events(self) -> Iterator[StreamEvent]:
         translate = _Translator().translate
         for event in self._stream:
-            neutral = translate(event)
+            try:
+                neutral = translate(event)
+            except SHAPE_ERRORS as exc:
+                raise schema_violation(event, exc) from exc
             if neutral is not None:
                 yield neutral
 
@@ -272,7 +275,10 @@ class _AsyncAnthropicStream(AsyncAttemptStream):
     async def events(self) -> AsyncIterator[StreamEvent]:
         translate = _Translator().translate
         async for event in self._stream:
-            neutral = translate(event)
+            try:
+                neutral = translate(event)
+            except SHAPE_ERRORS as exc:
+                raise schema_violation(event, exc) from exc
             if neutral is not None:
                 yield neutral
 

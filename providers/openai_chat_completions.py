@@ -36,7 +36,7 @@ from lifecycle import (
     Usage,
 )
 
-from ._classify import classify_with_table
+from ._classify import SHAPE_ERRORS, classify_with_table, schema_violation
 from ._sockets import install_connection_tagging, socket_of_response
 
 __all__ = ["OpenAIChatCompletions"]
@@ -245,7 +245,11 @@ class _ChatStream(AttemptStream):
         translator = _Translator()
         translate = translator.translate
         for chunk in self._stream:
-            yield from translate(chunk)
+            try:
+                events = list(translate(chunk))
+            except SHAPE_ERRORS as exc:
+                raise schema_violation(chunk, exc) from exc
+            yield from events
         stop = translator.stop()
         if stop is not None:
             yield stop
@@ -266,7 +270,11 @@ class _AsyncChatStream(AsyncAttemptStream):
         translator = _Translator()
         translate = translator.translate
         async for chunk in self._stream:
-            for event in translate(chunk):
+            try:
+                events = list(translate(chunk))
+            except SHAPE_ERRORS as exc:
+                raise schema_violation(chunk, exc) from exc
+            for event in events:
                 yield event
         stop = translator.stop()
         if stop is not None:

@@ -36,7 +36,7 @@ from lifecycle import (
     Usage,
 )
 
-from ._classify import classify_with_table
+from ._classify import SHAPE_ERRORS, classify_with_table, schema_violation
 from ._sockets import install_connection_tagging, socket_of_response
 from .openai_chat_completions import EXCEPTION_TABLE
 
@@ -191,7 +191,10 @@ class _ResponsesStream(AttemptStream):
     def events(self) -> Iterator[StreamEvent]:
         translate = _Translator(self._stream.response.request).translate
         for event in self._stream:
-            neutral = translate(event)
+            try:
+                neutral = translate(event)
+            except SHAPE_ERRORS as exc:
+                raise schema_violation(event, exc) from exc
             if neutral is not None:
                 yield neutral
 
@@ -210,7 +213,10 @@ class _AsyncResponsesStream(AsyncAttemptStream):
     async def events(self) -> AsyncIterator[StreamEvent]:
         translate = _Translator(self._stream.response.request).translate
         async for event in self._stream:
-            neutral = translate(event)
+            try:
+                neutral = translate(event)
+            except SHAPE_ERRORS as exc:
+                raise schema_violation(event, exc) from exc
             if neutral is not None:
                 yield neutral
 
