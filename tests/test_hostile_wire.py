@@ -202,3 +202,58 @@ def test_a_64_mib_sse_line_is_refused_without_buffering_it(
     # the 64 MiB line: it never held the whole line, let alone twice.
     assert first.diagnostics.bytes < 20 * 1024 * 1024, first.diagnostics.bytes
     assert server.wait_idle(3.0)
+
+
+@pytest.mark.timeout(30)
+def test_a_server_that_accepts_and_never_reads_the_request(server: LoopbackServer) -> None:
+    """A TCP peer that accepts and then ignores us: stale at first_token, then fallback."""
+    import socket
+    import threading
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    accepted: list[socket.socket] = []
+    stop = threading.Event()
+
+    def accept_and_ignore() -> None:
+        listener.settimeout(0.1)
+        while not stop.is_set():
+            try:
+                conn, _ = listener.accept()
+            except TimeoutError:
+                continue
+            accepted.append(conn)  # never read from, never written to
+
+    thread = threading.Thread(target=accept_and_ignore, daemon=True)
+    thread.start()
+    port = listener.getsockname()[1]
+    server.script("hostile-blackhole-fallback", [Healthy()])
+    routes: list[Any] = [
+        AnthropicMessages(
+            lambda: anthropic.Anthropic(base_url=f"http://127.0.0.1:{port}", api_key="t"),
+            model="claude-blackhole",
+        ),
+        OpenAIChatCompletions(
+            lambda: openai.OpenAI(base_url=server.openai_base_url, api_key="t"),
+            model="hostile-blackhole-fallback",
+        ),
+    ]
+    engine = StreamEngine(
+        routes=routes,
+        timeouts=Timeouts(connect=2, first_token=0.5, stale=0.5, total=10),
+        retry=RetryPolicy(max_attempts=1, initial_backoff=0.0),
+    )
+    try:
+        with engine, engine.stream(messages=MESSAGES, max_tokens=16) as run:
+            for _ in run:
+                pass
+    finally:
+        stop.set()
+        thread.join()
+        for conn in accepted:
+            conn.close()
+        listener.close()
+    assert [(a.api_mode, a.outcome) for a in run.attempts] == [
+        ("anthropic_messages", "stale"),
+        ("chat_completions", "completed"),
+    ]
+    assert run.attempts[0].diagnostics.stall_clock == "first_token"
