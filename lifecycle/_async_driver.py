@@ -31,7 +31,7 @@ from ._events import (
     InterruptRequested,
     StreamFinished,
 )
-from ._message import MessageBuilder, StreamEvent
+from ._message import StreamEvent
 from ._route import AsyncAttemptStream, Request, Route
 from ._run import cause_chain
 from ._run_base import InterruptedHere, RunBase, Truncated, now, watchdog_close_hook
@@ -114,7 +114,6 @@ class AsyncRun(RunBase):
         task = asyncio.current_task()
         self.owner = f"{threading.current_thread().name}/{task.get_name() if task else '?'}"
         watch = self._watch
-        request = self._request
         timeouts = core.timeouts
         route_index = 0
         while True:
@@ -130,7 +129,7 @@ class AsyncRun(RunBase):
             self._connection = connection
             if self._interrupted:
                 connection.abort(reason="interrupt")
-            builder = MessageBuilder(api_mode=route.api_mode, model=route.model)
+            builder, request = self._attempt_builder_and_request(route)
             lease: ClientLease | None = None
             stream: AsyncAttemptStream | None = None
             chunks = 0
@@ -222,7 +221,9 @@ class AsyncRun(RunBase):
                 self._connection = None
             self._log_failed_attempt(attempt)
             interrupted = self._interrupted or caller_left is not None
-            core.feed(CleanupFinished(at=now(), interrupted=interrupted))
+            core.feed(
+                CleanupFinished(at=now(), interrupted=interrupted, continuable=self._continuable())
+            )
             if caller_left is not None:
                 raise caller_left
             if core.state == "cancelled":

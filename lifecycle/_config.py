@@ -12,7 +12,7 @@ from typing import Literal
 
 __all__ = ["RetryPolicy", "Timeouts"]
 
-OnPartial = Literal["restart", "fail"]
+OnPartial = Literal["restart", "fail", "continue"]
 
 
 def _positive(name: str, value: float) -> None:
@@ -67,7 +67,10 @@ class RetryPolicy:
     above ``max_backoff``, up to ``max_retry_after``; a longer one moves to the next
     route at once. ``on_partial`` decides what happens once the caller has seen
     output: ``"restart"`` yields a ``restart`` event and retries, ``"fail"`` raises
-    ``StreamFailed`` with the partial message attached.
+    ``StreamFailed`` with the partial message attached, ``"continue"`` (opt-in) asks
+    the same route to continue the delivered text as an assistant prefix and stitches
+    the answer without a ``restart``, for text-only output (a tool call or thinking
+    block, or a fallback to another route, restarts instead).
     """
 
     max_attempts: int = 3
@@ -96,7 +99,8 @@ class RetryPolicy:
             raise TypeError("RetryPolicy.jitter must be a number within [0, 1]")
         if math.isnan(self.jitter) or not 0.0 <= self.jitter <= 1.0:
             raise ValueError(f"RetryPolicy.jitter must be within [0, 1], got {self.jitter!r}")
-        if self.on_partial not in ("restart", "fail"):
+        if self.on_partial not in ("restart", "fail", "continue"):
             raise ValueError(
-                f"RetryPolicy.on_partial must be 'restart' or 'fail', got {self.on_partial!r}"
+                "RetryPolicy.on_partial must be 'restart', 'fail' or 'continue', "
+                f"got {self.on_partial!r}"
             )

@@ -79,6 +79,8 @@ class CleanupFinished:
     at: float
     interrupted: bool = False
     """interrupt() was called while the cleanup ran."""
+    continuable: bool = False
+    """Everything delivered so far is text: a retry may continue it as an assistant prefix."""
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

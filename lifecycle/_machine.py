@@ -116,7 +116,8 @@ def plan_cleanup(ev: EventData) -> None:
 
 def decide_next(ev: EventData) -> None:
     core = cast(RunCore, ev.model)
-    core.decide_next(ev.kwargs["event"].at)
+    event = ev.kwargs["event"]
+    core.decide_next(event.at, continuable=getattr(event, "continuable", False))
 
 
 # The table. Triggers are named for what the driver reports; the order of rows with
@@ -252,6 +253,8 @@ class RunCore:
         self.committed = False
         """Some meaningful event of this run has reached the caller."""
         self.restart_pending = False
+        self.continue_pending = False
+        """The next attempt continues the delivered text (on_partial="continue")."""
         self.interrupt_requested = False
         self.last_fault: Fault | None = None
         self.total_expired = False
@@ -330,7 +333,7 @@ class RunCore:
             attempt=attempt, route=route.target, api_mode=route.api_mode, steps=CLEANUP_STEPS
         )
 
-    def decide_next(self, now: float) -> None:
+    def decide_next(self, now: float, *, continuable: bool = False) -> None:
         attempt = self.active_attempt
         fault = self.last_fault
         assert fault is not None, "cleanup without a fault"
@@ -348,7 +351,16 @@ class RunCore:
             rng=self.rng,
         )
         if self.decision.kind in ("retry", "fallback") and self.committed:
-            self.restart_pending = True
+            # on_partial="continue" stitches a text-only answer on the same route; a
+            # fallback (another model) or a tool call or thinking block restarts.
+            if (
+                self.retry.on_partial == "continue"
+                and self.decision.kind == "retry"
+                and continuable
+            ):
+                self.continue_pending = True
+            else:
+                self.restart_pending = True
 
     # -- bookkeeping -------------------------------------------------------------
     def _open_attempt(self, event: AttemptStarted) -> None:

@@ -13,6 +13,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from . import _testing
@@ -20,7 +21,7 @@ from ._abort import AttemptConnection, OversizedEvent
 from ._clients import ClientLease, ClientSlot
 from ._errors import Fault, Interrupted, StreamFailed
 from ._events import AttemptFailed, InterruptRequested, StallDetected
-from ._message import Message, Restart, StreamEvent
+from ._message import Message, MessageBuilder, Restart, StreamEvent
 from ._route import Request, Route
 from ._run import AttemptRecord, CleanupStep, Transition, cause_chain, redact
 from ._shared import failure_message, oversized_fault, truncated_fault
@@ -64,6 +65,8 @@ class RunBase:
         self._connection: AttemptConnection | None = None
         self._watch = Watch()
         self._message: Message | None = None
+        self._prefix = ""
+        """Text delivered and being continued under on_partial="continue"."""
         self.owner: str | None = None
         """Name of the thread (sync) or task (async) that owns the run."""
 
@@ -97,6 +100,36 @@ class RunBase:
             connection.abort(reason="interrupt")
 
     # -- shared decisions -----------------------------------------------------------------
+    def _continuable(self) -> bool:
+        """Everything the caller has seen is plain text (no tool call, no thinking)."""
+        message = self._message
+        return (
+            message is not None
+            and bool(self._prefix + message.text)
+            and not message.tool_calls
+            and not message.incomplete_tool_calls
+            and not message.thinking
+        )
+
+    def _attempt_builder_and_request(self, route: Route) -> tuple[MessageBuilder, Request]:
+        """The builder and request of the next attempt. Under on_partial="continue" the
+        delivered text becomes an assistant prefix the provider continues, and the
+        builder starts from it, so ``run.message`` is the stitched answer."""
+        builder = MessageBuilder(api_mode=route.api_mode, model=route.model)
+        core = self._core
+        if core.restart_pending:  # the caller discards what it saw: nothing to continue
+            self._prefix = ""
+        if core.continue_pending and self._message is not None:
+            core.continue_pending = False
+            self._prefix += self._message.text[len(self._prefix) :]
+        if not self._prefix:
+            return builder, self._request
+        builder.add(StreamEvent(type="text", text=self._prefix))
+        # Providers reject an assistant prefix that ends in whitespace; the stitched text
+        # keeps it, and the continuation supplies its own leading space.
+        prefix = {"role": "assistant", "content": self._prefix.rstrip()}
+        return builder, replace(self._request, messages=(*self._request.messages, prefix))
+
     def _restart_event(self, attempt: AttemptRecord) -> StreamEvent | None:
         core = self._core
         if not core.restart_pending:

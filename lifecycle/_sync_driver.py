@@ -26,7 +26,7 @@ from ._events import (
     InterruptRequested,
     StreamFinished,
 )
-from ._message import MessageBuilder, StreamEvent
+from ._message import StreamEvent
 from ._route import AttemptStream, Request, Route
 from ._run import AttemptRecord, cause_chain
 from ._run_base import InterruptedHere, RunBase, Truncated, now, watchdog_close_hook
@@ -107,7 +107,9 @@ class Run(RunBase):
                 return
             self._log_failed_attempt(core.active_attempt)
             interrupted = self._interrupted or caller_left is not None
-            core.feed(CleanupFinished(at=now(), interrupted=interrupted))
+            core.feed(
+                CleanupFinished(at=now(), interrupted=interrupted, continuable=self._continuable())
+            )
             if caller_left is not None:
                 raise caller_left
             if core.state == "cancelled":
@@ -137,7 +139,7 @@ class Run(RunBase):
         if self._interrupted:
             connection.abort(reason="interrupt")
         watch = self._watch
-        builder = MessageBuilder(api_mode=route.api_mode, model=route.model)
+        builder, request = self._attempt_builder_and_request(route)
         lease: ClientLease | None = None
         stream: AttemptStream | None = None
         chunks = 0
@@ -166,7 +168,7 @@ class Run(RunBase):
             if _testing.close_on_watchdog:  # test-only mutation, see _testing
                 watch.fire_hook = watchdog_close_hook(route, lease.client, attempt, is_async=False)
             try:
-                stream = route.open(lease.client, self._request, core.timeouts)
+                stream = route.open(lease.client, request, core.timeouts)
                 diag.http_status = stream.http_status
                 diag.headers = header_subset(stream.headers)
                 connection.attach(stream.socket)
