@@ -88,6 +88,18 @@ class Route(ABC):
             )
         if not isinstance(model, str) or not model:
             raise ValueError(f"{type(self).__name__}: model must be a non-empty string")
+        accepted = self.client_classes()
+        if (
+            inspect.isclass(client_factory)
+            and accepted
+            and not issubclass(client_factory, accepted)
+        ):
+            # A class passed as the factory can be checked now, before any request;
+            # a function can only be checked when it first builds (lazily, by design).
+            raise TypeError(
+                f"{type(self).__name__}: client_factory {client_factory.__name__} builds "
+                f"neither of {', '.join(c.__name__ for c in accepted)}"
+            )
         self.client_factory = client_factory
         self.model = model
         self.name = name or f"{type(self).__name__}({model})"
@@ -121,6 +133,10 @@ class Route(ABC):
         return self.prepare_client(client)
 
     # -- the adapter contract ---------------------------------------------------------
+    def client_classes(self) -> tuple[type, ...]:
+        """The SDK client classes this route accepts (sync and async); () accepts any."""
+        return ()
+
     @abstractmethod
     def is_async_client(self, client: Any) -> bool: ...
 

@@ -56,6 +56,9 @@ class AnthropicMessages(Route):
         "rebuild anthropic.Anthropic from the factory",
     )
 
+    def client_classes(self) -> tuple[type, ...]:
+        return (anthropic.Anthropic, anthropic.AsyncAnthropic)
+
     def is_async_client(self, client: Any) -> bool:
         return isinstance(client, anthropic.AsyncAnthropic)
 

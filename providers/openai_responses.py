@@ -53,6 +53,9 @@ class OpenAIResponses(Route):
         "rebuild openai.OpenAI from the factory",
     )
 
+    def client_classes(self) -> tuple[type, ...]:
+        return (openai.OpenAI, openai.AsyncOpenAI)
+
     def is_async_client(self, client: Any) -> bool:
         return isinstance(client, openai.AsyncOpenAI)
 
