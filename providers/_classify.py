@@ -60,6 +60,16 @@ class SchemaViolation(ValueError):
     chunk without ``choices``, a delta without its text): a malformed stream."""
 
 
+class ProviderErrorEvent(Exception):
+    """An error reported inside a 200 stream in a shape the SDK does not raise for (an
+    OpenAI-compatible ``finish_reason: "error"``): classified like ``status``."""
+
+    def __init__(self, message: str, *, status: int = 500, error_type: str | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.error_type = error_type
+
+
 def parse_retry_after(
     headers: Mapping[str, str] | None, *, now: float | None = None
 ) -> float | None:
@@ -235,6 +245,10 @@ def classify_with_table(
     name = type(exc).__name__
     text = redact(str(exc))[:200]
     if category is None:
+        if isinstance(exc, ProviderErrorEvent):
+            return status_fault(
+                exc.status, api_mode=api_mode, message=text, error_type=exc.error_type or name
+            )
         if isinstance(exc, json.JSONDecodeError | UnicodeDecodeError | SchemaViolation) or (
             isinstance(exc, ValueError) and "pydantic" in type(exc).__module__
         ):

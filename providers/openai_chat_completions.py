@@ -36,7 +36,12 @@ from lifecycle import (
     Usage,
 )
 
-from ._classify import SHAPE_ERRORS, classify_with_table, schema_violation
+from ._classify import (
+    SHAPE_ERRORS,
+    ProviderErrorEvent,
+    classify_with_table,
+    schema_violation,
+)
 from ._sockets import install_connection_tagging, socket_of_response
 
 __all__ = ["OpenAIChatCompletions"]
@@ -228,6 +233,9 @@ class _Translator:
                             ),
                         )
             if choice.finish_reason:
+                if choice.finish_reason == "error":
+                    # Some OpenAI-compatible servers end a failed generation this way.
+                    raise ProviderErrorEvent("finish_reason 'error' in the stream", status=500)
                 self.finish_reason = choice.finish_reason
 
     def stop(self) -> StreamEvent | None:

@@ -257,3 +257,75 @@ def test_a_server_that_accepts_and_never_reads_the_request(server: LoopbackServe
         ("chat_completions", "completed"),
     ]
     assert run.attempts[0].diagnostics.stall_clock == "first_token"
+
+
+def _openai_chunk(**choice: Any) -> dict[str, Any]:
+    return {
+        "id": "c",
+        "object": "chat.completion.chunk",
+        "created": 1,
+        "model": "m",
+        "choices": [{"index": 0, "delta": {}, "finish_reason": None, **choice}],
+    }
+
+
+ERROR_EVENTS: dict[str, tuple[str, bytes, int]] = {
+    "anthropic-overloaded-error-event": (
+        "anthropic",
+        _sse(
+            "anthropic",
+            _anthropic_events(
+                (
+                    "error",
+                    {
+                        "type": "error",
+                        "error": {"type": "overloaded_error", "message": "Overloaded"},
+                    },
+                )
+            ),
+        ),
+        529,
+    ),
+    "openai-error-chunk": (
+        "openai",
+        _sse(
+            "openai",
+            [
+                (
+                    None,
+                    {
+                        "error": {
+                            "message": "rate limited",
+                            "type": "rate_limit_error",
+                            "code": "rate_limit_error",
+                        }
+                    },
+                )
+            ],
+        ),
+        429,
+    ),
+    "openai-finish-reason-error": (
+        "openai",
+        _sse(
+            "openai",
+            [
+                (None, _openai_chunk(delta={"content": "Hel"})),
+                (None, _openai_chunk(finish_reason="error")),
+            ],
+        ),
+        500,
+    ),
+}
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("case", sorted(ERROR_EVENTS))
+def test_an_error_inside_a_200_stream_counts_as_its_status(
+    server: LoopbackServer, case: str
+) -> None:
+    provider, body, status = ERROR_EVENTS[case]
+    run, error = _run(server, provider, f"hostile-{case}", RawResponse(headers=SSE, body=body))
+    assert error is None and run.state == "completed"
+    first = run.attempts[0]
+    assert (first.outcome, first.diagnostics.http_status) == ("error", status), first.reason
