@@ -199,6 +199,8 @@ class AsyncRun(RunBase):
                         self._record_wire(attempt, connection)
                         leaving = not isinstance(exc, Exception)
                         await self._clean_up(connection, stream, lease, bounded=leaving)
+                        if stream is not None:
+                            diag.unknown_events = stream.unknown_events
                         if leaving:  # CancelledError, GeneratorExit, KeyboardInterrupt
                             caller_left = exc
                     else:
@@ -210,6 +212,7 @@ class AsyncRun(RunBase):
                         diag.chunks = chunks
                         self._record_wire(attempt, connection)
                         await stream.aclose()
+                        diag.unknown_events = stream.unknown_events
                         to_close, _ = lease.slot.release(lease)
                         if to_close is not None:
                             await route.aclose_client(to_close)

@@ -37,8 +37,12 @@ class Request:
 
 
 class AttemptStream(ABC):
-    """An opened sync stream (response headers received), yielding meaningful events only."""
+    """An opened sync stream (response headers received), yielding meaningful events only.
 
+    ``unknown_events`` counts wire events of a type the adapter does not know: ignored,
+    and reported in the attempt's diagnostics."""
+
+    unknown_events: int = 0
     http_status: int | None = None
     headers: Mapping[str, str] = {}
     socket: Shutdownable | None = None
@@ -52,6 +56,7 @@ class AttemptStream(ABC):
 
 
 class AsyncAttemptStream(ABC):
+    unknown_events: int = 0
     http_status: int | None = None
     headers: Mapping[str, str] = {}
     socket: Shutdownable | None = None

@@ -70,6 +70,8 @@ class Diagnostics:
     ttft: float | None = None
     bytes: int = 0
     chunks: int = 0
+    unknown_events: int = 0
+    """Wire events of a type the adapter does not know: ignored, counted here."""
     elapsed: float | None = None
     error_type: str | None = None
     cause_chain: tuple[str, ...] = ()
@@ -88,6 +90,7 @@ class Diagnostics:
             "ttft": self.ttft,
             "bytes": self.bytes,
             "chunks": self.chunks,
+            "unknown_events": self.unknown_events,
             "elapsed": self.elapsed,
             "error_type": self.error_type,
             "cause_chain": list(self.cause_chain),

@@ -205,6 +205,8 @@ class Run(RunBase):
                 self._message = builder.build(cut_reason=core.active_attempt.reason)
                 self._record_wire(attempt, connection)
                 self._clean_up(connection, stream, lease)
+                if stream is not None:
+                    diag.unknown_events = stream.unknown_events
                 if isinstance(exc, Exception):
                     return False
                 raise _CallerLeft from exc  # GeneratorExit, KeyboardInterrupt, SystemExit
@@ -216,6 +218,7 @@ class Run(RunBase):
             diag.chunks = chunks
             self._record_wire(attempt, connection)
             stream.close()
+            diag.unknown_events = stream.unknown_events
             to_close, _ = lease.slot.release(lease)
             if to_close is not None:
                 route.close_client(to_close)

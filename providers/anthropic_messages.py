@@ -195,9 +195,14 @@ def classify(exc: BaseException) -> Fault:
 class _Translator:
     """Folds Anthropic's raw events into neutral ones; state is the stop reason and usage."""
 
-    __slots__ = ("input_tokens", "output_tokens", "stop_reason")
+    __slots__ = ("input_tokens", "output_tokens", "stop_reason", "unknown_events")
+
+    KNOWN: ClassVar[frozenset[str]] = frozenset(
+        {"content_block_stop", "ping", "message_start", "message_delta", "message_stop"}
+    )
 
     def __init__(self) -> None:
+        self.unknown_events = 0
         self.stop_reason: str | None = None
         self.input_tokens: int | None = None
         self.output_tokens: int | None = None
@@ -242,6 +247,8 @@ class _Translator:
                 stop_reason=self.stop_reason or "end_turn",
                 usage=Usage(input_tokens=self.input_tokens, output_tokens=self.output_tokens),
             )
+        if kind not in self.KNOWN:
+            self.unknown_events += 1  # ignored, and counted in the attempt's diagnostics
         return None
 
 
@@ -252,9 +259,10 @@ class _AnthropicStream(AttemptStream):
         self.http_status = response.status_code
         self.headers: Mapping[str, str] = response.headers
         self.socket = socket_of_response(response)
+        self._translator = _Translator()
 
     def events(self) -> Iterator[StreamEvent]:
-        translate = _Translator().translate
+        translate = self._translator.translate
         for event in self._stream:
             try:
                 neutral = translate(event)
@@ -264,6 +272,7 @@ class _AnthropicStream(AttemptStream):
                 yield neutral
 
     def close(self) -> None:
+        self.unknown_events = self._translator.unknown_events
         self._stream.close()
 
 
@@ -274,9 +283,10 @@ class _AsyncAnthropicStream(AsyncAttemptStream):
         self.http_status = response.status_code
         self.headers: Mapping[str, str] = response.headers
         self.socket = socket_of_response(response)
+        self._translator = _Translator()
 
     async def events(self) -> AsyncIterator[StreamEvent]:
-        translate = _Translator().translate
+        translate = self._translator.translate
         async for event in self._stream:
             try:
                 neutral = translate(event)
@@ -286,4 +296,5 @@ class _AsyncAnthropicStream(AsyncAttemptStream):
                 yield neutral
 
     async def aclose(self) -> None:
+        self.unknown_events = self._translator.unknown_events
         await self._stream.close()
