@@ -40,7 +40,7 @@ from ._classify import SHAPE_ERRORS, classify_with_table, schema_violation
 from ._sockets import install_connection_tagging, socket_of_response
 from .openai_chat_completions import EXCEPTION_TABLE
 
-__all__ = ["OpenAIResponses"]
+__all__ = ["EXCEPTION_TABLE", "OpenAIResponses", "classify"]
 
 
 class OpenAIResponses(Route):
@@ -115,13 +115,18 @@ class OpenAIResponses(Route):
         await client.close()
 
     def classify(self, exc: BaseException) -> Fault:
-        return classify_with_table(
-            exc,
-            api_mode=self.api_mode,
-            sdk_module="openai",
-            table=EXCEPTION_TABLE,
-            request_id_header="x-request-id",
-        )
+        return classify(exc)
+
+
+def classify(exc: BaseException) -> Fault:
+    """The openai SDK's exceptions, by the same table as Chat Completions (one SDK)."""
+    return classify_with_table(
+        exc,
+        api_mode=OpenAIResponses.api_mode,
+        sdk_module="openai",
+        table=EXCEPTION_TABLE,
+        request_id_header="x-request-id",
+    )
 
 
 class _Translator:

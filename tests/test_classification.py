@@ -12,12 +12,13 @@ import anthropic
 import openai
 import pytest
 
-from providers import anthropic_messages, openai_chat_completions
+from providers import anthropic_messages, openai_chat_completions, openai_responses
 from providers._classify import CATEGORIES
 
 ADAPTERS = [
     pytest.param(anthropic, anthropic_messages, id="anthropic"),
     pytest.param(openai, openai_chat_completions, id="openai"),
+    pytest.param(openai, openai_responses, id="openai-responses"),
 ]
 
 # status -> (retryable, fallback_eligible): the table in the README.
