@@ -1,0 +1,195 @@
+"""The verification suite must see the bugs it exists for: each switch of
+``lifecycle._testing`` re-creates one, and every check here must then find it.
+
+- ``misdirect_cleanup``: the cleanup plan aims at the route after the active one (the
+  bug that started this project: an Anthropic stall "cleaned up" on the OpenAI client).
+- ``leak_connection``: cleanup skips the abort and the stream close.
+- ``close_on_watchdog``: the clock's thread (or loop timer) closes the client itself.
+
+For each switch: the path replays of ``test_paths`` (a few paths that pass through the
+switch's code) must break an invariant, with the expected name, and pass without the
+switch (the control); the Hypothesis state machines of ``test_stateful_engine`` (both
+drivers) and, for the machine-level switch, ``test_stateful_core`` must find a
+counterexample.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import pytest
+import test_paths
+import test_stateful_core
+import test_stateful_engine
+from hypothesis import Phase
+from invariants import Flavor, InvariantViolation, check_run, drive_sync, make_routes, start_run
+from invariants import violations as violations_of
+
+from lifecycle import RetryPolicy, StreamEngine, Timeouts, _testing
+from providers.loopback import Healthy, HttpError, LoopbackServer
+
+pytestmark = pytest.mark.timeout(180)
+
+SWITCHES = ("misdirect_cleanup", "leak_connection", "close_on_watchdog")
+
+# Paths (in test_paths' short notation) that take each switch's code, and the invariant
+# that must break. A stall is needed for the clock to fire; any cleanup for the others.
+PATHS = {
+    "misdirect_cleanup": (
+        ["C-S-stale-cl-retry-C-S-OK", "C-drop-cl-fallback-C-S-OK", "C-S-drop-cl-retry-C-S-OK"],
+        "no_foreign_adapter",
+    ),
+    "leak_connection": (
+        ["C-S-stale-cl-retry-C-S-OK", "C-S-drop-cl-retry-C-S-OK", "C-intr-cl-CANCELLED"],
+        "own_cleanup",
+    ),
+    "close_on_watchdog": (
+        ["C-S-stale-cl-retry-C-S-OK", "C-stale-cl-fallback-C-S-OK"],
+        "cleanup_on_owner",
+    ),
+}
+ENGINE_FINDS = {
+    "misdirect_cleanup": "no_foreign_adapter",
+    "leak_connection": "own_cleanup",
+    "close_on_watchdog": "cleanup_on_owner",
+}
+HUNT = {"phases": (Phase.explicit, Phase.generate), "database": None, "max_examples": 30}
+"""No shrinking: each shrink step is a real run; the first counterexample is proof enough."""
+
+
+@contextmanager
+def untallied() -> Iterator[None]:
+    """Hunts must not add to the counts (and rows taken) the stateful modules report."""
+    saved = [
+        (counter, counter.copy())
+        for counter in (
+            test_stateful_core.STATS,
+            test_stateful_core.ROWS_TAKEN,
+            *test_stateful_engine.STATS.values(),
+        )
+    ]
+    try:
+        yield
+    finally:
+        for counter, copy in saved:
+            counter.clear()
+            counter.update(copy)
+
+
+@contextmanager
+def switched(name: str | None) -> Iterator[None]:
+    if name is None:
+        yield
+        return
+    with _testing.mutation(name):
+        try:
+            yield
+        finally:
+            _testing.leaked.clear()
+
+
+def _path(short: str) -> test_paths.Path:
+    matches = [p for p in test_paths.DISTINCT.values() if test_paths.path_id(p) == short]
+    assert matches, f"no replayed path {short}"
+    return matches[0]
+
+
+@pytest.mark.parametrize("switch", SWITCHES)
+def test_path_replays_find_the_mutation(server: LoopbackServer, switch: str) -> None:
+    shorts, expected = PATHS[switch]
+    for i, short in enumerate(shorts):
+        path = _path(short)
+        scenario = test_paths.SCENARIOS[path]
+        assert scenario is not None
+        control = test_paths.replay(server, path, scenario, f"control-{switch}-{i}")
+        assert not control.problems, f"{short} fails without the switch: {control.problems}"
+        with switched(switch):
+            mutated = test_paths.replay(server, path, scenario, f"mutant-{switch}-{i}")
+        names = {p.split("]", 1)[0].strip("[") for p in mutated.problems}
+        assert expected in names, (
+            f"{switch} on path {short}: expected {expected} to break, got {mutated.problems}"
+        )
+
+
+@pytest.mark.parametrize("flavor", ["sync", "async"])
+@pytest.mark.parametrize("switch", SWITCHES)
+def test_the_engine_state_machine_finds_the_mutation(
+    server: LoopbackServer, switch: str, flavor: Flavor
+) -> None:
+    with (
+        untallied(),
+        switched(switch),
+        pytest.raises((InvariantViolation, ExceptionGroup)) as found,
+    ):
+        test_stateful_engine.run_engine_machine(server, flavor, **HUNT)
+    # A counterexample whose replay raced differently (an interrupt timer against a stall
+    # clock) comes wrapped in Hypothesis' FlakyFailure; the violation is inside.
+    error = found.value
+    names = set(getattr(error, "invariants", ()))
+    if isinstance(error, ExceptionGroup):
+        inner = error.subgroup(InvariantViolation)
+        assert inner is not None, f"no invariant violation in {error!r}"
+        names = {n for e in inner.exceptions for n in getattr(e, "invariants", ())}
+    assert ENGINE_FINDS[switch] in names, str(error)
+
+
+def test_the_core_state_machine_finds_a_misdirected_cleanup() -> None:
+    with (
+        untallied(),
+        switched("misdirect_cleanup"),
+        pytest.raises(test_stateful_core.CoreViolation, match="aimed at"),
+    ):
+        test_stateful_core.run_core_machine(
+            phases=(Phase.explicit, Phase.generate), database=None, max_examples=500
+        )
+
+
+def test_a_leaked_connection_is_seen_by_the_server(server: LoopbackServer) -> None:
+    """The server's view needs a shared client to see a leak: alone, the faulty attempt's
+    client is closed at once, and closing it closes its pool and every connection in it.
+    Here run B streams slowly on the client run A also leases. A's first request gets
+    HTTP 500: its connection goes back to that client's pool, the client is retired but
+    stays open while B uses it, and only cleanup's abort (a socket shutdown) closes the
+    connection. With the switch it stays open after A's final state, as the server sees."""
+    for switch in (None, "leak_connection"):
+        found = _two_runs_sharing_a_client(server, switch)
+        if switch is None:
+            assert found == [], found
+        else:
+            assert "connections" in found, found
+
+
+def _two_runs_sharing_a_client(server: LoopbackServer, switch: str | None) -> list[str]:
+    tag = f"-leak-{switch}"
+    engine = StreamEngine(
+        routes=make_routes(server, "sync", ("anthropic",), tag=tag),
+        timeouts=Timeouts(connect=1, first_token=3, stale=3, total=20),
+        retry=RetryPolicy(max_attempts=2, initial_backoff=0, max_backoff=0),
+    )
+    found: list[str] = []
+    try:
+        slow = start_run(engine, server, f"slow{tag}", "sync", [Healthy(drip=0.25)])
+        slow.exclusive = False  # the quick run builds clients on its routes meanwhile
+        started = threading.Event()
+        holder: dict[str, Any] = {}
+
+        def stream_slowly() -> None:
+            holder["record"] = drive_sync(slow, lambda rec, ev: started.set())
+
+        thread = threading.Thread(target=stream_slowly, name=f"slow-run{tag}")
+        thread.start()
+        assert started.wait(5), "the slow run never streamed"
+        with switched(switch):
+            quick = start_run(
+                engine, server, f"quick{tag}", "sync", [HttpError(status=500), Healthy()]
+            )
+            drive_sync(quick)
+            found = [name for name, _ in violations_of(quick)]
+        thread.join(10)
+        check_run(holder["record"])
+    finally:
+        engine.close()
+    return found

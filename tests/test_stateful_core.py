@@ -1,0 +1,434 @@
+"""The pure ``RunCore`` as a Hypothesis state machine: any event, any time, any routes.
+
+Each example builds a ``RunCore`` over a random list of routes (``anthropic_messages``
+and ``chat_completions`` mixed, 1 to 4 of them), a random ``RetryPolicy`` and
+``Timeouts``, then feeds it random events of every type at random increasing times.
+An event the table does not allow in the current state must raise
+``transitions.MachineError`` and change nothing; an allowed one must take a row of
+``TRANSITIONS``. After every step the invariants below hold. Like a driver, the test
+starts each attempt on the route the last decision named (route 0 at first), so the
+retry budget is the policy's to keep.
+"""
+
+from __future__ import annotations
+
+import itertools
+import random
+from collections import Counter
+from collections.abc import Iterator
+from typing import Any, ClassVar
+
+import pytest
+from hypothesis import settings
+from hypothesis import strategies as st
+from hypothesis.stateful import (
+    RuleBasedStateMachine,
+    initialize,
+    invariant,
+    precondition,
+    rule,
+    run_state_machine_as_test,
+)
+from hypothesis_profiles import PROFILE, budget
+from invariants import report
+from transitions import MachineError
+
+from lifecycle._config import RetryPolicy, Timeouts
+from lifecycle._errors import Fault
+from lifecycle._events import (
+    AttemptFailed,
+    AttemptStarted,
+    CleanupFinished,
+    LifecycleEvent,
+    StallDetected,
+)
+from lifecycle._machine import (
+    CLEANUP_STEPS,
+    FAULTS,
+    FINAL_STATES,
+    IN_FLIGHT,
+    STATES,
+    TRANSITIONS,
+    TRIGGER_OF,
+    RouteInfo,
+    RunCore,
+)
+
+pytestmark = pytest.mark.timeout(120)
+
+MODES = ("anthropic_messages", "chat_completions")
+ROWS = frozenset((r["trigger"], r["source"], r["dest"]) for r in TRANSITIONS)
+T0 = 5000.0
+
+
+class CoreViolation(AssertionError):
+    """An invariant of the pure core failed."""
+
+
+# -- strategies ---------------------------------------------------------------------------
+
+seconds = st.floats(0.0, 0.5) | st.floats(0.0, 120.0)
+"""Time between two events: mostly short (retries fit in Timeouts.total), sometimes long."""
+
+
+@st.composite
+def retry_policies(draw: st.DrawFn) -> RetryPolicy:
+    initial = draw(st.floats(0.0, 5.0))
+    return RetryPolicy(
+        max_attempts=draw(st.integers(1, 4)),
+        initial_backoff=initial,
+        max_backoff=initial + draw(st.floats(0.0, 30.0)),
+        jitter=draw(st.floats(0.0, 1.0)),
+        max_retry_after=draw(st.floats(0.0, 120.0)),
+        on_partial=draw(st.sampled_from(["restart", "fail"])),
+    )
+
+
+@st.composite
+def timeouts(draw: st.DrawFn) -> Timeouts:
+    total = draw(st.floats(1.0, 600.0))
+    return Timeouts(
+        connect=draw(st.floats(0.1, total)),
+        first_token=draw(st.floats(0.1, total)),
+        stale=draw(st.floats(0.1, 600.0)),
+        total=total,
+    )
+
+
+_FAULTS = [
+    Fault(
+        outcome=outcome,
+        retryable=retryable,
+        fallback_eligible=fallback,
+        reason=reason,
+        http_status=status,
+        retry_after=retry_after,
+        api_mode=mode,
+    )
+    for outcome, reason, status in (
+        ("dropped", "connection lost", None),
+        ("error", "HTTP 529: overloaded", 529),
+        ("error", "HTTP 401: sk-ant-secret12345 is invalid", 401),
+        ("error", "HTTP 400: bad request", 400),
+    )
+    for retryable in (True, False)
+    for fallback in (True, False)
+    for retry_after, mode in ((None, None), (0.5, MODES[0]), (90.0, MODES[1]))
+]
+"""Every combination of the policy's inputs."""
+
+KINDS = list(TRIGGER_OF)
+EVENT_FIELDS = {"pick": st.integers(0, 7), "dt": seconds, "param": st.integers(0, 2**16)}
+
+STATS: Counter[str] = Counter()
+ROWS_TAKEN: Counter[tuple[str, str, str]] = Counter()
+
+
+class CoreMachine(RuleBasedStateMachine):
+    """Random events against one ``RunCore``; the invariants are checked after each step."""
+
+    trace: ClassVar[bool] = False
+
+    def __init__(self) -> None:
+        super().__init__()
+        STATS["examples"] += 1
+        self.core: RunCore | None = None
+        self.t = T0
+        self.final: str | None = None
+        self.fed: list[str] = []
+
+    @initialize(
+        modes=st.lists(st.sampled_from(MODES), min_size=1, max_size=4),
+        retry=retry_policies(),
+        clocks=timeouts(),
+        seed=st.integers(0, 2**32 - 1),
+    )
+    def start(self, modes: list[str], retry: RetryPolicy, clocks: Timeouts, seed: int) -> None:
+        STATS["runs"] += 1
+        self.final = None
+        self.fed = []
+        self.t = T0
+        routes = [
+            RouteInfo(api_mode=mode, model=f"model-{i}", target=("route", i, mode))
+            for i, mode in enumerate(modes)
+        ]
+        self.core = RunCore(
+            routes=routes, timeouts=clocks, retry=retry, started_at=T0, rng=random.Random(seed)
+        )
+
+    def _check(self, condition: bool, message: str) -> None:
+        if not condition:
+            core = self.core
+            path = " -> ".join(
+                [core.history[0].source, *(f"{t.dest} ({t.trigger})" for t in core.history)]
+                if core is not None and core.history
+                else ["idle"]
+            )
+            routes = [r.api_mode for r in core.routes] if core is not None else []
+            raise CoreViolation(
+                f"{message}\n  routes: {routes}\n  {core.retry if core else ''}\n"
+                f"  path: {path}\n  events fed: " + "\n    ".join(["", *self.fed[-15:]])
+            )
+
+    # -- feeding --------------------------------------------------------------------------
+    def _snapshot(self) -> Any:
+        """Everything a rejected event could have touched."""
+        core = self.core
+        assert core is not None
+        return (
+            core.state,
+            list(core.history),
+            [a.as_dict() for a in core.attempts],
+            list(core.attempts_per_route),
+            core.committed,
+            core.restart_pending,
+            core.interrupt_requested,
+            core.last_fault,
+            core.total_expired,
+            core.decision,
+            core.pending_cleanup,
+            self.t,
+        )
+
+    def _feed(self, event: LifecycleEvent) -> None:
+        core = self.core
+        assert core is not None
+        STATS["steps"] += 1
+        self.fed.append(f"{event!r} in {core.state}")
+        trigger = TRIGGER_OF[type(event)]
+        allowed = any(row[0] == trigger and row[1] == core.state for row in ROWS)
+        before_state = core.state
+        before_len = len(core.history)
+        if not allowed:
+            snapshot = self._snapshot()
+            try:
+                core.feed(event)
+            except MachineError:
+                STATS["rejected"] += 1
+            else:
+                raise CoreViolation(f"{type(event).__name__} accepted in {before_state}")
+            self._check(self._snapshot() == snapshot, f"a rejected {trigger} changed the records")
+            return
+        core.feed(event)
+        STATS["accepted"] += 1
+        new = core.history[before_len:]
+        self._check(bool(new), f"{trigger} allowed in {before_state} but took no transition")
+        self._check(new[0].trigger == trigger, f"{trigger} took {new[0]}")
+        for transition in new:
+            ROWS_TAKEN[(transition.trigger, transition.source, transition.dest)] += 1
+        if new[0].dest in FAULTS:
+            self._check(
+                len(new) == 2 and new[1].trigger == "begin_cleanup",
+                f"a fault state was rested in: {new}",
+            )
+        if trigger == "finish_cleanup":
+            self._check(core.state != "cleanup", "finish_cleanup left the run in cleanup")
+        if self.final is None and core.state in FINAL_STATES:
+            self.final = core.state
+
+    def _tick(self, dt: float) -> float:
+        self.t += dt
+        return self.t
+
+    # -- events -------------------------------------------------------------------------
+    def _event(self, kind: type, dt: float, param: int) -> LifecycleEvent:
+        """An event of ``kind``, ``dt`` after the previous one; ``param`` picks its fields
+        (one integer draw: Hypothesis' draws, not the core, are what an example costs)."""
+        core = self.core
+        assert core is not None
+        at = self._tick(dt)
+        clock = ("first_token", "stale", "total")[param % 3]
+        fault = _FAULTS[param % len(_FAULTS)]
+        interrupted = bool(param & 1)
+        route = param % 4
+        if kind is AttemptStarted:
+            if core.state == "idle":
+                route = 0
+            elif core.state in ("retrying", "falling_back") and core.decision is not None:
+                route = core.decision.route_index  # where a driver goes
+            else:  # rejected anyway: any route
+                route %= len(core.routes)
+            return AttemptStarted(at=at, route_index=route)
+        if kind is StallDetected:
+            return StallDetected(at=at, clock=clock, deadline=at)  # type: ignore[arg-type]
+        if kind is AttemptFailed:
+            return AttemptFailed(at=at, fault=fault)
+        if kind is CleanupFinished:
+            return CleanupFinished(at=at, interrupted=interrupted)
+        return kind(at=at)  # type: ignore[no-any-return]
+
+    def _allowed(self) -> list[type]:
+        core = self.core
+        assert core is not None
+        return [
+            kind
+            for kind, trigger in TRIGGER_OF.items()
+            if any(row[0] == trigger and row[1] == core.state for row in ROWS)
+        ]
+
+    # Every rule draws the same three numbers up front: ``pick`` chooses the kind of
+    # event, ``param`` its fields. The events fed are listed in any failure's message.
+    @precondition(lambda self: self.core is not None and not self.core.is_final)
+    @rule(**EVENT_FIELDS)
+    def any_event(self, pick: int, dt: float, param: int) -> None:
+        """Any of the eight kinds, allowed in the current state or not."""
+        self._feed(self._event(KINDS[pick % len(KINDS)], dt, param))
+
+    @precondition(lambda self: self.core is not None and not self.core.is_final)
+    @rule(**EVENT_FIELDS)
+    def allowed_event(self, pick: int, dt: float, param: int) -> None:
+        """A kind the state allows: most random events are rejected (a state allows one
+        to three kinds of eight), and runs must get deep too, through retries and
+        fallbacks over several routes to every final state."""
+        kinds = self._allowed()
+        self._feed(self._event(kinds[pick % len(kinds)], dt, param))
+
+    @precondition(lambda self: self.core is not None and self.core.is_final)
+    @rule(**EVENT_FIELDS)
+    def after_the_end(self, pick: int, dt: float, param: int) -> None:
+        """A final state allows nothing: any event is rejected and changes nothing."""
+        self._feed(self._event(KINDS[pick % len(KINDS)], dt, param))
+
+    @precondition(lambda self: self.core is not None and self.core.is_final)
+    @rule(
+        modes=st.lists(st.sampled_from(MODES), min_size=1, max_size=4),
+        retry=retry_policies(),
+        clocks=timeouts(),
+        seed=st.integers(0, 2**32 - 1),
+    )
+    def next_run(self, modes: list[str], retry: RetryPolicy, clocks: Timeouts, seed: int) -> None:
+        """The run is over: the rest of the example drives a new one."""
+        self.start(modes, retry, clocks, seed)
+
+    # -- invariants -----------------------------------------------------------------------
+    @invariant()
+    def state_is_known_and_final_states_absorb(self) -> None:
+        core = self.core
+        if core is None:
+            return
+        self._check(core.state in STATES, f"unknown state {core.state}")
+        self._check(core.state not in FAULTS, f"resting in the fault state {core.state}")
+        if self.final is not None:
+            self._check(core.state == self.final, f"left the final state {self.final}")
+
+    @invariant()
+    def history_is_contiguous(self) -> None:
+        core = self.core
+        if core is None:
+            return
+        history = core.history
+        if not history:
+            self._check(core.state == "idle", f"no transition but state {core.state}")
+            return
+        self._check(history[0].source == "idle", f"history starts at {history[0].source}")
+        for before, after in itertools.pairwise(history):
+            self._check(after.source == before.dest, f"{before} then {after}")
+            self._check(after.at >= before.at, f"time went back: {before} then {after}")
+        self._check(history[-1].dest == core.state, f"state {core.state}, last {history[-1]}")
+        for t in history:
+            self._check((t.trigger, t.source, t.dest) in ROWS, f"{t} is no row of TRANSITIONS")
+        finals = [i for i, t in enumerate(history) if t.dest in FINAL_STATES]
+        self._check(finals in ([], [len(history) - 1]), f"final states at {finals}")
+
+    @invariant()
+    def attempts_match_the_history(self) -> None:
+        core = self.core
+        if core is None:
+            return
+        starts = sum(1 for t in core.history if t.trigger == "start_attempt")
+        self._check(len(core.attempts) == starts, f"{len(core.attempts)} attempts, {starts} starts")
+        counts = [0] * len(core.routes)
+        for attempt in core.attempts:
+            route = core.routes[attempt.route_index]
+            self._check(attempt.api_mode == route.api_mode, f"attempt {attempt.number} mode")
+            counts[attempt.route_index] += 1
+        self._check(counts == core.attempts_per_route, "attempts_per_route disagrees")
+        self._check(
+            max(counts, default=0) <= core.retry.max_attempts,
+            f"attempts per route {counts} > max_attempts {core.retry.max_attempts}",
+        )
+        for attempt in core.attempts[:-1]:
+            self._check(attempt.outcome is not None, f"attempt {attempt.number} never closed")
+        if core.attempts:
+            active = core.attempts[-1]
+            self._check(
+                (active.outcome is None) == (core.state in IN_FLIGHT),
+                f"active attempt outcome {active.outcome} in {core.state}",
+            )
+        streamed = any(t.trigger == "receive_first_event" for t in core.history)
+        self._check(core.committed == streamed, "committed disagrees with the history")
+
+    @invariant()
+    def cleanup_targets_the_active_attempts_route(self) -> None:
+        core = self.core
+        if core is None:
+            return
+        plan = core.pending_cleanup
+        if core.state == "cleanup":
+            self._check(plan is not None, "in cleanup without a plan")
+        if plan is None:
+            return
+        attempt = core.active_attempt
+        route = core.routes[attempt.route_index]
+        self._check(plan.attempt is attempt, f"plan for attempt {plan.attempt.number}")
+        self._check(
+            plan.route is route.target,
+            f"cleanup of attempt {attempt.number} ({attempt.api_mode}, route "
+            f"{attempt.route_index}) aimed at {plan.route!r}",
+        )
+        self._check(
+            plan.api_mode == attempt.api_mode == route.api_mode,
+            f"cleanup names {plan.api_mode}, the attempt runs on {attempt.api_mode}",
+        )
+        self._check(plan.steps == CLEANUP_STEPS, f"steps {plan.steps}")
+
+    @invariant()
+    def decisions_are_consistent(self) -> None:
+        core = self.core
+        if core is None or not core.attempts:
+            return
+        decision = core.decision
+        attempt = core.active_attempt
+        if core.state == "retrying":
+            self._check(decision is not None and decision.kind == "retry", f"{decision}")
+            assert decision is not None
+            self._check(decision.route_index == attempt.route_index, "retry on another route")
+            self._check(decision.delay >= 0, f"negative backoff {decision.delay}")
+        if core.state == "falling_back":
+            self._check(decision is not None and decision.kind == "fallback", f"{decision}")
+            assert decision is not None
+            self._check(decision.route_index == attempt.route_index + 1, "fallback skips a route")
+            self._check(decision.route_index < len(core.routes), "fallback past the last route")
+        for before, after in zip(core.history, core.history[2:], strict=False):
+            if before.dest == "interrupted":
+                self._check(
+                    after.dest == "cancelled", f"an interrupted attempt led to {after.dest}"
+                )
+
+
+def run_core_machine(**overrides: Any) -> None:
+    chosen: dict[str, Any] = {
+        "max_examples": budget("core"),
+        "stateful_step_count": budget("core_steps"),
+    }
+    run_state_machine_as_test(CoreMachine, settings=settings(**(chosen | overrides)))
+
+
+@pytest.fixture(scope="module")
+def counts(request: pytest.FixtureRequest) -> Iterator[None]:
+    yield
+    report(
+        request.config,
+        [
+            f"test_stateful_core ({PROFILE} profile): max_examples={budget('core')}, "
+            f"{STATS['examples']} state machines run (Hypothesis' count includes discarded "
+            f"and replayed ones), {STATS['runs']} runs, {STATS['steps']} events "
+            f"({STATS['accepted']} taken, {STATS['rejected']} rejected with MachineError), "
+            f"{len(ROWS_TAKEN)}/{len(ROWS)} rows of TRANSITIONS taken"
+        ],
+    )
+
+
+def test_the_core_keeps_its_invariants_under_any_events(counts: None) -> None:
+    run_core_machine()
+    assert set(ROWS_TAKEN) == set(ROWS), f"rows never taken: {set(ROWS) - set(ROWS_TAKEN)}"
