@@ -247,9 +247,11 @@ class AsyncRun(RunBase):
                 if self._interrupted:
                     core.feed(InterruptRequested(at=now()))
                     raise self._interrupted_error()
-                if now() >= core.deadline:
-                    core.feed(DeadlinePassed(at=now()))
-                    raise self._failure()
+            # Also without a backoff: a fallback (or a zero-delay retry) must not start
+            # an attempt once Timeouts.total has run out.
+            if now() >= core.deadline:
+                core.feed(DeadlinePassed(at=now()))
+                raise self._failure()
             route_index = decision.route_index
 
     async def _clean_up(

@@ -95,6 +95,20 @@ class ClientSlot:
                     self._current = None
                 self._retired.append(generation)
 
+    def retire_current(self) -> Any | None:
+        """Retire the current client without a lease; returns it if nobody uses it."""
+        with self._lock:
+            generation = self._current
+            if generation is None:
+                return None
+            self._current = None
+            generation.retired = True
+            if generation.users == 0:
+                generation.closed = True
+                return generation.client
+            self._retired.append(generation)
+            return None
+
     def release(self, lease: ClientLease) -> tuple[Any | None, int]:
         """Give the lease back. Returns (client to close now, or None; other users left)."""
         with self._lock:

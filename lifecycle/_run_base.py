@@ -238,6 +238,13 @@ class RunBase:
         """Retire the attempt's client in the plan's route; returns a client to close now."""
         if lease is None:
             return None
+        if lease.slot is not slot:
+            # Only under the test-only misdirect_cleanup mutation: like the original bug,
+            # the wrong route's client is retired (and rebuilt below) while the attempt's
+            # own client is merely released: never closed, its socket never aborted here.
+            to_close = slot.retire_current()
+            lease.slot.release(lease)
+            return to_close
         slot.retire(lease)
         to_close, others = lease.slot.release(lease)
         if to_close is None:

@@ -15,9 +15,8 @@ backoff that follows (the "expire" row) or during the attempt that follows (the 
 clock). The mapping is found and checked with the pure ``RunCore`` (same table, same
 policy), fed the faults the adapters classify. A path that no scenario produces under
 the engine's policy is *infeasible* and only counted: an interrupted attempt always ends
-the run cancelled, a retryable fault never falls back before ``max_attempts`` (one policy
-for both routes), and the drivers watch the total deadline only while backing off, so
-never while falling back (see the xfail tests at the end).
+the run cancelled, and a retryable fault never falls back before ``max_attempts`` (one
+policy for both routes).
 
 Scenarios are deduplicated and replayed on the real sync driver, the real SDKs and the
 loopback server, ``WORKERS`` at a time (each run owns its worker thread, which is what
@@ -418,8 +417,6 @@ def _attempt_plan(oracle: _Oracle, seg: Segment, plan: _Plan) -> tuple[_Oracle, 
             if core.state != seg.cleanup_exit:
                 continue
             delay = core.decision.delay if core.decision is not None else 0.0
-            if seg.then == "expired" and not delay > 0:
-                continue  # the drivers watch the deadline only while they back off
             if seg.then != "expired" and delay > 0 and core.retry.initial_backoff == 0:
                 continue  # a retry-after wait this path does not need
             cleanup_at = seg.start + (2 if seg.streamed else 1) + 1
@@ -435,7 +432,9 @@ def _attempt_plan(oracle: _Oracle, seg: Segment, plan: _Plan) -> tuple[_Oracle, 
                 interrupts = (*interrupts, cleanup_at + 1)
             elif seg.then == "expired":
                 trial.feed(DeadlinePassed)
-                hold = (cleanup_at + 1, 0.05)  # the backoff outlasts what remains
+                # With a backoff, it outlasts what remains; without one (a fallback or a
+                # zero-delay retry), the run's thread is held just past the deadline.
+                hold = (cleanup_at + 1, 0.05 if delay > 0 else -0.02)
             _CHOICES[key] = (clock, index)
             return trial, _Plan((*plan.script, fault), timers, interrupts, hold)
     _CHOICES[key] = None
@@ -700,26 +699,12 @@ def test_path_replays_on_the_real_engine(replays: dict[Path, Replay], path: Path
         ) from AssertionError(description)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: no driver takes ('expire', 'falling_back', 'failed'): the deadline is only "
-    "checked during a backoff, and a fallback has none "
-    "(see test_total_runs_out_while_falling_back)",
-)
 def test_every_row_is_replayed(replays: dict[Path, Replay]) -> None:
     taken = {row for r in replays.values() if r.record is not None for row in r.record.path()}
     missing = set(table_rows()) - taken
     assert not missing, f"rows no replay took: {sorted(missing)}"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: when Timeouts.total runs out between the decision to fall back and the next "
-    "attempt (here: a slow on_transition listener), the sync driver does not expire the run "
-    "(row expire falling_back -> failed); it starts the fallback attempt after the total "
-    "(connect, lease), which the total clock then ends as stale. Same with a zero-delay retry. "
-    "lifecycle/_sync_driver.py and _async_driver.py check the deadline only if decision.delay > 0",
-)
 def test_total_runs_out_while_falling_back(server: LoopbackServer) -> None:
     path = (
         ("start_attempt", "idle", "connecting"),
@@ -729,9 +714,9 @@ def test_total_runs_out_while_falling_back(server: LoopbackServer) -> None:
         ("expire", "falling_back", "failed"),
     )
     # HTTP 401 on route 0 falls back at once; the listener holds the run's thread on
-    # cleanup -> falling_back until 0.3 s after the deadline.
+    # cleanup -> falling_back until 20 ms after the deadline: the run must expire.
     scenario = Scenario(
-        script=(HttpError(status=401), Healthy()), retry=POLICIES[0], total=1.0, hold=(3, -0.3)
+        script=(HttpError(status=401), Healthy()), retry=POLICIES[0], total=1.0, hold=(3, -0.02)
     )
     result = replay(server, path, scenario, "falling-back-expires")
     assert not result.problems, "\n".join(
