@@ -44,7 +44,7 @@ def _routes(server: LoopbackServer, key: str, first: str) -> list[Any]:
 def _engine(routes: list[Any], **retry: Any) -> StreamEngine:
     return StreamEngine(
         routes=routes,
-        timeouts=Timeouts(first_token=0.5, stale=0.5, total=30),
+        timeouts=Timeouts(first_token=1.5, stale=0.5, total=30),
         retry=RetryPolicy(**({"max_attempts": 2, "initial_backoff": 0.0} | retry)),
     )
 
