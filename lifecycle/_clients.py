@@ -95,6 +95,16 @@ class ClientSlot:
                     self._current = None
                 self._retired.append(generation)
 
+    def adopt(self, client: Any) -> bool:
+        """Make ``client`` (already prepared) the current one if there is none."""
+        with self._lock:
+            if self._current is not None:
+                return False
+            self._built += 1
+            self.builds_log.append(threading.current_thread().name)
+            self._current = _Generation(client=client, number=self._built)
+            return True
+
     def retire_current(self) -> Any | None:
         """Retire the current client without a lease; returns it if nobody uses it."""
         with self._lock:

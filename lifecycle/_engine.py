@@ -12,7 +12,7 @@ from ._async_driver import AsyncRun
 from ._config import RetryPolicy, Timeouts
 from ._machine import RouteInfo, RunCore
 from ._route import Request, Route
-from ._run import Transition
+from ._run import Transition, redact
 from ._sync_driver import Run
 
 __all__ = ["StreamEngine"]
@@ -24,9 +24,10 @@ class StreamEngine:
     ``routes`` is the fallback chain, in order. Clients are built lazily, one per route
     and flavour, shared by concurrent runs, and closed by ``close()``.
     ``max_event_bytes`` bounds what may arrive without a meaningful event (a runaway
-    SSE line is refused, not buffered). ``on_transition`` is called with each
-    ``Transition`` a run takes, on the thread or task that owns the run (keep it fast;
-    it runs inside the lifecycle).
+    SSE line is refused, not buffered). ``check_factories=True`` builds every route's
+    client at construction, so a missing key or a wrong client type fails here.
+    ``on_transition`` is called with each ``Transition`` a run takes, on the thread or
+    task that owns the run (keep it fast; it runs inside the lifecycle).
     """
 
     def __init__(
@@ -38,6 +39,7 @@ class StreamEngine:
         rng: random.Random | None = None,
         on_transition: Callable[[Transition], None] | None = None,
         max_event_bytes: int = 16 * 1024 * 1024,
+        check_factories: bool = False,
     ) -> None:
         if isinstance(routes, Route) or not isinstance(routes, Iterable):
             raise TypeError("StreamEngine(routes=...) must be a list of routes")
@@ -66,8 +68,31 @@ class StreamEngine:
         if max_event_bytes < 1024:
             raise ValueError("StreamEngine(max_event_bytes=...) must be at least 1024")
         self.max_event_bytes = max_event_bytes
+        if check_factories:
+            self._check_factories(routes)
         self._closed = False
         self._listeners = (on_transition,) if on_transition is not None else ()
+
+    @staticmethod
+    def _check_factories(routes: Sequence[Route]) -> None:
+        """Opt-in: build every route's client now, so a factory that raises (no API key)
+        or returns the wrong client type fails at construction, naming the route. The
+        clients are kept for the first runs. Off by default: a route that is never used
+        should never need its credentials."""
+        for index, route in enumerate(routes):
+            where = f"StreamEngine(routes=...)[{index}] {route.name}"
+            try:
+                client = route.client_factory()
+            except Exception as exc:
+                raise ValueError(
+                    redact(f"{where}: client_factory raised {type(exc).__name__}: {exc}")
+                ) from exc
+            try:
+                prepared = route.prepare_client(client)
+            except TypeError as exc:
+                raise TypeError(f"{where}: {exc}") from exc
+            slot = route.async_clients if route.is_async_client(client) else route.sync_clients
+            slot.adopt(prepared)
 
     def _request(
         self,

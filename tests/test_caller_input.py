@@ -74,3 +74,29 @@ def test_a_factory_that_raises_fails_before_any_request_naming_the_route() -> No
                 pass
         assert server.requests_received == 0
     assert "api_key" in str(failed.value)
+
+
+def test_check_factories_fails_at_construction_naming_the_route() -> None:
+    def no_key() -> anthropic.Anthropic:
+        raise anthropic.AnthropicError("The api_key client option must be set")
+
+    with pytest.raises(ValueError, match=r"routes=\.\.\.\)\[1\].*client_factory raised"):
+        StreamEngine(
+            routes=[
+                OpenAIChatCompletions(lambda: openai.OpenAI(api_key="k"), model="gpt"),
+                AnthropicMessages(no_key, model="claude"),
+            ],
+            check_factories=True,
+        )
+    with pytest.raises(TypeError, match=r"routes=\.\.\.\)\[0\].*anthropic.Anthropic"):
+        StreamEngine(
+            routes=[AnthropicMessages(lambda: openai.OpenAI(api_key="k"), model="claude")],
+            check_factories=True,
+        )
+
+
+def test_check_factories_keeps_the_clients_it_built() -> None:
+    route = AnthropicMessages(lambda: anthropic.Anthropic(api_key="k"), model="claude")
+    with StreamEngine(routes=[route], check_factories=True):
+        assert route.sync_clients.built_count == 1
+        assert route.sync_clients.current_client is not None
