@@ -84,8 +84,8 @@ pytestmark = pytest.mark.timeout(120)
 PROVIDERS: Final = ("anthropic", "openai")
 MODES: Final = tuple(API_MODE[p] for p in PROVIDERS)
 ATTEMPT_BOUND: Final = 3
-FIRST_TOKEN: Final = 0.3
-STALE: Final = 0.2
+FIRST_TOKEN: Final = 0.6
+STALE: Final = 0.4
 """The stall clocks, in seconds: first_token is the longer one because it also absorbs
 how long a request takes to reach the in-process server while a dozen runs share the GIL."""
 INTERRUPT_AFTER: Final = 0.06
