@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable
 from types import TracebackType
 from typing import TYPE_CHECKING, Final
 
@@ -142,7 +142,7 @@ class AsyncRun(RunBase):
                     diag.error_type = type(exc).__name__
                     diag.cause_chain = cause_chain(exc)
                     core.feed(AttemptFailed(at=now(), fault=client_build_fault(route, exc)))
-                    await self._clean_up(connection, None, None, bounded=False)
+                    await self._clean_up(connection, None, None, leaving=None)
                 else:
                     sent_at = now()
                     connection.sent_at = sent_at
@@ -197,12 +197,14 @@ class AsyncRun(RunBase):
                         core.feed(self._fault_event(route, exc, watch))
                         self._message = builder.build(cut_reason=core.active_attempt.reason)
                         self._record_wire(attempt, connection)
-                        leaving = not isinstance(exc, Exception)
-                        await self._clean_up(connection, stream, lease, bounded=leaving)
+                        caller_left = await self._clean_up(
+                            connection,
+                            stream,
+                            lease,
+                            leaving=None if isinstance(exc, Exception) else exc,
+                        )
                         if stream is not None:
                             diag.unknown_events = stream.unknown_events
-                        if leaving:  # CancelledError, GeneratorExit, KeyboardInterrupt
-                            caller_left = exc
                     else:
                         # Release first, so a late abort cannot touch a connection that
                         # goes back to the pool (and may serve another run next).
@@ -211,14 +213,29 @@ class AsyncRun(RunBase):
                         at = now()
                         diag.chunks = chunks
                         self._record_wire(attempt, connection)
-                        await stream.aclose()
-                        diag.unknown_events = stream.unknown_events
-                        to_close, _ = lease.slot.release(lease)
-                        if to_close is not None:
-                            await route.aclose_client(to_close)
                         self._message = builder.build()
-                        core.feed(StreamFinished(at=at))
-                        return
+                        # The answer is complete; a close error changes nothing for it.
+                        _, caller_left = await _settle(stream.aclose(), None)
+                        diag.unknown_events = stream.unknown_events
+                        if caller_left is not None:
+                            # Cancelled while closing: the run ends cancelled like any
+                            # other, its client retired and closed by the usual cleanup.
+                            core.feed(InterruptRequested(at=now()))
+                            caller_left = await self._clean_up(
+                                connection, stream, lease, leaving=caller_left
+                            )
+                        else:
+                            to_close, _ = lease.slot.release(lease)
+                            if to_close is not None:
+                                _, caller_left = await _settle(route.aclose_client(to_close), None)
+                            if caller_left is None:
+                                core.feed(StreamFinished(at=at))
+                                return
+                            # Cancelled while closing the attempt's own client (retired
+                            # by another run, this one its last user): that close was the
+                            # cleanup's close, and it has finished, shielded.
+                            core.feed(InterruptRequested(at=now()))
+                            self._clean_up_after_close(connection, lease)
             finally:
                 active_connection.reset(token)
                 self._connection = None
@@ -260,10 +277,15 @@ class AsyncRun(RunBase):
         stream: AsyncAttemptStream | None,
         lease: ClientLease | None,
         *,
-        bounded: bool,
-    ) -> None:
-        """Carry out the machine's cleanup plan inside the run's own task. When the caller
-        is leaving (cancelled), the awaits are shielded and bounded by ``CLEANUP_BOUND``."""
+        leaving: BaseException | None,
+    ) -> BaseException | None:
+        """Carry out the machine's cleanup plan inside the run's own task.
+
+        ``leaving`` is what the caller is leaving with (``CancelledError``,
+        ``GeneratorExit``), if anything. A cancellation that lands during the cleanup
+        does not cut it short: every close goes on shielded, bounded by
+        ``CLEANUP_BOUND`` once the caller is leaving. Returns what the caller leaves
+        with, for the driver to re-raise after feeding ``CleanupFinished``."""
         plan = self._core.pending_cleanup
         assert plan is not None, "the machine planned no cleanup"
         route: Route = plan.route  # type: ignore[assignment]
@@ -272,31 +294,57 @@ class AsyncRun(RunBase):
             _testing.leaked.append(stream)  # keep it referenced: nothing closes it
             stream = None
         if stream is not None:
-            error: BaseException | None = None
-            try:
-                await _maybe_bounded(stream.aclose(), bounded)
-            except Exception as exc:  # the socket is already shut: nothing more to lose
-                error = exc
+            error, leaving = await _settle(stream.aclose(), leaving)
             self._cleanup_stream_closed(plan, error)
         to_close = self._cleanup_retire(plan, lease, route.async_clients)
         if to_close is not None:
-            error = None
-            try:
-                await _maybe_bounded(route.aclose_client(to_close), bounded)
-            except Exception as exc:
-                error = exc
+            error, leaving = await _settle(route.aclose_client(to_close), leaving)
             self._cleanup_closed(plan, lease, error)
+        self._leaving = leaving is not None
+        self._cleanup_rebuild(plan, route.async_clients)
+        return leaving
+
+    def _clean_up_after_close(self, connection: AttemptConnection, lease: ClientLease) -> None:
+        """Record the cleanup of an attempt whose stream and client were already closed
+        on the success path when the caller's cancellation arrived."""
+        plan = self._core.pending_cleanup
+        assert plan is not None, "the machine planned no cleanup"
+        route: Route = plan.route  # type: ignore[assignment]
+        self._cleanup_abort(plan, connection)
+        self._cleanup_stream_closed(plan, None)
+        self._cleanup_closed(plan, lease, None)
+        self._leaving = True
         self._cleanup_rebuild(plan, route.async_clients)
 
 
-async def _maybe_bounded(awaitable: object, bounded: bool) -> None:
-    from collections.abc import Awaitable
-    from typing import cast
+async def _settle(
+    awaitable: Awaitable[object], leaving: BaseException | None
+) -> tuple[BaseException | None, BaseException | None]:
+    """Await one close of a cleanup to its end: returns the close's own error and what
+    the caller is leaving with.
 
-    coroutine = cast(Awaitable[object], awaitable)
-    if not bounded:
-        await coroutine
-        return
-    # The caller's cancellation was already delivered once; shield the close from a
-    # second one and bound it so a wedged close cannot hold the caller forever.
-    await asyncio.wait_for(asyncio.shield(asyncio.ensure_future(coroutine)), CLEANUP_BOUND)
+    The close runs as its own task, so a cancellation of the caller's task cannot cut it
+    short (half-closed pools, connections nobody closes); the first cancellation is
+    kept and returned instead, for the driver to re-raise once the run is final. Once
+    the caller is leaving, the wait is bounded by ``CLEANUP_BOUND``, so a wedged close
+    cannot hold the caller forever."""
+    loop = asyncio.get_running_loop()
+    task = asyncio.ensure_future(awaitable)
+    deadline: float | None = None
+    while not task.done():
+        if leaving is not None and deadline is None:
+            deadline = loop.time() + CLEANUP_BOUND
+        timeout = None if deadline is None else deadline - loop.time()
+        if timeout is not None and timeout <= 0:
+            task.cancel()
+            return TimeoutError(f"close took longer than {CLEANUP_BOUND} s"), leaving
+        try:
+            await asyncio.wait((task,), timeout=timeout)
+        except asyncio.CancelledError as exc:
+            # GeneratorExit (aclose) yields to a real cancellation: the caller's task
+            # must still see that it was cancelled.
+            if leaving is None or isinstance(leaving, GeneratorExit):
+                leaving = exc
+    if task.cancelled():
+        return asyncio.CancelledError("the close was cancelled"), leaving
+    return task.exception(), leaving

@@ -62,6 +62,8 @@ class RunBase:
         self._routes = routes
         self._request = request
         self._interrupted = False
+        self._leaving = False
+        """The caller's task is leaving (async: cancelled during a cleanup)."""
         self._connection: AttemptConnection | None = None
         self._watch = Watch()
         self._message: Message | None = None
@@ -273,7 +275,7 @@ class RunBase:
         )
 
     def _cleanup_rebuild(self, plan: CleanupPlan, slot: ClientSlot) -> None:
-        if self._core.interrupt_requested or self._interrupted:
+        if self._core.interrupt_requested or self._interrupted or self._leaving:
             # The run is ending: building a client (~20-40 ms of TLS set-up) would only
             # delay the caller. The slot is empty, so the next run on this route builds
             # a fresh client on its own thread.

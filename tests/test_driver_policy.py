@@ -1,10 +1,10 @@
-"""Retry, fallback and fail-fast decisions end to end, diagnostics and the log line."""
+"""Retry, fallback and fail-fast decisions end to end, diagnostics and the log line, with
+both drivers."""
 
 from __future__ import annotations
 
 import json
 import logging
-import threading
 from typing import Any
 
 import pytest
@@ -27,8 +27,7 @@ def attempt_end(attempt: Any) -> float:
 def test_overloaded_twice_falls_back_to_the_next_route(provider: Any) -> None:
     engine = provider.engine(timeouts=TIMEOUTS, retry=QUICK)
     provider.script([HttpError(status=529), HttpError(status=529)])
-    with provider.stream(engine) as run:
-        seen = provider.consume(run)
+    run, seen = provider.run_to_end(engine)
     assert seen.error is None, repr(seen.error)
     assert run.state == "completed"
     assert [(a.route_index, a.outcome) for a in run.attempts] == [
@@ -51,15 +50,14 @@ def test_overloaded_twice_falls_back_to_the_next_route(provider: Any) -> None:
 def test_request_error_fails_fast(provider: Any) -> None:
     engine = provider.engine(timeouts=TIMEOUTS, retry=RetryPolicy(max_attempts=3))
     provider.script([HttpError(status=400), Healthy()])
-    with provider.stream(engine) as run:
-        seen = provider.consume(run)
+    run, seen = provider.run_to_end(engine)
     error = seen.error
     assert isinstance(error, StreamFailed), repr(error)
     assert run.state == "failed"
     assert len(run.attempts) == 1
     assert len(provider.requests()) == 1
     assert provider.requests(provider.other_model) == []
-    assert provider.other_route().sync_clients.built_count == 0
+    assert provider.clients(provider.other_route()).built_count == 0
     assert error.http_status == 400
     assert error.retryable is False and error.fallback_eligible is False
     assert error.api_mode == provider.api_mode
@@ -72,8 +70,7 @@ def test_retry_after_is_honoured_above_max_backoff(provider: Any) -> None:
     retry = RetryPolicy(max_attempts=2, initial_backoff=0.01, max_backoff=0.05, jitter=0.0)
     engine = provider.engine(timeouts=TIMEOUTS, retry=retry)
     provider.script([HttpError(status=429, headers=(("retry-after", "1"),)), Healthy()])
-    with provider.stream(engine) as run:
-        seen = provider.consume(run)
+    run, seen = provider.run_to_end(engine)
     assert seen.error is None, repr(seen.error)
     first, second = run.attempts
     assert (first.route_index, second.route_index) == (0, 0)
@@ -90,8 +87,7 @@ def test_route_error_moves_to_the_next_route_at_once(provider: Any, status: int)
     retry = RetryPolicy(max_attempts=3, initial_backoff=2.0, max_backoff=2.0, jitter=0.0)
     engine = provider.engine(timeouts=TIMEOUTS, retry=retry)
     provider.script([HttpError(status=status), Healthy()])
-    with provider.stream(engine) as run:
-        seen = provider.consume(run)
+    run, seen = provider.run_to_end(engine)
     assert seen.error is None, repr(seen.error)
     assert [(a.route_index, a.outcome) for a in run.attempts] == [(0, "error"), (1, "completed")]
     assert run.attempts[0].diagnostics.http_status == status
@@ -102,8 +98,7 @@ def test_route_error_moves_to_the_next_route_at_once(provider: Any, status: int)
 
 def test_diagnostics_of_a_completed_attempt(provider: Any) -> None:
     engine = provider.engine(timeouts=TIMEOUTS, retry=QUICK)
-    with provider.stream(engine) as run:
-        seen = provider.consume(run)
+    run, seen = provider.run_to_end(engine)
     assert seen.error is None
     (attempt,) = run.attempts
     diag = attempt.diagnostics
@@ -125,8 +120,7 @@ def test_diagnostics_of_a_completed_attempt(provider: Any) -> None:
 def test_diagnostics_of_a_failed_attempt(provider: Any) -> None:
     engine = provider.engine(timeouts=TIMEOUTS, retry=QUICK)
     provider.script([HttpError(status=529), Healthy()])
-    with provider.stream(engine) as run:
-        provider.consume(run)
+    run, _ = provider.run_to_end(engine)
     failed = run.attempts[0]
     diag = failed.diagnostics
     assert failed.outcome == "error"
@@ -138,9 +132,8 @@ def test_diagnostics_of_a_failed_attempt(provider: Any) -> None:
     assert diag.elapsed is not None and diag.elapsed > 0
     assert diag.error_type
     assert diag.cause_chain and "529" in diag.cause_chain[0]
-    me = threading.current_thread().name
     assert {s.step for s in diag.cleanup} >= {"abort", "close", "rebuild"}
-    assert all(s.thread == me for s in diag.cleanup)
+    assert all(s.thread == provider.owner for s in diag.cleanup), diag.cleanup
 
 
 def test_failed_attempt_keeps_the_request_id(provider: Any) -> None:
@@ -148,8 +141,7 @@ def test_failed_attempt_keeps_the_request_id(provider: Any) -> None:
     kept under the provider's own header name, as for a completed attempt."""
     engine = provider.engine(timeouts=TIMEOUTS, retry=QUICK)
     provider.script([HttpError(status=529), Healthy()])
-    with provider.stream(engine) as run:
-        provider.consume(run)
+    run, _ = provider.run_to_end(engine)
     request_record = provider.requests()[0]
     headers = run.attempts[0].diagnostics.headers
     expected = f"req_loopback_{request_record.index}"
@@ -170,8 +162,7 @@ def test_one_structured_log_line_per_failed_attempt(
     caplog.set_level(logging.WARNING, logger="lifecycle")
     engine = provider.engine(timeouts=TIMEOUTS, retry=QUICK)
     provider.script([HttpError(status=529), HttpError(status=529)])
-    with provider.stream(engine) as run:
-        seen = provider.consume(run)
+    _, seen = provider.run_to_end(engine)
     assert seen.error is None
     lines = log_lines(caplog)
     assert len(lines) == 2, lines
@@ -212,8 +203,7 @@ def test_secrets_echoed_by_the_provider_are_redacted(
         }
     )
     provider.script([HttpError(status=401, body=body)])
-    with provider.stream(engine) as run:
-        seen = provider.consume(run)
+    run, seen = provider.run_to_end(engine)
     assert isinstance(seen.error, StreamFailed)
     lines = log_lines(caplog)
     assert len(lines) == 1

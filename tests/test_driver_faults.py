@@ -1,4 +1,5 @@
-"""Sync runs against real faults on the loopback server, with both providers' real SDKs.
+"""Runs against real faults on the loopback server, with both providers' real SDKs and
+both drivers (``engine.stream`` on a thread, ``engine.astream`` in a task).
 
 Timing bounds are the issue's: a stalled stream is given up ``Timeouts.stale`` (or
 ``first_token``) after the last meaningful event, and the next attempt starts within
@@ -8,8 +9,6 @@ it too. Both sides use ``time.monotonic()`` in this one process.
 
 from __future__ import annotations
 
-import threading
-import time
 from typing import Any
 
 import pytest
@@ -33,7 +32,6 @@ BOUND = 0.050
 TIMEOUTS = Timeouts(connect=5, first_token=STALE, stale=STALE, total=30)
 RETRY = RetryPolicy(max_attempts=2, initial_backoff=0.0, max_backoff=0.0)
 """No backoff: the time to the next attempt is the engine's own (detection and cleanup)."""
-WATCHDOG = "lifecycle-watchdog"
 
 # fault, attempt 1 outcome, its clock (None: not a stall), meaningful events delivered
 FAULTS: list[tuple[Any, str, str | None, int]] = [
@@ -57,8 +55,8 @@ def stall_threshold(first: Any, before: list[tuple[float, Any]]) -> float:
 def check_recovery(
     kit: Any, run: Any, seen: Any, *, outcome: str, clock: str | None, delivered: int
 ) -> None:
-    """Everything the issue asks of one recovered fault, for either provider."""
-    me = threading.current_thread().name
+    """Everything the issue asks of one recovered fault, for either provider and driver."""
+    me = kit.owner
     expected_text = kit.text()
 
     # The caller's loop went on, and the retry delivered the right answer.
@@ -101,32 +99,31 @@ def check_recovery(
         reference = before[-1][0] if delivered else sent_at
         assert second.started_at - reference <= STALE + BOUND
 
-    # Cleanup: closed and rebuilt on the caller's thread; only the watchdog may abort
-    # from elsewhere.
+    # Cleanup: closed and rebuilt by the run's owner (the caller's thread, or its task);
+    # only the watchdog (the loop's timer, for an async run) may abort from elsewhere.
     steps = first.diagnostics.cleanup
     names = [s.step for s in steps]
     assert "close" in names and "rebuild" in names, steps
     for step in steps:
         if step.step == "abort":
-            assert step.thread in (me, WATCHDOG), step
+            assert step.thread in (me, kit.watchdog), step
         else:
             assert step.thread == me, step
     close = next(s for s in steps if s.step == "close")
     assert "retired" not in close.detail, close  # closed now, not left to another run
     if clock is not None:
-        assert any(s.step == "abort" and s.thread == WATCHDOG for s in steps), steps
+        assert any(s.step == "abort" and s.thread == kit.watchdog for s in steps), steps
     assert names.index("close") < names.index("rebuild")
 
     # The stale client itself is closed; its successor (built here) serves attempt 2.
-    route = kit.route()
     clients = kit.built[kit.model]
     assert len(clients) == 2
     assert clients[0].is_closed()
     assert not clients[1].is_closed()
-    assert route.sync_clients.built_count == 2
-    assert route.sync_clients.builds_log == [me, me]
+    assert kit.clients().built_count == 2
+    assert kit.clients().builds_log == [kit.builder, kit.builder]
     # Nothing of the other provider was touched.
-    assert kit.other_route().sync_clients.built_count == 0
+    assert kit.clients(kit.other_route()).built_count == 0
     assert kit.built.get(kit.other_model, []) == []
     assert kit.requests(kit.other_model) == []
 
@@ -154,8 +151,7 @@ def test_fault_is_recovered_on_the_same_route(
 ) -> None:
     engine = provider.engine(timeouts=TIMEOUTS, retry=RETRY)
     provider.script([fault, Healthy()])
-    with provider.stream(engine) as run:
-        seen = provider.consume(run)
+    run, seen = provider.run_to_end(engine)
     check_recovery(provider, run, seen, outcome=outcome, clock=clock, delivered=delivered)
 
 
@@ -171,8 +167,7 @@ def test_next_attempt_starts_within_50_ms(
     (detection, the socket shutdown waking the reader, cleanup, zero backoff)."""
     engine = provider.engine(timeouts=TIMEOUTS, retry=RETRY)
     provider.script([fault, Healthy()])
-    with provider.stream(engine) as run:
-        seen = provider.consume(run)
+    run, seen = provider.run_to_end(engine)
     assert seen.error is None and run.state == "completed"
     first, second = run.attempts
     threshold = stall_threshold(first, seen.received_before(second.started_at))
@@ -194,8 +189,7 @@ def test_single_route_engine_needs_no_other_providers_key(
     monkeypatch.delenv(provider.other_env_key, raising=False)
     engine = provider.engine(timeouts=TIMEOUTS, retry=RETRY, with_other=False)
     provider.script([StallAfterEvents(n=1), Healthy()])
-    with provider.stream(engine) as run:
-        seen = provider.consume(run)
+    run, seen = provider.run_to_end(engine)
     assert seen.error is None, repr(seen.error)
     assert run.state == "completed"
     assert run.message is not None and run.message.text == provider.text()
@@ -206,8 +200,7 @@ def test_single_route_engine_needs_no_other_providers_key(
 def test_restart_comes_just_before_the_next_attempts_first_event(provider: Any) -> None:
     engine = provider.engine(timeouts=TIMEOUTS, retry=RETRY)
     provider.script([DropAfterEvents(n=2), Healthy()])
-    with provider.stream(engine) as run:
-        seen = provider.consume(run)
+    run, seen = provider.run_to_end(engine)
     assert seen.error is None
     full = provider.text()
     partial = "".join(e.text for e in seen.events[:2])
@@ -226,8 +219,7 @@ def test_on_partial_fail_raises_with_the_partial_message(provider: Any) -> None:
     retry = RetryPolicy(max_attempts=3, initial_backoff=0.0, max_backoff=0.0, on_partial="fail")
     engine = provider.engine(timeouts=TIMEOUTS, retry=retry)
     provider.script([DropAfterEvents(n=2), Healthy()])
-    with provider.stream(engine) as run:
-        seen = provider.consume(run)
+    run, seen = provider.run_to_end(engine)
     assert isinstance(seen.error, StreamFailed), repr(seen.error)
     assert seen.types == ["text", "text"]
     assert run.state == "failed"
@@ -244,8 +236,7 @@ def test_on_partial_fail_still_retries_invisibly_before_output(provider: Any) ->
     retry = RetryPolicy(max_attempts=2, initial_backoff=0.0, max_backoff=0.0, on_partial="fail")
     engine = provider.engine(timeouts=TIMEOUTS, retry=retry)
     provider.script([MalformedEvent(after_events=0), Healthy()])
-    with provider.stream(engine) as run:
-        seen = provider.consume(run)
+    run, seen = provider.run_to_end(engine)
     assert seen.error is None
     assert "restart" not in seen.types
     assert run.state == "completed" and len(run.attempts) == 2
@@ -269,13 +260,13 @@ def test_time_in_the_callers_loop_body_is_not_silence(provider: Any) -> None:
     provider.script([slow_drip(provider)])
     held = []
 
-    def slow(event: Any) -> None:
+    def slow(event: Any) -> float | None:
         if not held and event.type == "text":
             held.append(event)
-            time.sleep(STALE + 0.2)
+            return STALE + 0.2  # the loop body takes that long with this event
+        return None
 
-    with provider.stream(engine) as run:
-        seen = provider.consume(run, slow)
+    run, seen = provider.run_to_end(engine, slow)
     assert seen.error is None
     assert run.state == "completed"
     assert len(run.attempts) == 1, [(a.outcome, a.reason) for a in run.attempts]
@@ -287,12 +278,10 @@ def test_time_holding_the_restart_event_is_not_silence(provider: Any) -> None:
     engine = provider.engine(timeouts=HOLD_TIMEOUTS, retry=RETRY)
     provider.script([DropAfterEvents(n=1), slow_drip(provider)])
 
-    def slow(event: Any) -> None:
-        if event.type == "restart":
-            time.sleep(STALE + 0.3)
+    def slow(event: Any) -> float | None:
+        return STALE + 0.3 if event.type == "restart" else None
 
-    with provider.stream(engine) as run:
-        seen = provider.consume(run, slow)
+    run, seen = provider.run_to_end(engine, slow)
     assert seen.error is None, repr(seen.error)
     assert run.state == "completed"
     assert [a.outcome for a in run.attempts] == ["dropped", "completed"], [
