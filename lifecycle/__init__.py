@@ -6,9 +6,12 @@ is provider-neutral and never imports ``providers``: adapters implement ``Route`
 
 from ._abort import AttemptConnection, OversizedEvent, Shutdownable, active_connection, count_read
 from ._async_driver import AsyncRun
-from ._config import RetryPolicy, Timeouts
+from ._breaker import BREAKER_STATES, BREAKER_TRANSITIONS, Admission, BreakerChange, BreakerCore
+from ._config import BreakerPolicy, RetryPolicy, Timeouts
 from ._engine import StreamEngine
 from ._errors import Fault, Interrupted, LifecycleError, StreamFailed
+from ._health import BreakerStatus, HealthStore, LocalHealthStore, RouteHealth
+from ._hooks import LifecycleHooks
 from ._machine import FINAL_STATES, STATES, TRANSITIONS
 from ._message import (
     IncompleteToolCall,
@@ -24,26 +27,37 @@ from ._run import AttemptRecord, CleanupStep, Diagnostics, Transition
 from ._sync_driver import Run
 
 __all__ = [
+    "BREAKER_STATES",
+    "BREAKER_TRANSITIONS",
     "FINAL_STATES",
     "STATES",
     "TRANSITIONS",
+    "Admission",
     "AsyncAttemptStream",
     "AsyncRun",
     "AttemptConnection",
     "AttemptRecord",
     "AttemptStream",
+    "BreakerChange",
+    "BreakerCore",
+    "BreakerPolicy",
+    "BreakerStatus",
     "CleanupStep",
     "Diagnostics",
     "Fault",
+    "HealthStore",
     "IncompleteToolCall",
     "Interrupted",
     "LifecycleError",
+    "LifecycleHooks",
+    "LocalHealthStore",
     "Message",
     "OversizedEvent",
     "Request",
     "Restart",
     "RetryPolicy",
     "Route",
+    "RouteHealth",
     "Run",
     "Shutdownable",
     "StreamEngine",

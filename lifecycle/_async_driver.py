@@ -39,6 +39,7 @@ from ._shared import client_build_fault, header_subset
 from ._watchdog import arm_on_loop, disarm_on_loop, progressed_on_loop
 
 if TYPE_CHECKING:
+    from ._health import RouteHealth
     from ._machine import RunCore
 
 __all__ = ["AsyncRun"]
@@ -57,8 +58,15 @@ class AsyncRun(RunBase):
         routes: tuple[Route, ...],
         request: Request,
         max_event_bytes: float = float("inf"),
+        health: RouteHealth | None = None,
     ) -> None:
-        super().__init__(core=core, routes=routes, request=request, max_event_bytes=max_event_bytes)
+        super().__init__(
+            core=core,
+            routes=routes,
+            request=request,
+            max_event_bytes=max_event_bytes,
+            health=health,
+        )
         self._loop: asyncio.AbstractEventLoop | None = None
         self._wake: asyncio.Event | None = None
         self._iterator: AsyncGenerator[StreamEvent, None] | None = None
@@ -120,8 +128,11 @@ class AsyncRun(RunBase):
             if self._interrupted:
                 core.feed(InterruptRequested(at=now()))
                 raise self._interrupted_error()
+            if self._health is not None:
+                route_index = await self._admit_route(route_index)
             core.feed(AttemptStarted(at=now(), route_index=route_index))
             attempt = core.active_attempt
+            attempt.probe = self._probe_id is not None
             route = self._routes[route_index]
             diag = attempt.diagnostics
             connection = AttemptConnection()
@@ -230,6 +241,9 @@ class AsyncRun(RunBase):
                                 _, caller_left = await _settle(route.aclose_client(to_close), None)
                             if caller_left is None:
                                 core.feed(StreamFinished(at=at))
+                                left = await self._report_to_breaker(None)
+                                if left is not None:  # the run completed; the caller
+                                    raise left  # was cancelled after: it must see it
                                 return
                             # Cancelled while closing the attempt's own client (retired
                             # by another run, this one its last user): that close was the
@@ -239,6 +253,7 @@ class AsyncRun(RunBase):
             finally:
                 active_connection.reset(token)
                 self._connection = None
+            caller_left = await self._report_to_breaker(caller_left)
             self._log_failed_attempt(attempt)
             interrupted = self._interrupted or caller_left is not None
             core.feed(
@@ -270,6 +285,27 @@ class AsyncRun(RunBase):
                 core.feed(DeadlinePassed(at=now()))
                 raise self._failure()
             route_index = decision.route_index
+
+    async def _admit_route(self, start: int) -> int:
+        """The first route from ``start`` on whose breaker admits the attempt."""
+        health = self._health
+        assert health is not None
+        self._refusals = []
+        for index in range(start, len(self._routes)):
+            probe_id = health.new_probe_id()
+            admission = await health.aadmit(self._routes[index].name, probe_id)
+            if self._admitted(index, probe_id, admission):
+                return index
+        raise self._exhausted()
+
+    async def _report_to_breaker(self, leaving: BaseException | None) -> BaseException | None:
+        """Tell the breaker how the attempt ended; shielded like a cleanup step, since a
+        probe that never reports would hold its route's half-open slot."""
+        verdict = self._verdict()
+        if verdict is None or self._health is None:
+            return leaving
+        _, leaving = await _settle(self._health.areport(*verdict), leaving)
+        return leaving
 
     async def _clean_up(
         self,

@@ -10,7 +10,7 @@ import math
 from dataclasses import dataclass
 from typing import Literal
 
-__all__ = ["RetryPolicy", "Timeouts"]
+__all__ = ["BreakerPolicy", "RetryPolicy", "Timeouts"]
 
 OnPartial = Literal["restart", "fail", "continue"]
 
@@ -71,6 +71,8 @@ class RetryPolicy:
     the same route to continue the delivered text as an assistant prefix and stitches
     the answer without a ``restart``, for text-only output (a tool call or thinking
     block, or a fallback to another route, restarts instead).
+    ``stale_before_fallback`` (opt-in): after that many stale attempts on one route in
+    one run, fall back to the next route at once instead of retrying a silent one.
     """
 
     max_attempts: int = 3
@@ -79,8 +81,19 @@ class RetryPolicy:
     jitter: float = 1.0
     max_retry_after: float = 60.0
     on_partial: OnPartial = "restart"
+    stale_before_fallback: int | None = None
 
     def __post_init__(self) -> None:
+        if self.stale_before_fallback is not None:
+            if isinstance(self.stale_before_fallback, bool) or not isinstance(
+                self.stale_before_fallback, int
+            ):
+                raise TypeError("RetryPolicy.stale_before_fallback must be an int or None")
+            if self.stale_before_fallback < 1:
+                raise ValueError(
+                    "RetryPolicy.stale_before_fallback must be at least 1, "
+                    f"got {self.stale_before_fallback}"
+                )
         if isinstance(self.max_attempts, bool) or not isinstance(self.max_attempts, int):
             raise TypeError("RetryPolicy.max_attempts must be an int")
         if self.max_attempts < 1:
@@ -104,3 +117,40 @@ class RetryPolicy:
                 "RetryPolicy.on_partial must be 'restart', 'fail' or 'continue', "
                 f"got {self.on_partial!r}"
             )
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class BreakerPolicy:
+    """When a route's circuit breaker opens, and how it comes back (see ``_breaker``).
+
+    - ``failures_to_open``: consecutive provider faults (stale or dropped attempts, from
+      any run of the engine, or of the fleet sharing its ``HealthStore``) that open it.
+    - ``cooldown``: seconds an opened breaker refuses every run before letting one probe
+      through; each opening since the last successful probe multiplies it by
+      ``cooldown_factor``, up to ``max_cooldown``, so a dead provider is probed less
+      and less often, but always again: a breaker never latches.
+    - ``probe_timeout``: a probe that has not reported after this long (its process
+      died) no longer holds the half-open slot.
+    """
+
+    failures_to_open: int = 5
+    cooldown: float = 30.0
+    cooldown_factor: float = 2.0
+    max_cooldown: float = 600.0
+    probe_timeout: float = 900.0
+
+    def __post_init__(self) -> None:
+        count = self.failures_to_open
+        if isinstance(count, bool) or not isinstance(count, int):
+            raise TypeError("BreakerPolicy.failures_to_open must be an int")
+        if count < 1:
+            raise ValueError(f"BreakerPolicy.failures_to_open must be at least 1, got {count}")
+        for name in ("cooldown", "max_cooldown", "probe_timeout"):
+            _positive(f"BreakerPolicy.{name}", getattr(self, name))
+        factor = self.cooldown_factor
+        if isinstance(factor, bool) or not isinstance(factor, int | float):
+            raise TypeError("BreakerPolicy.cooldown_factor must be a number")
+        if math.isnan(factor) or factor < 1.0:
+            raise ValueError(f"BreakerPolicy.cooldown_factor must be >= 1, got {factor!r}")
+        if self.max_cooldown < self.cooldown:
+            raise ValueError("BreakerPolicy.max_cooldown must be >= BreakerPolicy.cooldown")

@@ -37,7 +37,13 @@ from ._machine import (
 )
 from ._run import AttemptRecord, Transition
 
-__all__ = ["adapter_mermaid", "lifecycle_dot", "lifecycle_mermaid", "run_diagram"]
+__all__ = [
+    "adapter_mermaid",
+    "breaker_mermaid",
+    "lifecycle_dot",
+    "lifecycle_mermaid",
+    "run_diagram",
+]
 
 
 def _initial_state() -> str:
@@ -121,9 +127,9 @@ def _sources(value: object) -> tuple[str, ...]:
     return (str(value),)
 
 
-def _edges() -> tuple[_Edge, ...]:
+def _edges(table: Sequence[dict[str, object]] = TRANSITIONS) -> tuple[_Edge, ...]:
     edges: list[_Edge] = []
-    for row in TRANSITIONS:
+    for row in table:
         for source in _sources(row["source"]):
             dest = row.get("dest")
             edges.append(
@@ -204,6 +210,41 @@ def lifecycle_mermaid() -> str:
         lines.append(f"    class {','.join(states)} {group_id}")
     if _ungrouped():
         lines.append(f"    class {','.join(_ungrouped())} initial")
+    return "\n".join(lines) + "\n"
+
+
+_BREAKER_FILL: Final = {
+    "closed": ("#dcfce7", "#15803d"),
+    "open": ("#fee2e2", "#b91c1c"),
+    "half_open": ("#fef3c7", "#b45309"),
+    "probing": ("#dbeafe", "#1d4ed8"),
+}
+
+
+def breaker_mermaid() -> str:
+    """A Mermaid ``stateDiagram-v2`` of one route's circuit breaker (``_breaker``)."""
+    from ._breaker import BREAKER_STATES, BREAKER_TRANSITIONS
+
+    lines = [
+        "---",
+        f'title: "Route circuit breaker - edge labels: {_mermaid_text(_LEGEND)}"',
+        "---",
+        "stateDiagram-v2",
+        f"    %% {_HEADER.replace('_machine', '_breaker')}",
+        "    %% cool_down and an expired probe's release_probe are taken lazily: at the",
+        "    %% first admission or report after the time has come.",
+        "    direction LR",
+    ]
+    for state in BREAKER_STATES:
+        fill, stroke = _BREAKER_FILL[state]
+        lines.append(f"    classDef {state}_style fill:{fill},stroke:{stroke},color:{_TEXT}")
+    lines.append("")
+    lines.append(f"    [*] --> {BREAKER_STATES[0]}")
+    for edge in _edges(BREAKER_TRANSITIONS):
+        lines.append(f"    {edge.source} --> {edge.dest} : {_mermaid_text(edge.label)}")
+    lines.append("")
+    for state in BREAKER_STATES:
+        lines.append(f"    class {state} {state}_style")
     return "\n".join(lines) + "\n"
 
 

@@ -9,13 +9,18 @@ from types import TracebackType
 from typing import Any
 
 from ._async_driver import AsyncRun
-from ._config import RetryPolicy, Timeouts
+from ._breaker import BreakerChange
+from ._config import BreakerPolicy, RetryPolicy, Timeouts
+from ._health import BreakerStatus, HealthStore, RouteHealth
+from ._hooks import HookDispatcher, LifecycleHooks
 from ._machine import RouteInfo, RunCore
 from ._route import Request, Route
 from ._run import Transition, redact
 from ._sync_driver import Run
 
 __all__ = ["StreamEngine"]
+
+_DEFAULT_BREAKER = BreakerPolicy()
 
 
 class StreamEngine:
@@ -27,7 +32,13 @@ class StreamEngine:
     SSE line is refused, not buffered). ``check_factories=True`` builds every route's
     client at construction, so a missing key or a wrong client type fails here.
     ``on_transition`` is called with each ``Transition`` a run takes, on the thread or
-    task that owns the run (keep it fast; it runs inside the lifecycle).
+    task that owns the run (keep it fast; it runs inside the lifecycle). ``hooks`` are
+    ``LifecycleHooks`` (runs started and ended, attempts ended, breaker changes), e.g.
+    ``lifecycle.otel.OpenTelemetryHooks`` or ``lifecycle.record.TransitionRecorder``.
+    ``breaker`` is the circuit breaker policy of every route (``None``: no breakers);
+    breakers live in ``health_store``: this engine's own ``LocalHealthStore`` by
+    default, or a ``lifecycle.redis_health.RedisHealthStore`` shared by a fleet.
+    Route names (``Route(name=...)``) are the breakers' keys.
     """
 
     def __init__(
@@ -40,6 +51,9 @@ class StreamEngine:
         on_transition: Callable[[Transition], None] | None = None,
         max_event_bytes: int = 16 * 1024 * 1024,
         check_factories: bool = False,
+        hooks: Sequence[LifecycleHooks] = (),
+        breaker: BreakerPolicy | None = _DEFAULT_BREAKER,
+        health_store: HealthStore | None = None,
     ) -> None:
         if isinstance(routes, Route) or not isinstance(routes, Iterable):
             raise TypeError("StreamEngine(routes=...) must be a list of routes")
@@ -72,6 +86,27 @@ class StreamEngine:
             self._check_factories(routes)
         self._closed = False
         self._listeners = (on_transition,) if on_transition is not None else ()
+        if isinstance(hooks, LifecycleHooks) or not isinstance(hooks, Iterable):
+            raise TypeError("StreamEngine(hooks=...) must be a list of LifecycleHooks")
+        self.hooks = HookDispatcher(tuple(hooks))
+        if breaker is not None and not isinstance(breaker, BreakerPolicy):
+            raise TypeError("StreamEngine(breaker=...) must be a lifecycle.BreakerPolicy or None")
+        if breaker is None and health_store is not None:
+            raise ValueError("StreamEngine(health_store=...) needs a breaker policy")
+        self.health: RouteHealth | None = None
+        if breaker is not None:
+            self.health = RouteHealth(
+                policy=breaker, store=health_store, on_change=self._breaker_changed
+            )
+
+    def _breaker_changed(self, change: BreakerChange) -> None:
+        self.hooks.breaker_changed(change)
+
+    def breakers(self) -> dict[str, BreakerStatus]:
+        """Each route's breaker now (by route name); empty without a breaker policy."""
+        if self.health is None:
+            return {}
+        return self.health.status(tuple(route.name for route in self.routes))
 
     @staticmethod
     def _check_factories(routes: Sequence[Route]) -> None:
@@ -140,12 +175,17 @@ class StreamEngine:
         ``Timeouts.total`` counts from this call.
         """
         request = self._request(messages, max_tokens, system, tools, options)
-        return Run(
-            core=self._core(),
+        core = self._core()
+        run = Run(
+            core=core,
             routes=self.routes,
             request=request,
             max_event_bytes=self.max_event_bytes,
+            health=self.health,
         )
+        if self.hooks:
+            core.listeners += (self.hooks.listener(run, core),)
+        return run
 
     def astream(
         self,
@@ -163,12 +203,17 @@ class StreamEngine:
         naming the route.
         """
         request = self._request(messages, max_tokens, system, tools, options)
-        return AsyncRun(
-            core=self._core(),
+        core = self._core()
+        run = AsyncRun(
+            core=core,
             routes=self.routes,
             request=request,
             max_event_bytes=self.max_event_bytes,
+            health=self.health,
         )
+        if self.hooks:
+            core.listeners += (self.hooks.listener(run, core),)
+        return run
 
     async def aclose(self) -> None:
         """Close every client this engine's routes built, async ones included."""

@@ -19,6 +19,8 @@ __all__ = [
     "FirstEventReceived",
     "InterruptRequested",
     "LifecycleEvent",
+    "RouteSkipped",
+    "RoutesExhausted",
     "StallDetected",
     "StreamFinished",
 ]
@@ -90,6 +92,24 @@ class DeadlinePassed:
     at: float
 
 
+@dataclass(frozen=True, kw_only=True, slots=True)
+class RouteSkipped:
+    """The route the run was about to use refused it: its circuit breaker is open (or
+    half-open with its one probe out). The run falls back to the next route."""
+
+    at: float
+    route_index: int
+    reason: str
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class RoutesExhausted:
+    """No route from the one the run was about to use onward would admit it."""
+
+    at: float
+    reason: str
+
+
 LifecycleEvent = (
     AttemptStarted
     | FirstEventReceived
@@ -99,4 +119,6 @@ LifecycleEvent = (
     | InterruptRequested
     | CleanupFinished
     | DeadlinePassed
+    | RouteSkipped
+    | RoutesExhausted
 )

@@ -13,6 +13,10 @@ Rules
 3. Only the way out of ``cleanup`` is decided by policy (``_policy.decide``): retry on
    the same route, fall back to the next, fail, or cancel. Guards read that decision.
 4. ``completed``, ``failed`` and ``cancelled`` are final: no trigger leaves them.
+5. Before an attempt starts, its route's circuit breaker (``_breaker``, the second
+   machine) may refuse it: the run then ``skip_route``s to ``falling_back`` (the next
+   route), and ``exhaust_routes`` ends it ``failed`` when no later route admits it. No
+   attempt, so no cleanup: nothing was opened.
 
 Theory of operation
 -------------------
@@ -50,6 +54,8 @@ from ._events import (
     FirstEventReceived,
     InterruptRequested,
     LifecycleEvent,
+    RoutesExhausted,
+    RouteSkipped,
     StallDetected,
     StreamFinished,
 )
@@ -172,6 +178,12 @@ TRANSITIONS: Final[tuple[dict[str, Any], ...]] = (
     },
     {"trigger": "expire", "source": "retrying", "dest": "failed"},
     {"trigger": "expire", "source": "falling_back", "dest": "failed"},
+    {"trigger": "skip_route", "source": "idle", "dest": "falling_back"},
+    {"trigger": "skip_route", "source": "retrying", "dest": "falling_back"},
+    {"trigger": "skip_route", "source": "falling_back", "dest": "falling_back"},
+    {"trigger": "exhaust_routes", "source": "idle", "dest": "failed"},
+    {"trigger": "exhaust_routes", "source": "retrying", "dest": "failed"},
+    {"trigger": "exhaust_routes", "source": "falling_back", "dest": "failed"},
 )
 
 # Which trigger each reported event pulls. Fault events are followed at once by
@@ -185,6 +197,8 @@ TRIGGER_OF: Final[dict[type, str]] = {
     InterruptRequested: "interrupt",
     CleanupFinished: "finish_cleanup",
     DeadlinePassed: "expire",
+    RouteSkipped: "skip_route",
+    RoutesExhausted: "exhaust_routes",
 }
 
 
@@ -250,6 +264,9 @@ class RunCore:
         self.history: list[Transition] = []
         self.attempts: list[AttemptRecord] = []
         self.attempts_per_route = [0] * len(self.routes)
+        self.stale_per_route = [0] * len(self.routes)
+        self.skips: list[tuple[int, str]] = []
+        """Routes whose breaker refused this run: (route index, why)."""
         self.committed = False
         """Some meaningful event of this run has reached the caller."""
         self.restart_pending = False
@@ -286,6 +303,7 @@ class RunCore:
                 event.at,
             )
             self.total_expired = event.clock == "total"
+            self.stale_per_route[self.active_attempt.route_index] += 1
             self.active_attempt.diagnostics.stall_clock = event.clock
         elif isinstance(event, AttemptFailed):
             self._close_attempt(event.fault, event.at)
@@ -307,6 +325,17 @@ class RunCore:
             self.active_attempt.diagnostics.elapsed = event.at - self.active_attempt.started_at
         elif isinstance(event, DeadlinePassed):
             self.total_expired = True
+        elif isinstance(event, RouteSkipped):
+            self.skips.append((event.route_index, event.reason))
+        elif isinstance(event, RoutesExhausted):
+            self.last_fault = Fault(
+                outcome="dropped",
+                retryable=False,
+                fallback_eligible=False,
+                reason=event.reason,
+                api_mode=None,
+            )
+            self.decision = Decision(kind="fail", reason=event.reason, route_index=-1)
         elif isinstance(event, CleanupFinished) and event.interrupted:
             self.interrupt_requested = True
         MACHINE.events[trigger].trigger(self, event=event)
@@ -343,6 +372,7 @@ class RunCore:
             route_index=attempt.route_index,
             route_count=len(self.routes),
             attempts_on_route=self.attempts_per_route[attempt.route_index],
+            stale_on_route=self.stale_per_route[attempt.route_index],
             committed=self.committed,
             interrupted=self.interrupt_requested,
             total_expired=self.total_expired or now >= self.deadline,

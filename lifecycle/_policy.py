@@ -39,6 +39,7 @@ def decide(
     route_index: int,
     route_count: int,
     attempts_on_route: int,
+    stale_on_route: int = 0,
     committed: bool,
     interrupted: bool,
     total_expired: bool,
@@ -58,6 +59,14 @@ def decide(
         )
     has_next = route_index + 1 < route_count
     fallback = Decision(kind="fallback", reason=fault.reason, route_index=route_index + 1)
+    eager = policy.stale_before_fallback
+    if fault.outcome == "stale" and eager is not None and stale_on_route >= eager and has_next:
+        return Decision(
+            kind="fallback",
+            reason=f"{fault.reason}; {stale_on_route} stale attempt(s) on this route "
+            "(stale_before_fallback)",
+            route_index=route_index + 1,
+        )
     if fault.retryable:
         if attempts_on_route < policy.max_attempts:
             if fault.retry_after is not None and fault.retry_after > policy.max_retry_after:

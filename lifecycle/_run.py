@@ -110,6 +110,8 @@ class AttemptRecord:
     started_at: float
     outcome: Outcome | None = None
     reason: str | None = None
+    probe: bool = False
+    """The attempt was its route's half-open breaker's one probe."""
     diagnostics: Diagnostics = field(default_factory=Diagnostics)
 
     def as_dict(self) -> dict[str, Any]:
@@ -120,6 +122,7 @@ class AttemptRecord:
             "model": self.model,
             "outcome": self.outcome,
             "reason": self.reason,
+            "probe": self.probe,
             **self.diagnostics.as_dict(),
         }
 

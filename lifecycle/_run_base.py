@@ -12,6 +12,7 @@ import json
 import logging
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
@@ -20,7 +21,14 @@ from . import _testing
 from ._abort import AttemptConnection, OversizedEvent
 from ._clients import ClientLease, ClientSlot
 from ._errors import Fault, Interrupted, StreamFailed
-from ._events import AttemptFailed, InterruptRequested, StallDetected
+from ._events import (
+    AttemptFailed,
+    InterruptRequested,
+    RoutesExhausted,
+    RouteSkipped,
+    StallDetected,
+)
+from ._health import verdict_of
 from ._message import Message, MessageBuilder, Restart, StreamEvent
 from ._route import Request, Route
 from ._run import AttemptRecord, CleanupStep, Transition, cause_chain, redact
@@ -28,6 +36,8 @@ from ._shared import failure_message, oversized_fault, truncated_fault
 from ._watchdog import Watch
 
 if TYPE_CHECKING:
+    from ._breaker import Admission, Verdict
+    from ._health import RouteHealth
     from ._machine import CleanupPlan, RunCore
 
 __all__ = ["RunBase"]
@@ -56,8 +66,20 @@ class RunBase:
         routes: tuple[Route, ...],
         request: Request,
         max_event_bytes: float = float("inf"),
+        health: RouteHealth | None = None,
     ) -> None:
         self._core = core
+        self._health = health
+        self._probe_id: str | None = None
+        """The active attempt's id with its breaker, if it is the route's probe."""
+        self._refusals: list[str] = []
+        """Why each route of the current admission sweep refused the run."""
+        self.id = uuid.uuid4().hex[:16]
+        """Identifies the run in hooks, telemetry and recordings."""
+        self.started_at = time.time() - (time.monotonic() - core.started_at)
+        """Wall-clock time of the run's start, the origin of ``Transition.at`` (and of
+        ``Timeouts.total``)."""
+        self.route_names = tuple(route.name for route in routes)
         self._max_event_bytes = max_event_bytes
         self._routes = routes
         self._request = request
@@ -83,6 +105,12 @@ class RunBase:
         return self._message
 
     @property
+    def last_progress_at(self) -> float | None:
+        """``time.monotonic()`` of the attempt's last meaningful event (or the caller's
+        return from its loop body); None before the attempt's first event."""
+        return self._watch.progress_at
+
+    @property
     def attempts(self) -> tuple[AttemptRecord, ...]:
         return tuple(self._core.attempts)
 
@@ -100,6 +128,41 @@ class RunBase:
         connection = self._connection
         if connection is not None:
             connection.abort(reason="interrupt")
+
+    # -- route health: the breakers around each attempt -----------------------------------
+    def _admitted(self, index: int, probe_id: str, admission: Admission) -> bool:
+        """Apply one breaker answer: True if the attempt may use route ``index`` (the
+        drivers then start it). A refused route is skipped when a later one is left;
+        the last one's refusal is kept for ``_exhausted``."""
+        if admission.kind != "refuse":
+            self._probe_id = probe_id if admission.kind == "probe" else None
+            return True
+        route = self._routes[index]
+        if admission.state == "open" and admission.reopen_at is not None:
+            wait = max(0.0, admission.reopen_at - time.time())
+            why = f"{route.name}: breaker open, next probe in {wait:.1f}s"
+        else:
+            why = f"{route.name}: breaker half-open, its one probe is out"
+        self._refusals.append(why)
+        if index + 1 < len(self._routes):
+            self._core.feed(RouteSkipped(at=now(), route_index=index, reason=why))
+        return False
+
+    def _exhausted(self) -> StreamFailed:
+        """No route from the sweep's first onward admitted the run."""
+        reasons = "; ".join(self._refusals)
+        self._core.feed(RoutesExhausted(at=now(), reason=f"no route admits the run ({reasons})"))
+        return self._failure()
+
+    def _verdict(self) -> tuple[str, Verdict, str | None] | None:
+        """What to tell the active attempt's route's breaker, once the attempt ended."""
+        if self._health is None or not self._core.attempts:
+            return None
+        attempt = self._core.active_attempt
+        fault = None if attempt.outcome == "completed" else self._core.last_fault
+        probe_id, self._probe_id = self._probe_id, None
+        route = self._routes[attempt.route_index]
+        return route.name, verdict_of(attempt.outcome or "interrupted", fault), probe_id
 
     # -- shared decisions -----------------------------------------------------------------
     def _continuable(self) -> bool:

@@ -34,6 +34,7 @@ from ._shared import client_build_fault, header_subset
 from ._watchdog import watchdog
 
 if TYPE_CHECKING:
+    from ._health import RouteHealth
     from ._machine import RunCore
 
 __all__ = ["Run"]
@@ -53,8 +54,15 @@ class Run(RunBase):
         routes: tuple[Route, ...],
         request: Request,
         max_event_bytes: float = float("inf"),
+        health: RouteHealth | None = None,
     ) -> None:
-        super().__init__(core=core, routes=routes, request=request, max_event_bytes=max_event_bytes)
+        super().__init__(
+            core=core,
+            routes=routes,
+            request=request,
+            max_event_bytes=max_event_bytes,
+            health=health,
+        )
         self._wake = threading.Event()
         self._iterator: Generator[StreamEvent, None, None] | None = None
 
@@ -96,13 +104,17 @@ class Run(RunBase):
             if self._interrupted:
                 core.feed(InterruptRequested(at=now()))
                 raise self._interrupted_error()
+            if self._health is not None:
+                route_index = self._admit_route(route_index)
             core.feed(AttemptStarted(at=now(), route_index=route_index))
+            core.active_attempt.probe = self._probe_id is not None
             caller_left: BaseException | None = None
             try:
                 completed = yield from self._attempt(core.active_attempt)
             except _CallerLeft as left:
                 caller_left = left.__cause__
                 completed = False
+            self._report_to_breaker()
             if completed:
                 return
             self._log_failed_attempt(core.active_attempt)
@@ -129,6 +141,22 @@ class Run(RunBase):
                 core.feed(DeadlinePassed(at=now()))
                 raise self._failure()
             route_index = decision.route_index
+
+    def _admit_route(self, start: int) -> int:
+        """The first route from ``start`` on whose breaker admits the attempt."""
+        health = self._health
+        assert health is not None
+        self._refusals = []
+        for index in range(start, len(self._routes)):
+            probe_id = health.new_probe_id()
+            if self._admitted(index, probe_id, health.admit(self._routes[index].name, probe_id)):
+                return index
+        raise self._exhausted()
+
+    def _report_to_breaker(self) -> None:
+        verdict = self._verdict()
+        if verdict is not None and self._health is not None:
+            self._health.report(*verdict)
 
     def _attempt(self, attempt: AttemptRecord) -> Generator[StreamEvent, None, bool]:
         """One attempt; returns True when it completed, else the machine is in cleanup."""

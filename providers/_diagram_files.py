@@ -14,7 +14,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from lifecycle._diagram import adapter_mermaid, lifecycle_dot, lifecycle_mermaid
+from lifecycle._diagram import adapter_mermaid, breaker_mermaid, lifecycle_dot, lifecycle_mermaid
 
 from .anthropic_messages import AnthropicMessages
 from .openai_chat_completions import OpenAIChatCompletions
@@ -48,7 +48,11 @@ def render_svg(dot_source: str) -> str | None:
 def expected_files() -> dict[str, str]:
     """File name -> content, exactly as ``lifecycle diagram`` writes them."""
     dot_source = lifecycle_dot()
-    files = {"lifecycle.mmd": lifecycle_mermaid(), "lifecycle.dot": dot_source}
+    files = {
+        "lifecycle.mmd": lifecycle_mermaid(),
+        "lifecycle.dot": dot_source,
+        "breaker.mmd": breaker_mermaid(),
+    }
     svg = render_svg(dot_source)
     if svg is not None:
         files[SVG_NAME] = svg

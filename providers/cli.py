@@ -1,4 +1,4 @@
-"""The ``lifecycle`` command: ``demo``, ``run``, ``serve``, ``diagram``.
+"""The ``lifecycle`` command: ``demo``, ``report``, ``run``, ``serve``, ``diagram``.
 
 It lives in ``providers`` because it wires the provider-neutral engine to real
 adapters; ``lifecycle`` itself never imports ``providers``.
@@ -29,6 +29,30 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="folder for one per-run diagram per scenario (default: %(default)s)",
     )
     demo.add_argument("--stale", type=float, default=0.5, help="stale/first_token seconds")
+    demo.add_argument(
+        "--record",
+        metavar="FILE",
+        default=None,
+        help="record every run and breaker change as JSON lines (see `lifecycle report`)",
+    )
+    demo.add_argument(
+        "--concurrent",
+        action="store_true",
+        help="run the scenarios at once, plus a burst of runs that opens a route's breaker",
+    )
+    demo.add_argument(
+        "--watch",
+        action="store_true",
+        help="show the runs in flight and the breakers live (implies --concurrent)",
+    )
+
+    report = commands.add_parser(
+        "report", help="summarize a recording made with --record or lifecycle.record"
+    )
+    report.add_argument("file", metavar="FILE", help="the JSON-lines recording")
+    report.add_argument(
+        "--diagrams", metavar="DIR", default=None, help="write one Mermaid diagram per run here"
+    )
 
     run = commands.add_parser("run", help="stream from a real provider with the same lifecycle")
     run.add_argument("--provider", choices=("anthropic", "openai"), required=True)
@@ -53,7 +77,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "demo":
         from ._demo import run_demo
 
-        return run_demo(diagrams_dir=args.diagrams, stale=args.stale)
+        return run_demo(
+            diagrams_dir=args.diagrams,
+            stale=args.stale,
+            record=args.record,
+            watch=args.watch,
+            concurrent=args.concurrent,
+        )
+    if args.command == "report":
+        from ._report import report_command
+
+        return report_command(args.file, diagrams=args.diagrams, out=sys.stdout, err=sys.stderr)
     if args.command == "run":
         from ._real_run import run_real
 

@@ -27,6 +27,8 @@ from lifecycle._events import (
     FirstEventReceived,
     InterruptRequested,
     LifecycleEvent,
+    RoutesExhausted,
+    RouteSkipped,
     StallDetected,
     StreamFinished,
 )
@@ -129,6 +131,12 @@ class Sim:
 
     def expire(self) -> Sim:
         return self.feed(DeadlinePassed(at=self.tick()))
+
+    def skip(self, route_index: int, reason: str = "breaker open") -> Sim:
+        return self.feed(RouteSkipped(at=self.tick(), route_index=route_index, reason=reason))
+
+    def exhaust(self, reason: str = "no route admits the run") -> Sim:
+        return self.feed(RoutesExhausted(at=self.tick(), reason=reason))
 
     # -- what happened -------------------------------------------------------------------
     @property
@@ -288,6 +296,45 @@ def test_deadline_while_falling_back_fails() -> None:
     assert sim.path()[-2:] == ["falling_back", "failed"]
 
 
+def test_an_open_breaker_skips_the_first_route() -> None:
+    """The first route's breaker refuses the run before any attempt: it falls back."""
+    sim = Sim().skip(0)
+    assert sim.path() == ["idle", "falling_back"]
+    assert sim.core.attempts == [] and sim.core.skips == [(0, "breaker open")]
+    sim.start(1).first().finish()
+    assert sim.path()[-4:] == ["falling_back", "connecting", "streaming", "completed"]
+    assert sim.core.attempts[0].route_index == 1
+
+
+def test_a_retry_on_a_route_whose_breaker_opened_falls_back() -> None:
+    sim = Sim().start().stall().cleaned()
+    assert sim.state == "retrying"
+    sim.skip(0).start(1).first().finish()
+    assert sim.path()[-5:] == ["retrying", "falling_back", "connecting", "streaming", "completed"]
+    assert [a.route_index for a in sim.core.attempts] == [0, 1]
+
+
+def test_skips_chain_while_falling_back() -> None:
+    sim = Sim((ANTHROPIC, OPENAI, ANTHROPIC)).skip(0).skip(1)
+    assert sim.path() == ["idle", "falling_back", "falling_back"]
+    sim.start(2).first().finish()
+    assert sim.state == "completed"
+
+
+@pytest.mark.parametrize("before", ["idle", "retrying", "falling_back"])
+def test_no_route_admitting_the_run_fails_it(before: str) -> None:
+    sim = Sim()
+    if before == "retrying":
+        sim.start().fail().cleaned()
+    elif before == "falling_back":
+        sim.skip(0)
+    assert sim.state == before
+    sim.exhaust("no route admits the run (x)")
+    assert sim.path()[-2:] == [before, "failed"]
+    assert sim.core.last_fault is not None and "no route admits" in sim.core.last_fault.reason
+    assert sim.core.decision is not None and sim.core.decision.kind == "fail"
+
+
 def test_request_error_fails() -> None:
     sim = Sim().start().status(400).cleaned()
     assert sim.path() == ["idle", "connecting", "dropped", "cleanup", "failed"]
@@ -305,6 +352,10 @@ def _event_of(kind: type, at: float) -> LifecycleEvent:
         return StallDetected(at=at, clock="stale", deadline=at)
     if kind is AttemptFailed:
         return AttemptFailed(at=at, fault=RETRYABLE)
+    if kind is RouteSkipped:
+        return RouteSkipped(at=at, route_index=0, reason="breaker open")
+    if kind is RoutesExhausted:
+        return RoutesExhausted(at=at, reason="no route admits the run")
     return kind(at=at)  # type: ignore[no-any-return]
 
 
@@ -638,6 +689,17 @@ def test_random_walks_obey_the_table(
                 else status_fault(status, api_mode=core.active_attempt.api_mode, message="x")
             )
             event = AttemptFailed(at=sim.t, fault=fault)
+        elif kind is RouteSkipped:
+            # A driver skips the route it was about to use, and only while one is left.
+            decision = core.decision
+            index = decision.route_index if decision is not None and core.state != "idle" else 0
+            if core.state == "falling_back" and core.skips:
+                index = core.skips[-1][0] + 1
+            if index + 1 >= len(modes):
+                continue
+            event = RouteSkipped(at=sim.t, route_index=index, reason="breaker open")
+        elif kind is RoutesExhausted:
+            event = RoutesExhausted(at=sim.t, reason="no route admits the run")
         else:
             event = kind(at=sim.t)
         before = core.state

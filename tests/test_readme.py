@@ -18,3 +18,10 @@ def test_readme_quickstart_has_the_two_commands_ci_runs() -> None:
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
     assert ".venv/bin/pip install . && .venv/bin/lifecycle demo" in readme
     assert ".venv/bin/pip install '.[test]' && .venv/bin/python -m pytest" in readme
+
+
+def test_readme_embeds_the_current_breaker_diagram() -> None:
+    from lifecycle._diagram import breaker_mermaid
+
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    assert "```mermaid\n" + breaker_mermaid().rstrip("\n") + "\n```" in readme

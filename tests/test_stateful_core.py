@@ -40,6 +40,8 @@ from lifecycle._events import (
     AttemptStarted,
     CleanupFinished,
     LifecycleEvent,
+    RoutesExhausted,
+    RouteSkipped,
     StallDetected,
 )
 from lifecycle._machine import (
@@ -242,13 +244,18 @@ class CoreMachine(RuleBasedStateMachine):
         interrupted = bool(param & 1)
         route = param % 4
         if kind is AttemptStarted:
-            if core.state == "idle":
-                route = 0
-            elif core.state in ("retrying", "falling_back") and core.decision is not None:
-                route = core.decision.route_index  # where a driver goes
+            if core.state in ("idle", "retrying", "falling_back"):
+                route = _next_route(core)  # where a driver goes
             else:  # rejected anyway: any route
                 route %= len(core.routes)
             return AttemptStarted(at=at, route_index=route)
+        if kind in (RouteSkipped, RoutesExhausted):
+            # A breaker refused the route the driver was about to use: it skips it while
+            # a later route is left, and gives up when none is.
+            nxt = _next_route(core) if core.state in ("idle", "retrying", "falling_back") else 0
+            if nxt + 1 < len(core.routes) and kind is RouteSkipped:
+                return RouteSkipped(at=at, route_index=nxt, reason="breaker open")
+            return RoutesExhausted(at=at, reason="no route admits the run")
         if kind is StallDetected:
             return StallDetected(at=at, clock=clock, deadline=at)  # type: ignore[arg-type]
         if kind is AttemptFailed:
@@ -394,7 +401,11 @@ class CoreMachine(RuleBasedStateMachine):
             assert decision is not None
             self._check(decision.route_index == attempt.route_index, "retry on another route")
             self._check(decision.delay >= 0, f"negative backoff {decision.delay}")
-        if core.state == "falling_back":
+        if core.history and core.history[-1].trigger == "skip_route":
+            skipped = core.skips[-1][0]
+            self._check(skipped + 1 < len(core.routes), "skipped the last route")
+            self._check(_next_route(core) == skipped + 1, "a skip does not lead to the next route")
+        elif core.state == "falling_back":
             self._check(decision is not None and decision.kind == "fallback", f"{decision}")
             assert decision is not None
             self._check(decision.route_index == attempt.route_index + 1, "fallback skips a route")
@@ -404,6 +415,16 @@ class CoreMachine(RuleBasedStateMachine):
                 self._check(
                     after.dest == "cancelled", f"an interrupted attempt led to {after.dest}"
                 )
+
+
+def _next_route(core: RunCore) -> int:
+    """The route a driver starts next: after a breaker's skip, the one after it; else
+    the last decision's (route 0 at first)."""
+    if core.history and core.history[-1].trigger == "skip_route":
+        return core.skips[-1][0] + 1
+    if core.state == "idle" or core.decision is None:
+        return 0
+    return core.decision.route_index
 
 
 def run_core_machine(**overrides: Any) -> None:

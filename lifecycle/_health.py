@@ -1,0 +1,261 @@
+"""Route health shared by every run of an engine: where breakers live and how runs ask them.
+
+``HealthStore`` is where breaker cores are kept. An operation loads one route's core,
+applies a change and saves it as one atomic step, so concurrent runs (threads, tasks,
+or processes sharing a ``lifecycle.redis_health.RedisHealthStore``) never interleave
+inside a breaker transition. ``LocalHealthStore`` (the default) keeps them in this
+process under a lock.
+
+``RouteHealth`` is what the drivers call: ``admit`` before an attempt, ``report`` after
+it. It maps an attempt's outcome to a breaker verdict, reads the clock (wall time, so
+breakers mean the same on every machine), and hands breaker changes to the hooks. It
+never fails a run: a store that raises is logged and the local store takes over.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Protocol, TypeVar
+
+from ._breaker import Admission, BreakerChange, BreakerCore, Verdict
+from ._config import BreakerPolicy
+from ._errors import Fault
+
+__all__ = ["BreakerStatus", "HealthStore", "LocalHealthStore", "RouteHealth", "verdict_of"]
+
+logger = logging.getLogger("lifecycle")
+T = TypeVar("T")
+
+
+class HealthStore(Protocol):
+    """Keeps breaker cores; ``update`` is one atomic load-apply-save of one route."""
+
+    def update(
+        self, route: str, policy: BreakerPolicy, change: Callable[[BreakerCore], T]
+    ) -> T: ...
+
+    def aupdate(
+        self, route: str, policy: BreakerPolicy, change: Callable[[BreakerCore], T]
+    ) -> Awaitable[T]: ...
+
+    def snapshot(self, routes: tuple[str, ...], policy: BreakerPolicy) -> dict[str, BreakerCore]:
+        """Current cores of ``routes`` (a copy: changing them changes nothing)."""
+        ...
+
+
+class LocalHealthStore:
+    """Breakers in this process, shared by every engine given the same store."""
+
+    def __init__(self) -> None:
+        self._fields: dict[str, dict[str, str]] = {}
+        self._lock = threading.Lock()
+
+    def update(self, route: str, policy: BreakerPolicy, change: Callable[[BreakerCore], T]) -> T:
+        with self._lock:
+            core = BreakerCore.from_fields(self._fields.get(route, {}), route=route, policy=policy)
+            result = change(core)
+            self._fields[route] = core.to_fields()
+            return result
+
+    async def aupdate(
+        self, route: str, policy: BreakerPolicy, change: Callable[[BreakerCore], T]
+    ) -> T:
+        # A dict under a lock held for microseconds: no reason to leave the loop.
+        return self.update(route, policy, change)
+
+    def snapshot(self, routes: tuple[str, ...], policy: BreakerPolicy) -> dict[str, BreakerCore]:
+        with self._lock:
+            return {
+                route: BreakerCore.from_fields(
+                    dict(self._fields.get(route, {})), route=route, policy=policy
+                )
+                for route in routes
+            }
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class BreakerStatus:
+    """One route's breaker, as an operator sees it."""
+
+    route: str
+    state: str
+    failures: int
+    stale: int
+    dropped: int
+    openings: int
+    reopen_in: float | None
+    """Seconds until an open breaker lets a probe through (None if not open)."""
+
+
+def verdict_of(outcome: str, fault: Fault | None) -> Verdict:
+    """What an attempt's end tells its route's breaker. Stalls count against the route,
+    and so do provider faults worth retrying or falling back from (5xx, 529, 429, a
+    dropped connection, bad credentials); the caller's own errors (400) and interrupts
+    judge nothing."""
+    if outcome == "completed":
+        return "success"
+    if outcome == "stale":
+        return "stale"
+    if outcome == "interrupted" or fault is None:
+        return "neutral"
+    if fault.retryable or fault.fallback_eligible:
+        return "dropped"
+    return "neutral"
+
+
+class RouteHealth:
+    """The engine's view of its routes' breakers; see the module docstring."""
+
+    def __init__(
+        self,
+        *,
+        policy: BreakerPolicy,
+        store: HealthStore | None = None,
+        on_change: Callable[[BreakerChange], None] | None = None,
+        clock: Callable[[], float] = time.time,
+        store_retry_after: float = 5.0,
+    ) -> None:
+        """``clock`` is the wall clock breakers are judged by (a test may pass its own);
+        after the shared store fails, the local store serves for ``store_retry_after``
+        seconds before the shared one is tried again."""
+        self.policy = policy
+        self.store: HealthStore = store if store is not None else LocalHealthStore()
+        self._fallback_store = LocalHealthStore()
+        self._on_change = on_change
+        self._clock = clock
+        self._store_retry_after = store_retry_after
+        self._degraded_until = 0.0
+        self._warned = False
+        self._lock = threading.Lock()
+        """Guards ``_degraded_until`` and ``_warned``: runs on many threads report."""
+
+    # -- what drivers call --------------------------------------------------------------
+    def new_probe_id(self) -> str:
+        return uuid.uuid4().hex
+
+    def admit(self, route: str, probe_id: str) -> Admission:
+        at = self._clock()
+        return self._apply(route, lambda core: core.admit(at, probe_id=probe_id))
+
+    async def aadmit(self, route: str, probe_id: str) -> Admission:
+        at = self._clock()
+        return await self._aapply(route, lambda core: core.admit(at, probe_id=probe_id))
+
+    def report(self, route: str, verdict: Verdict, probe_id: str | None) -> None:
+        at = self._clock()
+        self._apply(route, lambda core: core.report(at, verdict, probe_id=probe_id))
+
+    async def areport(self, route: str, verdict: Verdict, probe_id: str | None) -> None:
+        at = self._clock()
+        await self._aapply(route, lambda core: core.report(at, verdict, probe_id=probe_id))
+
+    def status(self, routes: tuple[str, ...]) -> dict[str, BreakerStatus]:
+        """Every route's breaker now, for dashboards (``lifecycle demo --watch``)."""
+        now = self._clock()
+        try:
+            cores = self._store().snapshot(routes, self.policy)
+        except Exception as exc:
+            self._degrade(exc)
+            cores = self._fallback_store.snapshot(routes, self.policy)
+        result = {}
+        for route, core in cores.items():
+            core.advance(now)
+            reopen = None
+            if core.state == "open" and core.reopen_at is not None:
+                reopen = max(0.0, core.reopen_at - now)
+            result[route] = BreakerStatus(
+                route=route,
+                state=core.state,
+                failures=core.failures,
+                stale=core.stale,
+                dropped=core.dropped,
+                openings=core.openings,
+                reopen_in=reopen,
+            )
+        return result
+
+    # -- the store, with graceful degradation ------------------------------------------
+    def _store(self) -> HealthStore:
+        if self._degraded_until and self._clock() < self._degraded_until:
+            return self._fallback_store
+        return self.store
+
+    def _degrade(self, exc: Exception) -> None:
+        # Health is advice: losing the shared store must never fail a run. Use the local
+        # store for a while (its breakers carry on from where they were), then try the
+        # shared one again.
+        with self._lock:
+            self._degraded_until = self._clock() + self._store_retry_after
+            first, self._warned = not self._warned, True
+        if first:
+            logger.warning(
+                "lifecycle: health store %s failed (%s: %s); using this process's own "
+                "breakers until it answers again",
+                type(self.store).__name__,
+                type(exc).__name__,
+                exc,
+            )
+
+    def _apply(self, route: str, change: Callable[[BreakerCore], T]) -> T:
+        changes: list[BreakerChange] = []
+
+        def apply(core: BreakerCore) -> T:
+            result = change(core)
+            changes[:] = core.changes
+            return result
+
+        store = self._store()
+        try:
+            result = store.update(route, self.policy, apply)
+        except Exception as exc:
+            if store is self._fallback_store:
+                raise
+            self._degrade(exc)
+            result = self._fallback_store.update(route, self.policy, apply)
+        else:
+            if store is self.store:
+                self._recovered()
+        self._publish(changes)
+        return result
+
+    async def _aapply(self, route: str, change: Callable[[BreakerCore], T]) -> T:
+        changes: list[BreakerChange] = []
+
+        def apply(core: BreakerCore) -> T:
+            result = change(core)
+            changes[:] = core.changes
+            return result
+
+        store = self._store()
+        try:
+            result = await store.aupdate(route, self.policy, apply)
+        except Exception as exc:
+            if store is self._fallback_store:
+                raise
+            self._degrade(exc)
+            result = self._fallback_store.update(route, self.policy, apply)
+        else:
+            if store is self.store:
+                self._recovered()
+        self._publish(changes)
+        return result
+
+    def _recovered(self) -> None:
+        if not self._warned:
+            return
+        with self._lock:
+            announce = self._warned and self._degraded_until > 0
+            self._degraded_until = 0.0
+            self._warned = False
+        if announce:
+            logger.warning("lifecycle: health store %s answers again", type(self.store).__name__)
+
+    def _publish(self, changes: list[BreakerChange]) -> None:
+        if self._on_change is not None:
+            for item in changes:
+                self._on_change(item)

@@ -1,0 +1,113 @@
+"""Instrumentation hooks: what runs and route breakers tell the outside world.
+
+``LifecycleHooks`` has a no-op method per moment; subclass it and override the ones you
+need, then pass instances to ``StreamEngine(hooks=[...])``. The OpenTelemetry exporter
+(``lifecycle.otel``) and the JSON-lines recorder (``lifecycle.record``) are such hooks.
+
+Every run hook is derived from the run's own transitions, so the hooks see exactly what
+the machine did, in order:
+
+- ``on_run_start``: the run's first transition (out of ``idle``);
+- ``on_transition``: every transition;
+- ``on_attempt_end``: an attempt's record is complete (``finish``, or ``finish_cleanup``
+  after its cleanup steps are recorded);
+- ``on_run_end``: the run reached ``completed``, ``failed`` or ``cancelled``;
+- ``on_breaker_change``: a route's breaker changed state (any run, any process sharing
+  the store sees its own changes).
+
+Run hooks are called on the thread or task that owns the run, inside the lifecycle:
+keep them fast. A hook that raises is logged once (per hook and method) and otherwise
+ignored: instrumentation never changes how a run ends.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, Final
+
+from ._run import AttemptRecord, Transition
+
+if TYPE_CHECKING:
+    from ._breaker import BreakerChange
+    from ._machine import RunCore
+    from ._run_base import RunBase
+
+__all__ = ["HookDispatcher", "LifecycleHooks"]
+
+logger = logging.getLogger("lifecycle")
+
+FINAL: Final = frozenset({"completed", "failed", "cancelled"})
+ATTEMPT_ENDS: Final = frozenset({"finish", "finish_cleanup"})
+
+
+class LifecycleHooks:
+    """Override what you need; every method defaults to doing nothing."""
+
+    def on_run_start(self, run: RunBase) -> None:
+        """The run left ``idle``: its first attempt starts (or it was cancelled first)."""
+
+    def on_transition(self, run: RunBase, transition: Transition) -> None:
+        """The run took ``transition``."""
+
+    def on_attempt_end(self, run: RunBase, attempt: AttemptRecord) -> None:
+        """``attempt`` ended; its diagnostics, cleanup steps included, are final."""
+
+    def on_run_end(self, run: RunBase) -> None:
+        """The run is final: ``run.state``, ``run.attempts`` and ``run.message`` are set."""
+
+    def on_breaker_change(self, change: BreakerChange) -> None:
+        """A route's breaker changed state."""
+
+
+class HookDispatcher:
+    """Fans the machine's transitions out to hooks, guarding each call."""
+
+    def __init__(self, hooks: Sequence[LifecycleHooks]) -> None:
+        for index, hook in enumerate(hooks):
+            if not isinstance(hook, LifecycleHooks):
+                raise TypeError(
+                    f"StreamEngine(hooks=...)[{index}] must be a lifecycle.LifecycleHooks "
+                    f"(subclass it), got {type(hook).__name__}"
+                )
+        self.hooks = tuple(hooks)
+        self._reported: set[tuple[int, str]] = set()
+        self._lock = threading.Lock()
+
+    def __bool__(self) -> bool:
+        return bool(self.hooks)
+
+    def listener(self, run: RunBase, core: RunCore) -> Callable[[Transition], None]:
+        """The transition listener that turns one run's transitions into hook calls."""
+
+        def listen(transition: Transition) -> None:
+            if transition.source == "idle":
+                self._call("on_run_start", run)
+            self._call("on_transition", run, transition)
+            if transition.trigger in ATTEMPT_ENDS and core.attempts:
+                self._call("on_attempt_end", run, core.active_attempt)
+            if transition.dest in FINAL:
+                self._call("on_run_end", run)
+
+        return listen
+
+    def breaker_changed(self, change: BreakerChange) -> None:
+        self._call("on_breaker_change", change)
+
+    def _call(self, method: str, *args: Any) -> None:
+        for hook in self.hooks:
+            try:
+                getattr(hook, method)(*args)
+            except Exception:
+                key = (id(hook), method)
+                with self._lock:
+                    first = key not in self._reported
+                    self._reported.add(key)
+                if first:
+                    logger.warning(
+                        "lifecycle hook %s.%s raised; ignored (reported once)",
+                        type(hook).__name__,
+                        method,
+                        exc_info=True,
+                    )

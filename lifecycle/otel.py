@@ -1,0 +1,315 @@
+"""OpenTelemetry traces and metrics of runs and route breakers (the ``otel`` extra).
+
+Install ``stream-lifecycle[otel]`` and pass the hooks to the engine::
+
+    from lifecycle.otel import OpenTelemetryHooks
+
+    engine = StreamEngine(routes=[...], hooks=[OpenTelemetryHooks()])
+
+Traces: one ``lifecycle.run`` span per run, with one ``transition`` event per transition
+it took, and one child ``lifecycle.attempt`` span per attempt, with the transitions
+inside that attempt. Span times are the run's own transition times (``Transition.at``
+on the wall clock of ``run.started_at``), so the spans show what the machine did, not
+when the hooks happened to run.
+
+Metrics: ``lifecycle.runs`` and ``lifecycle.attempts`` (counters, by outcome),
+``lifecycle.recoveries`` (runs that completed after a failed attempt),
+``lifecycle.recovery_latency`` (seconds from a stall or a drop to the next attempt's
+start), ``lifecycle.breaker.state`` (a gauge per route: 0 closed, 1 half-open or probing,
+2 open) and ``lifecycle.breaker.transitions`` (a counter by route and new state).
+
+This module is the only one that imports ``opentelemetry``; ``import lifecycle`` never
+loads it.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Final
+
+from opentelemetry import metrics, trace
+from opentelemetry.metrics import CallbackOptions, Histogram, Meter, MeterProvider, Observation
+from opentelemetry.trace import Span, SpanKind, Status, StatusCode, TracerProvider
+from opentelemetry.util.types import AttributeValue
+
+from ._hooks import LifecycleHooks
+from ._run import AttemptRecord, Transition
+
+if TYPE_CHECKING:
+    from ._breaker import BreakerChange
+    from ._run_base import RunBase
+
+__all__ = ["BREAKER_STATE_VALUES", "OpenTelemetryHooks"]
+
+logger = logging.getLogger("lifecycle")
+
+SCOPE: Final = "lifecycle"
+"""The instrumentation scope of every span and instrument."""
+BREAKER_STATE_VALUES: Final[dict[str, int]] = {
+    "closed": 0,
+    "half_open": 1,
+    "probing": 1,
+    "open": 2,
+}
+"""What ``lifecycle.breaker.state`` reports for each breaker state."""
+FAULT_STATES: Final = frozenset({"stale", "dropped"})
+FAILED_ATTEMPTS: Final = frozenset({"stale", "dropped", "error"})
+"""Attempt outcomes that mark the attempt span as an error (an interrupt is the caller's)."""
+RECOVERY_BUCKETS: Final = (
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.075,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+    60.0,
+)
+REQUEST_ID_HEADERS: Final = ("request-id", "x-request-id")
+
+
+@dataclass(kw_only=True, slots=True)
+class _RunTrace:
+    """What the hooks remember of one run between two calls (only its own thread or task
+    touches it; the dict that holds it is shared)."""
+
+    span: Span
+    attempt_span: Span | None = None
+    last_ns: int
+    """Wall-clock ns of the run's latest transition."""
+    fault_at: float | None = None
+    """``Transition.at`` of the latest entry into a fault state not yet recovered from."""
+    fault: str = ""
+    """That fault state (``stale`` or ``dropped``)."""
+    failed_attempts: int = 0
+
+
+def _wall_ns(run: RunBase, at: float) -> int:
+    """Wall-clock ns of a moment ``at`` seconds after the run started (``Transition.at``).
+
+    The two parts are rounded apart: a float sum near 1.7e9 s would lose ~0.2 µs."""
+    return round(run.started_at * 1e9) + round(at * 1e9)
+
+
+def _route_name(run: RunBase, index: int) -> str:
+    names = run.route_names
+    return names[index] if 0 <= index < len(names) else f"route[{index}]"
+
+
+def _transition_attributes(transition: Transition) -> dict[str, AttributeValue]:
+    return {
+        "source": transition.source,
+        "trigger": transition.trigger,
+        "dest": transition.dest,
+    }
+
+
+class OpenTelemetryHooks(LifecycleHooks):
+    """Spans and metrics for every run of the engines it is given to.
+
+    ``tracer_provider`` and ``meter_provider`` default to the global ones (looked up
+    lazily by the OpenTelemetry API, so providers set after this is built are used).
+    """
+
+    def __init__(
+        self,
+        *,
+        tracer_provider: TracerProvider | None = None,
+        meter_provider: MeterProvider | None = None,
+    ) -> None:
+        self._tracer = trace.get_tracer(SCOPE, tracer_provider=tracer_provider)
+        meter = metrics.get_meter(SCOPE, meter_provider=meter_provider)
+        self._runs = meter.create_counter(
+            "lifecycle.runs", unit="{run}", description="Runs ended, by final state"
+        )
+        self._attempts = meter.create_counter(
+            "lifecycle.attempts",
+            unit="{attempt}",
+            description="Attempts ended, by route, API mode and outcome",
+        )
+        self._recoveries = meter.create_counter(
+            "lifecycle.recoveries",
+            unit="{run}",
+            description="Runs that completed after at least one failed attempt",
+        )
+        self._recovery_latency = _histogram(meter)
+        self._breaker_transitions = meter.create_counter(
+            "lifecycle.breaker.transitions",
+            unit="{transition}",
+            description="Route breaker transitions, by route and new state",
+        )
+        self._breaker_states: dict[str, int] = {}
+        self._traces: dict[str, _RunTrace] = {}
+        self._lock = threading.Lock()
+        meter.create_observable_gauge(
+            "lifecycle.breaker.state",
+            callbacks=[self._observe_breakers],
+            unit="1",
+            description="Each route's breaker as last seen: 0 closed, 1 half-open/probing, 2 open",
+        )
+
+    # -- runs -------------------------------------------------------------------------
+    def on_run_start(self, run: RunBase) -> None:
+        self._trace_of(run)
+
+    def on_transition(self, run: RunBase, transition: Transition) -> None:
+        state = self._trace_of(run)
+        at_ns = _wall_ns(run, transition.at)
+        state.last_ns = at_ns
+        attributes = _transition_attributes(transition)
+        state.span.add_event("transition", attributes, timestamp=at_ns)
+        if transition.trigger == "start_attempt":
+            if state.attempt_span is not None:  # never ended: should not happen
+                state.attempt_span.end(end_time=at_ns)
+            state.attempt_span = self._start_attempt(run, state, at_ns)
+            if state.fault_at is not None:
+                latency = max(0.0, transition.at - state.fault_at)
+                self._recovery_latency.record(latency, {"fault": state.fault})
+                state.fault_at = None
+        if state.attempt_span is not None:
+            state.attempt_span.add_event("transition", attributes, timestamp=at_ns)
+        if transition.dest in FAULT_STATES:
+            state.fault_at, state.fault = transition.at, transition.dest
+
+    def on_attempt_end(self, run: RunBase, attempt: AttemptRecord) -> None:
+        state = self._trace_of(run)
+        route = _route_name(run, attempt.route_index)
+        outcome = attempt.outcome or "unknown"
+        self._attempts.add(1, {"route": route, "api_mode": attempt.api_mode, "outcome": outcome})
+        if attempt.outcome != "completed":
+            state.failed_attempts += 1
+        span, state.attempt_span = state.attempt_span, None
+        if span is None:
+            return
+        span.set_attributes(_attempt_attributes(attempt, route))
+        if outcome in FAILED_ATTEMPTS:
+            span.set_status(Status(StatusCode.ERROR, attempt.reason or outcome))
+        span.end(end_time=state.last_ns)
+
+    def on_run_end(self, run: RunBase) -> None:
+        with self._lock:
+            state = self._traces.pop(run.id, None)
+        if state is None:
+            return
+        outcome = run.state
+        self._runs.add(1, {"outcome": outcome})
+        if outcome == "completed" and state.failed_attempts:
+            self._recoveries.add(1)
+        if state.attempt_span is not None:  # the run ended without its attempt's end
+            state.attempt_span.end(end_time=state.last_ns)
+        span = state.span
+        span.set_attributes({"lifecycle.outcome": outcome, "lifecycle.attempts": len(run.attempts)})
+        if outcome == "failed":
+            span.set_status(Status(StatusCode.ERROR, _failure_reason(run)))
+        span.end(end_time=state.last_ns)
+
+    # -- breakers ---------------------------------------------------------------------
+    def on_breaker_change(self, change: BreakerChange) -> None:
+        with self._lock:
+            self._breaker_states[change.route] = BREAKER_STATE_VALUES.get(change.dest, 0)
+        self._breaker_transitions.add(1, {"route": change.route, "dest": change.dest})
+
+    def _observe_breakers(self, options: CallbackOptions) -> Iterable[Observation]:
+        with self._lock:
+            states = list(self._breaker_states.items())
+        return [Observation(value, {"route": route}) for route, value in states]
+
+    # -- helpers ----------------------------------------------------------------------
+    def _trace_of(self, run: RunBase) -> _RunTrace:
+        """The run's trace, its span started at the run's creation if this is its first
+        hook call."""
+        with self._lock:
+            state = self._traces.get(run.id)
+        if state is not None:
+            return state
+        start_ns = _wall_ns(run, 0.0)
+        span = self._tracer.start_span(
+            "lifecycle.run",
+            kind=SpanKind.INTERNAL,
+            start_time=start_ns,
+            attributes={"lifecycle.run_id": run.id, "lifecycle.routes": run.route_names},
+        )
+        state = _RunTrace(span=span, last_ns=start_ns)
+        with self._lock:
+            self._traces[run.id] = state
+        return state
+
+    def _start_attempt(self, run: RunBase, state: _RunTrace, at_ns: int) -> Span:
+        attributes: dict[str, AttributeValue] = {}
+        attempts = run.attempts
+        if attempts:
+            attempt = attempts[-1]
+            attributes = {
+                "lifecycle.attempt": attempt.number,
+                "lifecycle.api_mode": attempt.api_mode,
+                "lifecycle.model": attempt.model,
+                "lifecycle.route": _route_name(run, attempt.route_index),
+            }
+        return self._tracer.start_span(
+            "lifecycle.attempt",
+            context=trace.set_span_in_context(state.span),
+            kind=SpanKind.CLIENT,
+            start_time=at_ns,
+            attributes=attributes,
+        )
+
+
+def _attempt_attributes(attempt: AttemptRecord, route: str) -> dict[str, AttributeValue]:
+    diag = attempt.diagnostics
+    attributes: dict[str, AttributeValue] = {
+        "lifecycle.attempt": attempt.number,
+        "lifecycle.api_mode": attempt.api_mode,
+        "lifecycle.model": attempt.model,
+        "lifecycle.route": route,
+        "lifecycle.outcome": attempt.outcome or "unknown",
+        "lifecycle.chunks": diag.chunks,
+        "lifecycle.bytes": diag.bytes,
+        "lifecycle.probe": attempt.probe,
+    }
+    if diag.ttfb is not None:
+        attributes["lifecycle.ttfb"] = diag.ttfb
+    if diag.ttft is not None:
+        attributes["lifecycle.ttft"] = diag.ttft
+    if diag.http_status is not None:
+        attributes["http.response.status_code"] = diag.http_status
+    request_id = next(
+        (diag.headers[name] for name in REQUEST_ID_HEADERS if diag.headers.get(name)), None
+    )
+    if request_id is not None:
+        attributes["lifecycle.request_id"] = request_id
+    if attempt.reason is not None:
+        attributes["lifecycle.reason"] = attempt.reason
+    return attributes
+
+
+def _failure_reason(run: RunBase) -> str:
+    history = run.history
+    if history and history[-1].trigger == "exhaust_routes":
+        return "no route admits the run (breakers open)"
+    if history and history[-1].trigger == "expire":
+        return "Timeouts.total ran out"
+    attempts = run.attempts
+    return (attempts[-1].reason if attempts else None) or "failed"
+
+
+def _histogram(meter: Meter) -> Histogram:
+    name = "lifecycle.recovery_latency"
+    description = "Seconds from a stall or a drop to the start of the next attempt"
+    try:
+        return meter.create_histogram(
+            name,
+            unit="s",
+            description=description,
+            explicit_bucket_boundaries_advisory=RECOVERY_BUCKETS,
+        )
+    except TypeError:  # opentelemetry-api < 1.23: no bucket advice
+        return meter.create_histogram(name, unit="s", description=description)
