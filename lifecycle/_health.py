@@ -49,18 +49,23 @@ class HealthStore(Protocol):
 
 
 class LocalHealthStore:
-    """Breakers in this process, shared by every engine given the same store."""
+    """Breakers in this process, shared by every engine given the same store.
+
+    Cores are kept as objects, not serialized: an admission and a report cost a lock and
+    a few comparisons, on every run's path."""
 
     def __init__(self) -> None:
-        self._fields: dict[str, dict[str, str]] = {}
+        self._cores: dict[str, BreakerCore] = {}
         self._lock = threading.Lock()
 
     def update(self, route: str, policy: BreakerPolicy, change: Callable[[BreakerCore], T]) -> T:
         with self._lock:
-            core = BreakerCore.from_fields(self._fields.get(route, {}), route=route, policy=policy)
-            result = change(core)
-            self._fields[route] = core.to_fields()
-            return result
+            core = self._cores.get(route)
+            if core is None:
+                core = self._cores[route] = BreakerCore(route=route, policy=policy)
+            core.policy = policy
+            core.changes = []
+            return change(core)
 
     async def aupdate(
         self, route: str, policy: BreakerPolicy, change: Callable[[BreakerCore], T]
@@ -70,12 +75,14 @@ class LocalHealthStore:
 
     def snapshot(self, routes: tuple[str, ...], policy: BreakerPolicy) -> dict[str, BreakerCore]:
         with self._lock:
-            return {
-                route: BreakerCore.from_fields(
-                    dict(self._fields.get(route, {})), route=route, policy=policy
-                )
+            fields = {
+                route: self._cores[route].to_fields() if route in self._cores else {}
                 for route in routes
             }
+        return {
+            route: BreakerCore.from_fields(data, route=route, policy=policy)
+            for route, data in fields.items()
+        }
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

@@ -820,3 +820,134 @@ def test_two_engines_share_breakers_through_redis(provider: Any, redis_server: R
     finally:
         close_store(provider, store_a)
         close_store(provider, store_b)
+
+
+FLEET_WORKER = textwrap.dedent(
+    """
+    import json, sys, time
+    import anthropic, openai
+    from lifecycle import BreakerPolicy, RetryPolicy, StreamEngine, StreamFailed, Timeouts
+    from lifecycle.redis_health import RedisHealthStore
+    from providers import AnthropicMessages, OpenAIChatCompletions
+
+    url, anthropic_url, openai_url, dead, backup, seconds, cooldown = sys.argv[1:8]
+    engine = StreamEngine(
+        routes=[
+            AnthropicMessages(
+                lambda: anthropic.Anthropic(base_url=anthropic_url, api_key="k"), model=dead
+            ),
+            OpenAIChatCompletions(
+                lambda: openai.OpenAI(base_url=openai_url, api_key="k"), model=backup
+            ),
+        ],
+        timeouts=Timeouts(connect=5, first_token=5, stale=5, total=30),
+        retry=RetryPolicy(max_attempts=1, initial_backoff=0.0, max_backoff=0.0),
+        breaker=BreakerPolicy(
+            failures_to_open=1,
+            cooldown=float(cooldown),
+            cooldown_factor=1.0,
+            max_cooldown=float(cooldown),
+        ),
+        health_store=RedisHealthStore(url=url),
+    )
+    print("ready", flush=True)
+    sys.stdin.readline()  # every process starts together
+    end = time.monotonic() + float(seconds)
+    while time.monotonic() < end:
+        line = {"attempts": [], "state": None}
+        try:
+            with engine.stream(messages=[{"role": "user", "content": "Hi"}], max_tokens=16) as run:
+                for _ in run:
+                    pass
+        except StreamFailed as exc:
+            line["error"] = str(exc)
+        line["state"] = run.state
+        starts = [t.at for t in run.history if t.trigger == "start_attempt"]
+        line["attempts"] = [
+            [a.route_index, a.probe, a.outcome, run.started_at + at]
+            for a, at in zip(run.attempts, starts)
+        ]
+        print(json.dumps(line), flush=True)
+    engine.close()
+    """
+)
+
+
+def test_fleet_of_engines_probes_a_dead_route_once_per_half_open_period(
+    redis_server: RedisServer, server: Any
+) -> None:
+    """Three processes, each with its own StreamEngine over one Redis, run real streams
+    (the real SDKs, over HTTP to the loopback server) against a route whose first six
+    requests answer 503, with a healthy fallback route. The route's breaker opens at the
+    first 503 reported (runs admitted before it still reach the route); then, across the
+    whole fleet, exactly one run reaches it per half-open period, a cooldown apart, until
+    a probe succeeds, closes the breaker, and the route serves runs again. No run fails."""
+    import uuid
+
+    cooldown = 0.4
+    dead = f"claude-fleet-{uuid.uuid4().hex[:12]}"
+    backup = f"gpt-fleet-{uuid.uuid4().hex[:12]}"
+    server.script(dead, [HttpError(status=503)] * 6 + [Healthy()] * 500)
+    server.script(backup, [Healthy()] * 500)
+    script = redis_server.directory / "fleet_engine.py"
+    script.write_text(FLEET_WORKER)
+    args = [
+        redis_server.url,
+        server.anthropic_base_url,
+        server.openai_base_url,
+        dead,
+        backup,
+        "3.0",
+        str(cooldown),
+    ]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, str(script), *args],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=dict(os.environ, PYTHONPATH=str(ROOT)),
+            text=True,
+        )
+        for _ in range(3)
+    ]
+    try:
+        for proc in procs:
+            assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+        for proc in procs:
+            assert proc.stdin is not None
+            proc.stdin.write("go\n")
+            proc.stdin.flush()
+        outputs = [proc.communicate(timeout=60) for proc in procs]
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    runs = []
+    for proc, (out, err) in zip(procs, outputs, strict=True):
+        assert proc.returncode == 0, err
+        runs += [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+    assert len(runs) > 20, len(runs)
+    assert [r for r in runs if r["state"] != "completed"] == []
+    attempts = sorted(
+        (wall, route, probe, outcome) for r in runs for route, probe, outcome, wall in r["attempts"]
+    )
+    probes = [(wall, outcome) for wall, route, probe, outcome in attempts if probe]
+    # Every probe but the last met a 503 and opened the breaker again; the last closed it.
+    assert [o for _, o in probes] == ["error"] * (len(probes) - 1) + ["completed"], probes
+    assert len(probes) >= 4, probes  # 6 scripted 503s, at most 3 met before the trip
+    # One probe per half-open period, fleet-wide: consecutive probes a cooldown apart.
+    gaps = [b[0] - a[0] for a, b in itertools.pairwise(probes)]
+    assert all(gap >= cooldown - 0.05 for gap in gaps), gaps
+    # From the first probe to the closing one, no other attempt reached the dead route.
+    first, last = probes[0][0], probes[-1][0]
+    others = [a for a in attempts if a[1] == 0 and not a[2] and first <= a[0] < last]
+    assert others == [], others
+    skipped = [r for r in runs if [a[0] for a in r["attempts"]] == [1]]
+    assert len(skipped) >= len(probes), len(skipped)
+    # Closed again: the route served runs after its successful probe.
+    after = [a for a in attempts if a[1] == 0 and a[0] > last]
+    assert after and all(a[3] == "completed" for a in after), after
+    served = [r for r in server.requests if r.model == dead]
+    assert len(served) == len([a for a in attempts if a[1] == 0])
