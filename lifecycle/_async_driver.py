@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from types import TracebackType
 from typing import TYPE_CHECKING, Final
 
@@ -226,7 +226,7 @@ class AsyncRun(RunBase):
                         self._record_wire(attempt, connection)
                         self._message = builder.build()
                         # The answer is complete; a close error changes nothing for it.
-                        _, caller_left = await _settle(stream.aclose(), None)
+                        caller_left = await _settle_idempotent(stream.aclose)
                         diag.unknown_events = stream.unknown_events
                         if caller_left is not None:
                             # Cancelled while closing: the run ends cancelled like any
@@ -302,9 +302,12 @@ class AsyncRun(RunBase):
         """Tell the breaker how the attempt ended; shielded like a cleanup step, since a
         probe that never reports would hold its route's half-open slot."""
         verdict = self._verdict()
-        if verdict is None or self._health is None:
+        health = self._health
+        if verdict is None or health is None:
             return leaving
-        _, leaving = await _settle(self._health.areport(*verdict), leaving)
+        if leaving is None:
+            return await _settle_idempotent(lambda: health.areport(*verdict))
+        _, leaving = await _settle(health.areport(*verdict), leaving)
         return leaving
 
     async def _clean_up(
@@ -351,6 +354,21 @@ class AsyncRun(RunBase):
         self._cleanup_closed(plan, lease, None)
         self._leaving = True
         self._cleanup_rebuild(plan, route.async_clients)
+
+
+async def _settle_idempotent(make: Callable[[], Awaitable[object]]) -> BaseException | None:
+    """The success path's ``_settle``, without a task per call (a task costs a turn of the
+    loop, on every run): await ``make()`` in place; if the caller's cancellation cuts it
+    short, do it again, shielded and bounded, and return that cancellation. Only for
+    steps that are safe to repeat (closing a finished response, a breaker report)."""
+    try:
+        await make()
+    except asyncio.CancelledError as exc:
+        _, leaving = await _settle(make(), exc)
+        return leaving
+    except Exception:
+        pass  # a close error after a complete answer changes nothing for it
+    return None
 
 
 async def _settle(

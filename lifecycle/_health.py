@@ -14,6 +14,7 @@ never fails a run: a store that raises is logged and the local store takes over.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import threading
 import time
@@ -136,6 +137,8 @@ class RouteHealth:
         self._on_change = on_change
         self._clock = clock
         self._store_retry_after = store_retry_after
+        self._probe_prefix = uuid.uuid4().hex[:16] + "-"
+        self._probe_counter = itertools.count(1)
         self._degraded_until = 0.0
         self._warned = False
         self._lock = threading.Lock()
@@ -143,7 +146,9 @@ class RouteHealth:
 
     # -- what drivers call --------------------------------------------------------------
     def new_probe_id(self) -> str:
-        return uuid.uuid4().hex
+        """Unique across the fleet: this engine's random prefix and a counter (an id is
+        drawn for every attempt, so it must be cheap)."""
+        return f"{self._probe_prefix}{next(self._probe_counter)}"
 
     def admit(self, route: str, probe_id: str) -> Admission:
         at = self._clock()
