@@ -1,8 +1,12 @@
-"""One shared SDK client per route and flavour (sync or async), with retirement.
+"""Shared SDK clients per route and flavour (sync or async), with retirement.
 
 Building a client costs ~16 ms (mostly TLS context set-up), so concurrent runs of a
-route share one. After a fault, cleanup *retires* the attempt's client: new attempts
-get a freshly built one at once, runs still streaming on the retired one are left
+route share one: up to ``streams_per_client`` at once, beyond which the slot builds
+another (the SDKs' connection pools scan every pooled connection on each request and
+each response close, so one client carrying 10,000 streams spends most of a CPU there;
+measured in ``tests/benchmarks/bench_scale.py``). Below that many concurrent streams a
+route has exactly one client. After a fault, cleanup *retires* the attempt's client:
+new attempts get another one at once, runs still streaming on the retired one are left
 alone, and whichever run releases it last closes it, on its own thread or task.
 
 The slot does no I/O itself: ``release`` and ``retire`` hand back the client that must
@@ -44,11 +48,17 @@ class ClientLease:
         return self.generation.number
 
 
+STREAMS_PER_CLIENT = 256
+"""Default: concurrent streams one client carries before the slot builds another."""
+
+
 @dataclass(slots=True)
 class ClientSlot:
     build: Callable[[], Any]
+    streams_per_client: int = STREAMS_PER_CLIENT
     _lock: threading.Lock = field(default_factory=threading.Lock)
-    _current: _Generation | None = None
+    _live: list[_Generation] = field(default_factory=list)
+    """Clients handed out to new attempts, oldest first."""
     _retired: list[_Generation] = field(default_factory=list)
     _built: int = 0
     builds_log: list[str] = field(default_factory=list)
@@ -60,23 +70,33 @@ class ClientSlot:
 
     @property
     def current_client(self) -> Any | None:
-        current = self._current
-        return None if current is None else current.client
+        """The client the next attempt gets if nothing else is streaming (None if none)."""
+        live = self._live
+        return live[0].client if live else None
+
+    @property
+    def live_clients(self) -> int:
+        return len(self._live)
 
     def lease(self) -> ClientLease:
-        """The current client, built now (by the factory, on this thread) if needed."""
+        """A live client with room for one more stream (the oldest such: below
+        ``streams_per_client`` concurrent streams a route has one client), built now (by
+        the factory, on this thread) if there is none."""
         with self._lock:
-            if self._current is None:
-                self._current = self._new_generation()
-            generation = self._current
+            for generation in self._live:
+                if generation.users < self.streams_per_client:
+                    break
+            else:
+                generation = self._new_generation()
+                self._live.append(generation)
             generation.users += 1
             return ClientLease(self, generation)
 
     def rebuild(self) -> None:
         """Build the successor of a retired client now, so the next attempt finds it."""
         with self._lock:
-            if self._current is None:
-                self._current = self._new_generation()
+            if not self._live:
+                self._live.append(self._new_generation())
 
     def _new_generation(self) -> _Generation:
         client = self.build()
@@ -91,27 +111,26 @@ class ClientSlot:
             generation = lease.generation
             if not generation.retired:
                 generation.retired = True
-                if self._current is generation:
-                    self._current = None
+                if generation in self._live:
+                    self._live.remove(generation)
                 self._retired.append(generation)
 
     def adopt(self, client: Any) -> bool:
         """Make ``client`` (already prepared) the current one if there is none."""
         with self._lock:
-            if self._current is not None:
+            if self._live:
                 return False
             self._built += 1
             self.builds_log.append(threading.current_thread().name)
-            self._current = _Generation(client=client, number=self._built)
+            self._live.append(_Generation(client=client, number=self._built))
             return True
 
     def retire_current(self) -> Any | None:
-        """Retire the current client without a lease; returns it if nobody uses it."""
+        """Retire the oldest live client without a lease; returns it if nobody uses it."""
         with self._lock:
-            generation = self._current
-            if generation is None:
+            if not self._live:
                 return None
-            self._current = None
+            generation = self._live.pop(0)
             generation.retired = True
             if generation.users == 0:
                 generation.closed = True
@@ -140,8 +159,8 @@ class ClientSlot:
             for g in self._retired:
                 g.closed = True
             self._retired.clear()
-            if self._current is not None:
-                self._current.closed = True
-                clients.append(self._current.client)
-                self._current = None
+            for g in self._live:
+                g.closed = True
+                clients.append(g.client)
+            self._live.clear()
             return clients

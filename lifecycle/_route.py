@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from ._abort import Shutdownable
-from ._clients import ClientSlot
+from ._clients import STREAMS_PER_CLIENT, ClientSlot
 from ._config import Timeouts
 from ._errors import Fault
 from ._message import StreamEvent
@@ -84,8 +84,21 @@ class Route(ABC):
         *,
         model: str,
         name: str | None = None,
+        streams_per_client: int = STREAMS_PER_CLIENT,
         **options: Any,
     ) -> None:
+        """``name`` identifies the route in errors, records and breakers (default: the
+        class and model). ``streams_per_client``: concurrent streams one client carries
+        before the route builds another. Other keyword arguments pass to every SDK call."""
+        if (
+            isinstance(streams_per_client, bool)
+            or not isinstance(streams_per_client, int)
+            or streams_per_client < 1
+        ):
+            raise ValueError(
+                f"{type(self).__name__}: streams_per_client must be a positive int, "
+                f"got {streams_per_client!r}"
+            )
         if not callable(client_factory):
             raise TypeError(
                 f"{type(self).__name__}: client_factory must be a callable returning a client, "
@@ -109,8 +122,12 @@ class Route(ABC):
         self.model = model
         self.name = name or f"{type(self).__name__}({model})"
         self.options: dict[str, Any] = dict(options)
-        self.sync_clients = ClientSlot(build=self._build_sync_client)
-        self.async_clients = ClientSlot(build=self._build_async_client)
+        self.sync_clients = ClientSlot(
+            build=self._build_sync_client, streams_per_client=streams_per_client
+        )
+        self.async_clients = ClientSlot(
+            build=self._build_async_client, streams_per_client=streams_per_client
+        )
 
     def __repr__(self) -> str:
         return self.name

@@ -84,11 +84,12 @@ def make_route(
     built: list[Any] | None = None,
     is_async: bool = False,
     route_class: Callable[..., Route] | None = None,
+    **route_options: Any,
 ) -> Route:
     """The provider's route against the loopback server, with the SDK's sync client or
     (``is_async``) its async one; ``built`` collects every client the factory returns,
     in order, so a test can check which ones were closed. ``route_class`` replaces the
-    adapter class (a test's subclass of it)."""
+    adapter class (a test's subclass of it); ``route_options`` go to the route."""
     if factory is None:
         if provider == "anthropic":
             base = server.anthropic_base_url
@@ -112,7 +113,7 @@ def make_route(
         return client
 
     cls = route_class or (AnthropicMessages if provider == "anthropic" else OpenAIChatCompletions)
-    return cls(recording_factory, model=model)
+    return cls(recording_factory, model=model, **route_options)
 
 
 @dataclass

@@ -1,0 +1,114 @@
+"""Client slots: one shared client per route until ``streams_per_client`` streams run at
+once, then more; retirement of one client leaves the others serving."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from typing import Any
+
+import pytest
+
+from lifecycle import RetryPolicy, Timeouts
+from lifecycle._clients import ClientSlot
+from providers.loopback import Healthy, StallAfterEvents
+
+
+class Built:
+    def __init__(self, number: int) -> None:
+        self.number = number
+
+
+def slot(cap: int) -> ClientSlot:
+    counter = itertools.count(1)
+    return ClientSlot(build=lambda: Built(next(counter)), streams_per_client=cap)
+
+
+def test_one_client_until_the_cap_then_another() -> None:
+    s = slot(3)
+    leases = [s.lease() for _ in range(3)]
+    assert {lease.client.number for lease in leases} == {1} and s.built_count == 1
+    fourth = s.lease()
+    assert fourth.client.number == 2 and s.live_clients == 2
+    s.release(leases[0])
+    assert s.lease().client.number == 1, "the oldest client with room is used first"
+
+
+def test_retiring_one_client_leaves_the_others_serving() -> None:
+    s = slot(1)
+    a, b = s.lease(), s.lease()
+    assert (a.client.number, b.client.number) == (1, 2)
+    s.retire(a)
+    assert s.live_clients == 1
+    assert s.release(a) == (a.client, 0), "the retired client's last user closes it"
+    s.release(b)
+    assert s.lease().client.number == 2
+    s.rebuild()
+    assert s.built_count == 2, "a live client is left: nothing to rebuild"
+
+
+def test_take_all_returns_every_unclosed_client() -> None:
+    s = slot(1)
+    a, b, c = s.lease(), s.lease(), s.lease()
+    s.retire(a)
+    assert {x.number for x in s.take_all()} == {1, 2, 3}
+    assert s.live_clients == 0
+    assert s.release(a) == (None, 0), "closed by take_all already"
+    del b, c
+
+
+def test_streams_per_client_is_checked(provider: Any) -> None:
+    with pytest.raises(ValueError, match="streams_per_client"):
+        provider.route(streams_per_client=0)
+
+
+def test_concurrent_runs_beyond_the_cap_get_their_own_clients(provider: Any) -> None:
+    """Five runs at once on a route whose clients carry two streams each: three clients,
+    every run completes, a stall on one client retires only that client, and closing the
+    engine closes every client the route built."""
+    route = provider.route(streams_per_client=2)
+    engine = provider.make_engine(
+        [route],
+        timeouts=Timeouts(connect=5, first_token=1.0, stale=1.0, total=30),
+        retry=RetryPolicy(max_attempts=2, initial_backoff=0.0, max_backoff=0.0),
+    )
+    provider.script([Healthy(drip=0.05)] * 4 + [StallAfterEvents(n=1), Healthy(drip=0.05)])
+    runs: list[Any] = []
+
+    async def one() -> None:
+        run = engine.astream(messages=[{"role": "user", "content": "Hi"}], max_tokens=64)
+        runs.append(run)
+        async with run:
+            async for _ in run:
+                pass
+
+    if provider.is_async:
+
+        async def many() -> None:
+            await asyncio.gather(*(one() for _ in range(5)))
+
+        provider.run_coroutine(many())
+    else:
+        import threading
+
+        def sync_one() -> None:
+            with engine.stream(messages=[{"role": "user", "content": "Hi"}], max_tokens=64) as run:
+                runs.append(run)
+                for _ in run:
+                    pass
+
+        threads = [threading.Thread(target=sync_one) for _ in range(5)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(30)
+    assert [run.state for run in runs] == ["completed"] * 5
+    assert sum(len(run.attempts) for run in runs) == 6  # one stall, retried
+    slot_ = provider.clients(route)
+    assert slot_.built_count >= 3
+    if provider.is_async:
+        provider.run_coroutine(engine.aclose())
+    else:
+        engine.close()
+    built = provider.built[provider.model]
+    assert len(built) == slot_.built_count and all(c.is_closed() for c in built)
