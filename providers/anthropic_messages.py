@@ -28,7 +28,6 @@ from lifecycle import (
     AttemptStream,
     Fault,
     Request,
-    Route,
     StreamEvent,
     Timeouts,
     ToolCallDelta,
@@ -36,12 +35,13 @@ from lifecycle import (
 )
 
 from ._classify import SHAPE_ERRORS, classify_with_table, schema_violation
-from ._sockets import install_connection_tagging, socket_of_response
+from ._sdk_route import SdkRoute
+from ._sockets import socket_of_response
 
 __all__ = ["AnthropicMessages"]
 
 
-class AnthropicMessages(Route):
+class AnthropicMessages(SdkRoute):
     """A route to the Anthropic Messages API: ``AnthropicMessages(factory, model=...)``.
 
     ``factory`` builds an ``anthropic.Anthropic`` (for ``engine.stream``) or an
@@ -56,23 +56,9 @@ class AnthropicMessages(Route):
         "rebuild anthropic.Anthropic from the factory",
     )
 
-    def client_classes(self) -> tuple[type, ...]:
-        return (anthropic.Anthropic, anthropic.AsyncAnthropic)
-
-    def is_async_client(self, client: Any) -> bool:
-        return isinstance(client, anthropic.AsyncAnthropic)
-
-    def prepare_client(self, client: Any) -> Any:
-        if not isinstance(client, anthropic.Anthropic | anthropic.AsyncAnthropic):
-            raise TypeError(
-                f"route {self.name}: the factory must return anthropic.Anthropic or "
-                f"anthropic.AsyncAnthropic, got {type(client).__module__}.{type(client).__name__}"
-            )
-        # The engine is the only retry loop: an SDK retry would hide a stall behind its
-        # own backoff and re-send from a foreign code path.
-        prepared = client.with_options(max_retries=0)
-        install_connection_tagging(prepared)
-        return prepared
+    sync_client_class: ClassVar[type] = anthropic.Anthropic
+    async_client_class: ClassVar[type] = anthropic.AsyncAnthropic
+    timeout_class: ClassVar[type] = anthropic.Timeout
 
     def request_kwargs(self, request: Request, timeouts: Timeouts) -> dict[str, Any]:
         kwargs: dict[str, Any] = {
@@ -80,14 +66,7 @@ class AnthropicMessages(Route):
             "messages": list(request.messages),
             "max_tokens": request.max_tokens,
             "stream": True,
-            # The watchdog enforces first_token/stale; the SDK's read timeout is only a
-            # backstop for a watchdog that could not reach the socket.
-            "timeout": anthropic.Timeout(
-                connect=timeouts.connect,
-                read=timeouts.total,
-                write=timeouts.connect,
-                pool=timeouts.connect,
-            ),
+            "timeout": self.sdk_timeout(timeouts),
         }
         if request.system is not None:
             kwargs["system"] = request.system
@@ -113,12 +92,6 @@ class AnthropicMessages(Route):
     async def aopen(self, client: Any, request: Request, timeouts: Timeouts) -> AsyncAttemptStream:
         stream = await client.messages.create(**self.request_kwargs(request, timeouts))
         return _AsyncAnthropicStream(stream)
-
-    def close_client(self, client: Any) -> None:
-        client.close()
-
-    async def aclose_client(self, client: Any) -> None:
-        await client.close()
 
     def classify(self, exc: BaseException) -> Fault:
         return classify(exc)

@@ -29,7 +29,6 @@ from lifecycle import (
     AttemptStream,
     Fault,
     Request,
-    Route,
     StreamEvent,
     Timeouts,
     ToolCallDelta,
@@ -42,12 +41,13 @@ from ._classify import (
     classify_with_table,
     schema_violation,
 )
-from ._sockets import install_connection_tagging, socket_of_response
+from ._sdk_route import SdkRoute
+from ._sockets import socket_of_response
 
 __all__ = ["OpenAIChatCompletions"]
 
 
-class OpenAIChatCompletions(Route):
+class OpenAIChatCompletions(SdkRoute):
     """A route to a Chat Completions endpoint: ``OpenAIChatCompletions(factory, model=...)``.
 
     ``factory`` builds an ``openai.OpenAI`` (for ``engine.stream``) or an
@@ -61,21 +61,9 @@ class OpenAIChatCompletions(Route):
         "rebuild openai.OpenAI from the factory",
     )
 
-    def client_classes(self) -> tuple[type, ...]:
-        return (openai.OpenAI, openai.AsyncOpenAI)
-
-    def is_async_client(self, client: Any) -> bool:
-        return isinstance(client, openai.AsyncOpenAI)
-
-    def prepare_client(self, client: Any) -> Any:
-        if not isinstance(client, openai.OpenAI | openai.AsyncOpenAI):
-            raise TypeError(
-                f"route {self.name}: the factory must return openai.OpenAI or "
-                f"openai.AsyncOpenAI, got {type(client).__module__}.{type(client).__name__}"
-            )
-        prepared = client.with_options(max_retries=0)
-        install_connection_tagging(prepared)
-        return prepared
+    sync_client_class: ClassVar[type] = openai.OpenAI
+    async_client_class: ClassVar[type] = openai.AsyncOpenAI
+    timeout_class: ClassVar[type] = openai.Timeout
 
     def request_kwargs(self, request: Request, timeouts: Timeouts) -> dict[str, Any]:
         messages: list[Any] = []
@@ -87,12 +75,7 @@ class OpenAIChatCompletions(Route):
             "messages": messages,
             "max_tokens": request.max_tokens,
             "stream": True,
-            "timeout": openai.Timeout(
-                connect=timeouts.connect,
-                read=timeouts.total,
-                write=timeouts.connect,
-                pool=timeouts.connect,
-            ),
+            "timeout": self.sdk_timeout(timeouts),
         }
         if not self.without_stream_options:
             kwargs["stream_options"] = {"include_usage": True}
@@ -121,12 +104,6 @@ class OpenAIChatCompletions(Route):
     async def aopen(self, client: Any, request: Request, timeouts: Timeouts) -> AsyncAttemptStream:
         stream = await client.chat.completions.create(**self.request_kwargs(request, timeouts))
         return _AsyncChatStream(stream)
-
-    def close_client(self, client: Any) -> None:
-        client.close()
-
-    async def aclose_client(self, client: Any) -> None:
-        await client.close()
 
     without_stream_options = False
     """Set once a server refused ``stream_options`` (some OpenAI-compatible servers do):

@@ -29,7 +29,6 @@ from lifecycle import (
     AttemptStream,
     Fault,
     Request,
-    Route,
     StreamEvent,
     Timeouts,
     ToolCallDelta,
@@ -37,13 +36,14 @@ from lifecycle import (
 )
 
 from ._classify import SHAPE_ERRORS, classify_with_table, schema_violation
-from ._sockets import install_connection_tagging, socket_of_response
+from ._sdk_route import SdkRoute
+from ._sockets import socket_of_response
 from .openai_chat_completions import EXCEPTION_TABLE
 
 __all__ = ["EXCEPTION_TABLE", "OpenAIResponses", "classify"]
 
 
-class OpenAIResponses(Route):
+class OpenAIResponses(SdkRoute):
     """A route to the Responses API: ``OpenAIResponses(factory, model=...)``."""
 
     api_mode: ClassVar[str] = "responses"
@@ -53,21 +53,9 @@ class OpenAIResponses(Route):
         "rebuild openai.OpenAI from the factory",
     )
 
-    def client_classes(self) -> tuple[type, ...]:
-        return (openai.OpenAI, openai.AsyncOpenAI)
-
-    def is_async_client(self, client: Any) -> bool:
-        return isinstance(client, openai.AsyncOpenAI)
-
-    def prepare_client(self, client: Any) -> Any:
-        if not isinstance(client, openai.OpenAI | openai.AsyncOpenAI):
-            raise TypeError(
-                f"route {self.name}: the factory must return openai.OpenAI or "
-                f"openai.AsyncOpenAI, got {type(client).__module__}.{type(client).__name__}"
-            )
-        prepared = client.with_options(max_retries=0)
-        install_connection_tagging(prepared)
-        return prepared
+    sync_client_class: ClassVar[type] = openai.OpenAI
+    async_client_class: ClassVar[type] = openai.AsyncOpenAI
+    timeout_class: ClassVar[type] = openai.Timeout
 
     def request_kwargs(self, request: Request, timeouts: Timeouts) -> dict[str, Any]:
         kwargs: dict[str, Any] = {
@@ -75,12 +63,7 @@ class OpenAIResponses(Route):
             "input": list(request.messages),
             "max_output_tokens": request.max_tokens,
             "stream": True,
-            "timeout": openai.Timeout(
-                connect=timeouts.connect,
-                read=timeouts.total,
-                write=timeouts.connect,
-                pool=timeouts.connect,
-            ),
+            "timeout": self.sdk_timeout(timeouts),
         }
         if request.system is not None:
             kwargs["instructions"] = request.system
@@ -107,12 +90,6 @@ class OpenAIResponses(Route):
     async def aopen(self, client: Any, request: Request, timeouts: Timeouts) -> AsyncAttemptStream:
         stream = await client.responses.create(**self.request_kwargs(request, timeouts))
         return _AsyncResponsesStream(stream)
-
-    def close_client(self, client: Any) -> None:
-        client.close()
-
-    async def aclose_client(self, client: Any) -> None:
-        await client.close()
 
     def classify(self, exc: BaseException) -> Fault:
         return classify(exc)
