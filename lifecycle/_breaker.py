@@ -217,10 +217,10 @@ class BreakerCore:
         state = fields.get("state", "closed")
         core.state = state if state in BREAKER_STATES else "closed"
         for name in ("failures", "stale", "dropped", "openings"):
-            core.__dict__[name] = int(fields.get(name) or 0)
+            setattr(core, name, int(fields.get(name) or 0))
         for name in ("reopen_at", "probe_expires_at"):
             raw = fields.get(name) or ""
-            core.__dict__[name] = float(raw) if raw else None
+            setattr(core, name, float(raw) if raw else None)
         core.probe_id = fields.get("probe_id") or None
         return core
 

@@ -9,7 +9,6 @@ from types import TracebackType
 from typing import Any
 
 from ._async_driver import AsyncRun
-from ._breaker import BreakerChange
 from ._config import BreakerPolicy, RetryPolicy, Timeouts
 from ._health import BreakerStatus, HealthStore, RouteHealth
 from ._hooks import HookDispatcher, LifecycleHooks
@@ -96,11 +95,8 @@ class StreamEngine:
         self.health: RouteHealth | None = None
         if breaker is not None:
             self.health = RouteHealth(
-                policy=breaker, store=health_store, on_change=self._breaker_changed
+                policy=breaker, store=health_store, on_change=self.hooks.breaker_changed
             )
-
-    def _breaker_changed(self, change: BreakerChange) -> None:
-        self.hooks.breaker_changed(change)
 
     def breakers(self) -> dict[str, BreakerStatus]:
         """Each route's breaker now (by route name); empty without a breaker policy."""

@@ -214,51 +214,43 @@ class RouteHealth:
             )
 
     def _apply(self, route: str, change: Callable[[BreakerCore], T]) -> T:
-        changes: list[BreakerChange] = []
-
-        def apply(core: BreakerCore) -> T:
-            result = change(core)
-            changes[:] = core.changes
-            return result
-
-        store = self._store()
+        store, apply = self._store(), _with_changes(change)
         try:
-            result = store.update(route, self.policy, apply)
+            result, changes = store.update(route, self.policy, apply)
         except Exception as exc:
-            if store is self._fallback_store:
-                raise
-            self._degrade(exc)
-            result = self._fallback_store.update(route, self.policy, apply)
+            result, changes = self._apply_locally(store, exc, route, apply)
         else:
-            if store is self.store:
-                self._recovered()
+            self._answered(store)
         self._publish(changes)
         return result
 
     async def _aapply(self, route: str, change: Callable[[BreakerCore], T]) -> T:
-        changes: list[BreakerChange] = []
-
-        def apply(core: BreakerCore) -> T:
-            result = change(core)
-            changes[:] = core.changes
-            return result
-
-        store = self._store()
+        store, apply = self._store(), _with_changes(change)
         try:
-            result = await store.aupdate(route, self.policy, apply)
+            result, changes = await store.aupdate(route, self.policy, apply)
         except Exception as exc:
-            if store is self._fallback_store:
-                raise
-            self._degrade(exc)
-            result = self._fallback_store.update(route, self.policy, apply)
+            result, changes = self._apply_locally(store, exc, route, apply)
         else:
-            if store is self.store:
-                self._recovered()
+            self._answered(store)
         self._publish(changes)
         return result
 
-    def _recovered(self) -> None:
-        if not self._warned:
+    def _apply_locally(
+        self,
+        failed: HealthStore,
+        exc: Exception,
+        route: str,
+        apply: Callable[[BreakerCore], tuple[T, list[BreakerChange]]],
+    ) -> tuple[T, list[BreakerChange]]:
+        """The shared store failed: degrade, and apply the change to the local store."""
+        if failed is self._fallback_store:
+            raise exc
+        self._degrade(exc)
+        return self._fallback_store.update(route, self.policy, apply)
+
+    def _answered(self, store: HealthStore) -> None:
+        """``store`` applied a change: if it is the shared one after an outage, say so."""
+        if store is not self.store or not self._warned:
             return
         with self._lock:
             announce = self._warned and self._degraded_until > 0
@@ -271,3 +263,15 @@ class RouteHealth:
         if self._on_change is not None:
             for item in changes:
                 self._on_change(item)
+
+
+def _with_changes(
+    change: Callable[[BreakerCore], T],
+) -> Callable[[BreakerCore], tuple[T, list[BreakerChange]]]:
+    """``change``, also returning the transitions it took. A store may apply it more than
+    once (a Redis WATCH conflict); what the last application returns is what happened."""
+
+    def apply(core: BreakerCore) -> tuple[T, list[BreakerChange]]:
+        return change(core), list(core.changes)
+
+    return apply

@@ -27,6 +27,7 @@ import threading
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Final
 
+from ._machine import FINAL_STATES
 from ._run import AttemptRecord, Transition
 
 if TYPE_CHECKING:
@@ -38,7 +39,6 @@ __all__ = ["HookDispatcher", "LifecycleHooks"]
 
 logger = logging.getLogger("lifecycle")
 
-FINAL: Final = frozenset({"completed", "failed", "cancelled"})
 ATTEMPT_ENDS: Final = frozenset({"finish", "finish_cleanup"})
 
 
@@ -87,7 +87,7 @@ class HookDispatcher:
             self._call("on_transition", run, transition)
             if transition.trigger in ATTEMPT_ENDS and core.attempts:
                 self._call("on_attempt_end", run, core.active_attempt)
-            if transition.dest in FINAL:
+            if transition.dest in FINAL_STATES:
                 self._call("on_run_end", run)
 
         return listen

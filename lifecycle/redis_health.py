@@ -107,6 +107,28 @@ def _lost_connection(exc: redis.WatchError) -> bool:
     return not exc.__suppress_context__ and isinstance(exc.__context__, _CONNECTION_ERRORS)
 
 
+def _changed(
+    raw: object, route: str, policy: BreakerPolicy, change: Callable[[BreakerCore], T]
+) -> tuple[T, dict[str, str] | None]:
+    """Apply ``change`` to the core stored as ``raw`` (HGETALL's answer): its result, and
+    the fields to save, or None when nothing changed (then nothing is written)."""
+    fields = _decode(raw)
+    core = BreakerCore.from_fields(fields, route=route, policy=policy)
+    result = change(core)
+    saved = core.to_fields()
+    return result, None if saved == fields else saved
+
+
+def _raise_if_lost_during_exec(exc: redis.WatchError, committing: bool, key: str) -> None:
+    """A WatchError is a conflict to retry, unless the connection was lost during EXEC:
+    the write may have been applied, and retrying could count a report twice."""
+    if committing and _lost_connection(exc):
+        raise redis.ConnectionError(
+            f"connection to Redis lost during EXEC on {key!r}: "
+            "the update may or may not have been applied"
+        ) from exc
+
+
 def _pause(tries: int) -> float:
     """Seconds to wait before try ``tries + 1`` after a conflict: none at first, then a
     short random pause that grows, so contenders stop colliding in lockstep."""
@@ -243,11 +265,8 @@ class RedisHealthStore:
                 committing = False
                 try:
                     pipe.watch(key)
-                    fields = _decode(pipe.hgetall(key))
-                    core = BreakerCore.from_fields(fields, route=route, policy=policy)
-                    result = change(core)
-                    saved = core.to_fields()
-                    if saved == fields:
+                    result, saved = _changed(pipe.hgetall(key), route, policy, change)
+                    if saved is None:
                         pipe.unwatch()
                         return result
                     pipe.multi()
@@ -256,11 +275,7 @@ class RedisHealthStore:
                     pipe.execute()
                     return result
                 except redis.WatchError as exc:
-                    if committing and _lost_connection(exc):
-                        raise redis.ConnectionError(
-                            f"connection to Redis lost during EXEC on {key!r}: "
-                            "the update may or may not have been applied"
-                        ) from exc
+                    _raise_if_lost_during_exec(exc, committing, key)
                     pipe.reset()
                     if pause := _pause(tries):
                         time.sleep(pause)
@@ -277,11 +292,8 @@ class RedisHealthStore:
                 committing = False
                 try:
                     await pipe.watch(key)
-                    fields = _decode(await pipe.hgetall(key))
-                    core = BreakerCore.from_fields(fields, route=route, policy=policy)
-                    result = change(core)
-                    saved = core.to_fields()
-                    if saved == fields:
+                    result, saved = _changed(await pipe.hgetall(key), route, policy, change)
+                    if saved is None:
                         await pipe.unwatch()
                         return result
                     pipe.multi()
@@ -290,11 +302,7 @@ class RedisHealthStore:
                     await pipe.execute()
                     return result
                 except redis.WatchError as exc:
-                    if committing and _lost_connection(exc):
-                        raise redis.ConnectionError(
-                            f"connection to Redis lost during EXEC on {key!r}: "
-                            "the update may or may not have been applied"
-                        ) from exc
+                    _raise_if_lost_during_exec(exc, committing, key)
                     await pipe.reset()
                     if pause := _pause(tries):
                         await asyncio.sleep(pause)

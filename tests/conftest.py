@@ -521,6 +521,41 @@ class ProviderKit:
                 seen.state_after_loop = run.state
         return run, seen
 
+    def run_at_once(self, engine: StreamEngine, count: int) -> list[Any]:
+        """``count`` runs started together and iterated to their end, on threads (sync) or
+        as tasks of one gather (async); returns the runs, in the order they started."""
+        runs: list[Any] = []
+        request = dict(REQUEST)
+        if self.is_async:
+
+            async def one() -> None:
+                run = engine.astream(**request)
+                runs.append(run)
+                async with run:
+                    async for _ in run:
+                        pass
+
+            async def every() -> None:
+                await asyncio.gather(*(one() for _ in range(count)))
+
+            self.run_coroutine(every())
+            return runs
+        lock = threading.Lock()
+
+        def sync_one() -> None:
+            with engine.stream(**request) as run:
+                with lock:
+                    runs.append(run)
+                for _ in run:
+                    pass
+
+        threads = [threading.Thread(target=sync_one) for _ in range(count)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(30)
+        return runs
+
     def run_in_own_engine(
         self, routes: Sequence[Route], **engine_kwargs: Any
     ) -> tuple[StreamEngine, Any, Timeline]:

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import threading
 import time
 from typing import Any
 
@@ -371,35 +370,7 @@ def test_concurrent_runs_in_a_half_open_period_send_exactly_one_probe(provider: 
     _first, _ = provider.run_to_end(engine)
     assert engine.breakers()[name].state == "open"
     time.sleep(cooldown + 0.05)
-    runs: list[Any] = []
-    if provider.is_async:
-
-        async def many() -> None:
-            async def one() -> None:
-                run = engine.astream(messages=[{"role": "user", "content": "Hi"}], max_tokens=64)
-                runs.append(run)
-                async with run:
-                    async for _ in run:
-                        pass
-
-            await asyncio.gather(*(one() for _ in range(8)))
-
-        provider.run_coroutine(many())
-    else:
-        lock = threading.Lock()
-
-        def one() -> None:
-            with engine.stream(messages=[{"role": "user", "content": "Hi"}], max_tokens=64) as run:
-                with lock:
-                    runs.append(run)
-                for _ in run:
-                    pass
-
-        threads = [threading.Thread(target=one) for _ in range(8)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join(30)
+    runs = provider.run_at_once(engine, 8)
     assert [run.state for run in runs] == ["completed"] * 8
     probes = [run for run in runs if run.attempts[0].route_index == 0]
     assert len(probes) == 1 and probes[0].attempts[0].probe

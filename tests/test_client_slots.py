@@ -3,7 +3,6 @@ once, then more; retirement of one client leaves the others serving."""
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 from typing import Any
 
@@ -73,35 +72,7 @@ def test_concurrent_runs_beyond_the_cap_get_their_own_clients(provider: Any) -> 
         retry=RetryPolicy(max_attempts=2, initial_backoff=0.0, max_backoff=0.0),
     )
     provider.script([Healthy(drip=0.05)] * 4 + [StallAfterEvents(n=1), Healthy(drip=0.05)])
-    runs: list[Any] = []
-
-    async def one() -> None:
-        run = engine.astream(messages=[{"role": "user", "content": "Hi"}], max_tokens=64)
-        runs.append(run)
-        async with run:
-            async for _ in run:
-                pass
-
-    if provider.is_async:
-
-        async def many() -> None:
-            await asyncio.gather(*(one() for _ in range(5)))
-
-        provider.run_coroutine(many())
-    else:
-        import threading
-
-        def sync_one() -> None:
-            with engine.stream(messages=[{"role": "user", "content": "Hi"}], max_tokens=64) as run:
-                runs.append(run)
-                for _ in run:
-                    pass
-
-        threads = [threading.Thread(target=sync_one) for _ in range(5)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join(30)
+    runs = provider.run_at_once(engine, 5)
     assert [run.state for run in runs] == ["completed"] * 5
     assert sum(len(run.attempts) for run in runs) == 6  # one stall, retried
     slot_ = provider.clients(route)
