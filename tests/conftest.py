@@ -181,7 +181,7 @@ def server() -> Iterator[LoopbackServer]:
     with LoopbackServer() as srv:
         _warm_up(srv)
         # Both SDKs leave ~200k long-lived objects behind at import; one full collection
-        # of them takes 90-115 ms on a 2-core runner, twice the 50 ms allowance,
+        # of them takes 90-115 ms on a 2-core runner (the recovery itself takes a few ms),
         # and a full collection triggered on the recovery path was seen to cost exactly
         # that. Freezing them (as a latency-sensitive application would) keeps the
         # latency tests measuring the engine rather than the interpreter's collector.

@@ -17,6 +17,7 @@ from typing import Any
 import anthropic
 import openai
 import pytest
+from bounds import PROMPT
 
 from lifecycle import (
     AsyncAttemptStream,
@@ -33,7 +34,7 @@ from providers.loopback import Healthy, HttpError, LoopbackServer, StallAfterEve
 pytestmark = pytest.mark.timeout(30)
 async_only = pytest.mark.parametrize("driver", ["async"])
 
-BOUND = 0.050
+BOUND = PROMPT
 MESSAGES = [{"role": "user", "content": "Hi"}]
 TIMEOUTS = Timeouts(connect=5, first_token=10, stale=10, total=30)
 RETRY = RetryPolicy(max_attempts=3, initial_backoff=0.0, max_backoff=0.0)

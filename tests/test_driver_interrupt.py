@@ -1,12 +1,12 @@
 """``run.interrupt()`` from another thread, and callers that leave the loop early, with
 both drivers; and, for async runs, the caller's own cancellation of its task.
 
-The issue's bound: the loop raises ``Interrupted`` within 50 ms of the interrupt call,
+The loop raises ``Interrupted`` promptly after the interrupt call (``bounds.PROMPT``),
 whatever the run was doing (waiting for headers, reading a stalled stream, sleeping
 through a backoff). No request is sent after it, the run ends ``cancelled``, and the
 server sees the attempt's connection closed. Cancelling the task that iterates an async
 run ends it ``cancelled`` too, re-raises ``CancelledError``, and the server sees the
-connection closed within 50 ms of the cancel.
+connection closed promptly after the cancel.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import time
 from typing import Any
 
 import pytest
+from bounds import PROMPT
 from conftest import BREAK, CONSUMER_TASK
 
 from lifecycle import Interrupted, RetryPolicy, Timeouts
@@ -23,7 +24,7 @@ from providers.loopback import Healthy, HttpError, StallAfterEvents, StallBefore
 
 pytestmark = pytest.mark.timeout(30)
 
-BOUND = 0.050
+BOUND = PROMPT
 # Clocks far beyond the test's length: only interrupt() may end these attempts.
 TIMEOUTS = Timeouts(connect=5, first_token=10, stale=10, total=30)
 RETRY = RetryPolicy(max_attempts=3, initial_backoff=0.0, max_backoff=0.0)
@@ -196,8 +197,8 @@ def waiting_on_the_server(provider: Any, run: Any, events: list[Any], state: str
 @pytest.mark.parametrize("state", list(CANCEL_AT))
 def test_cancelling_the_consuming_task(provider: Any, driver: str, state: str) -> None:
     """Cancellation is the caller's, never swallowed: the run ends ``cancelled``, its
-    connection is closed (as the server sees it) within 50 ms of ``task.cancel()``, and
-    ``CancelledError`` reaches the caller, within 50 ms too."""
+    connection is closed (as the server sees it) promptly after ``task.cancel()``, and
+    ``CancelledError`` reaches the caller promptly too."""
     faults, retry = CANCEL_AT[state]
     engine = provider.engine(timeouts=TIMEOUTS, retry=retry)
     provider.script(faults)

@@ -25,7 +25,15 @@ import test_paths
 import test_stateful_core
 import test_stateful_engine
 from hypothesis import Phase
-from invariants import Flavor, InvariantViolation, check_run, drive_sync, make_routes, start_run
+from invariants import (
+    IDLE_WAIT,
+    Flavor,
+    InvariantViolation,
+    check_run,
+    drive_sync,
+    make_routes,
+    start_run,
+)
 from invariants import violations as violations_of
 
 from lifecycle import RetryPolicy, StreamEngine, Timeouts, _testing
@@ -166,12 +174,15 @@ def _two_runs_sharing_a_client(server: LoopbackServer, switch: str | None) -> li
     tag = f"-leak-{switch}"
     engine = StreamEngine(
         routes=make_routes(server, "sync", ("anthropic",), tag=tag),
-        timeouts=Timeouts(connect=1, first_token=3, stale=3, total=20),
+        timeouts=Timeouts(connect=1, first_token=2 * IDLE_WAIT, stale=2 * IDLE_WAIT, total=40),
         retry=RetryPolicy(max_attempts=2, initial_backoff=0, max_backoff=0),
     )
     found: list[str] = []
     try:
-        slow = start_run(engine, server, f"slow{tag}", "sync", [Healthy(drip=0.25)])
+        # The slow run must outlast the invariant's wait for the server to see the quick
+        # run's connection closed: its nine SSE blocks take 2.25 times IDLE_WAIT.
+        drip = IDLE_WAIT / 4
+        slow = start_run(engine, server, f"slow{tag}", "sync", [Healthy(drip=drip)])
         slow.exclusive = False  # the quick run builds clients on its routes meanwhile
         started = threading.Event()
         holder: dict[str, Any] = {}
@@ -188,7 +199,7 @@ def _two_runs_sharing_a_client(server: LoopbackServer, switch: str | None) -> li
             )
             drive_sync(quick)
             found = [name for name, _ in violations_of(quick)]
-        thread.join(10)
+        thread.join(30)
         check_run(holder["record"])
     finally:
         engine.close()

@@ -595,48 +595,74 @@ def replay(
     return result
 
 
-def replay_all(server: LoopbackServer, work: dict[Scenario, Path]) -> dict[Path, Replay]:
+def replay_all(server: LoopbackServer, work: list[tuple[Scenario, Path]]) -> dict[Path, Replay]:
     """Replay scenarios WORKERS at a time, longest first; each run owns its worker thread."""
-    ordered = sorted(work.items(), key=lambda item: -item[0].estimate())
+    ordered = sorted(work, key=lambda item: -item[0].estimate())
     results: dict[Path, Replay] = {}
     # A dozen runs and the server's loop share the GIL: hand it over every 1 ms rather than
     # 5 ms, so a request is not held up for a quarter second behind a convoy of threads.
     interval = sys.getswitchinterval()
     sys.setswitchinterval(0.001)
-    with ThreadPoolExecutor(WORKERS, thread_name_prefix="path-replay") as pool:
-        futures = {
-            pool.submit(
-                replay, server, path, scenario, f"path-{i}", 0.03 * i if i < WORKERS else 0.0
-            ): path
-            for i, (scenario, path) in enumerate(ordered)
-        }
-        for future, path in futures.items():
-            try:
-                results[path] = future.result(timeout=60)
-            except Exception as exc:  # the replay itself broke: report it as a problem
-                results[path] = Replay(path, SCENARIOS[path] or Scenario((), POLICIES[0]))
-                results[path].problems.append(f"[replay] {exc!r}")
-    sys.setswitchinterval(interval)
+    try:
+        with ThreadPoolExecutor(WORKERS, thread_name_prefix="path-replay") as pool:
+            futures = {
+                pool.submit(
+                    replay,
+                    server,
+                    path,
+                    scenario,
+                    f"path-{path_id(path)}-{i}",
+                    0.03 * i if i < WORKERS else 0.0,
+                ): path
+                for i, (scenario, path) in enumerate(ordered)
+            }
+            for future, path in futures.items():
+                try:
+                    results[path] = future.result(timeout=60)
+                except Exception as exc:  # the replay itself broke: report it as a problem
+                    results[path] = Replay(path, SCENARIOS[path] or Scenario((), POLICIES[0]))
+                    results[path].problems.append(f"[replay] {exc!r}")
+    finally:
+        sys.setswitchinterval(interval)
     # A path that only deviated (every invariant held on the path it took) is run once
     # more, alone: only a second deviation counts. Invariant violations are never retried.
     for path, result in list(results.items()):
         if result.only_timing:
-            again = replay(server, path, result.scenario, f"path-again-{len(results)}-{id(path)}")
+            again = replay(server, path, result.scenario, f"path-again-{path_id(path)}")
             assert result.record is not None
             again.first_try = path_id(tuple(result.record.path()))
             results[path] = again
     return results
 
 
-@pytest.fixture(scope="module")
-def replays(server: LoopbackServer, request: pytest.FixtureRequest) -> Iterator[dict[Path, Replay]]:
+SHARD_SIZE: Final = 40
+"""Scenarios per replay test. The 846 replays are split so that one slow or stuck shard
+(its own ``pytest-timeout``) fails one test, not the whole enumeration; dealt round-robin
+from the longest-first order, every shard gets a like mix of long and short scenarios."""
+
+
+def shards() -> list[list[tuple[Scenario, Path]]]:
+    ordered = sorted(DISTINCT.items(), key=lambda item: (-item[0].estimate(), path_id(item[1])))
+    count = -(-len(ordered) // SHARD_SIZE)
+    return [ordered[k::count] for k in range(count)]
+
+
+SHARDS: Final = shards()
+REPLAYED: dict[Path, Replay] = {}
+"""Every replay this session ran, for the module's report."""
+
+
+@pytest.fixture(scope="module", autouse=True)
+def replay_report(request: pytest.FixtureRequest) -> Iterator[None]:
     began = time.monotonic()
-    results = replay_all(server, DISTINCT)
+    yield
+    if not REPLAYED:
+        return
     seconds = time.monotonic() - began
-    yield results
+    results = REPLAYED
     failed = sum(1 for r in results.values() if r.problems)
     again = sum(1 for r in results.values() if r.first_try)
-    kinds = Counter(type(f).__name__ for s in DISTINCT for f in s.script)
+    kinds = Counter(type(f).__name__ for r in results.values() for f in r.scenario.script)
     reruns = [
         f"test_paths:   {path_id(r.path)} took {r.first_try} first"
         for r in results.values()
@@ -648,10 +674,10 @@ def replays(server: LoopbackServer, request: pytest.FixtureRequest) -> Iterator[
             f"test_paths: {len(SIMPLE)} simple paths idle -> final; {len(BOUNDED)} paths of up to "
             f"{ATTEMPT_BOUND} attempts over {' then '.join(MODES)}: {len(FEASIBLE)} feasible "
             f"under the engine's policy, {len(INFEASIBLE)} not",
-            f"test_paths: replayed {len(results)} distinct scenarios on the real sync driver in "
-            f"{seconds:.1f}s ({WORKERS} at a time, {sum(r.seconds for r in results.values()):.0f}s "
-            f"of runs), {failed} with problems, {again} run again alone after a timing deviation; "
-            f"faults used: {dict(kinds)}",
+            f"test_paths: replayed {len(results)} of {len(DISTINCT)} distinct scenarios on the "
+            f"real sync driver in {len(SHARDS)} shards, {seconds:.1f}s ({WORKERS} at a time, "
+            f"{sum(r.seconds for r in results.values()):.0f}s of runs), {failed} with problems, "
+            f"{again} run again alone after a timing deviation; faults used: {dict(kinds)}",
             *reruns[:5],
         ],
     )
@@ -700,20 +726,57 @@ def test_every_simple_path_is_feasible_or_explained() -> None:
         assert explained, f"no scenario for {path_text(path)}"
 
 
-@pytest.mark.parametrize("path", list(DISTINCT.values()), ids=path_id)
-def test_path_replays_on_the_real_engine(replays: dict[Path, Replay], path: Path) -> None:
-    result = replays[path]
-    if result.problems:
-        description = result.record.describe() if result.record is not None else ""
+def _shard_timeout(shard: list[tuple[Scenario, Path]]) -> float:
+    """Generous: the shard's runs as if only a quarter of the workers made progress, plus
+    the lone reruns, plus a minute of slack for a machine busy with other work."""
+    runs = sum(scenario.estimate() for scenario, _ in shard)
+    return 60.0 + 4 * runs / WORKERS + max(scenario.estimate() for scenario, _ in shard) * 4
+
+
+@pytest.mark.parametrize(
+    "shard",
+    [
+        pytest.param(
+            shard,
+            id=f"shard-{k:02d}-of-{len(SHARDS)}",
+            marks=pytest.mark.timeout(_shard_timeout(shard)),
+        )
+        for k, shard in enumerate(SHARDS)
+    ],
+)
+def test_paths_replay_on_the_real_engine(
+    server: LoopbackServer, shard: list[tuple[Scenario, Path]]
+) -> None:
+    """Each path of the shard is taken exactly, and every invariant holds on it."""
+    results = replay_all(server, shard)
+    REPLAYED.update(results)
+    broken = [r for r in results.values() if r.problems]
+    if broken:
+        details = []
+        for r in broken:
+            description = r.record.describe() if r.record is not None else ""
+            details.append(
+                f"{path_id(r.path)} ({path_text(r.path)}):\n  "
+                + "\n  ".join(r.problems)
+                + (f"\n{description}" if description else "")
+            )
         raise InvariantViolation(
-            [(p.split("] ", 1)[0].strip("["), p.split("] ", 1)[-1]) for p in result.problems]
-        ) from AssertionError(description)
+            [
+                (p.split("] ", 1)[0].strip("["), f"{path_id(r.path)}: {p.split('] ', 1)[-1]}")
+                for r in broken
+                for p in r.problems
+            ]
+        ) from AssertionError("\n\n".join(details))
 
 
-def test_every_row_is_replayed(replays: dict[Path, Replay]) -> None:
-    taken = {row for r in replays.values() if r.record is not None for row in r.record.path()}
-    missing = set(table_rows()) - taken
-    assert not missing, f"rows no replay took: {sorted(missing)}"
+def test_every_row_is_replayed() -> None:
+    """Every row of the table is on a replayed path; each shard checks that every replay
+    took exactly its path, so together the shards take every row."""
+    replayed = {row for path in DISTINCT.values() for row in path}
+    missing = set(table_rows()) - replayed
+    assert not missing, f"rows no replay takes: {sorted(missing)}"
+    assert sum(len(shard) for shard in SHARDS) == len(DISTINCT)
+    assert max(len(shard) for shard in SHARDS) <= SHARD_SIZE
 
 
 def test_total_runs_out_while_falling_back(server: LoopbackServer) -> None:
