@@ -14,6 +14,7 @@ terminal; a plain snapshot every second otherwise).
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
 import shutil
 import subprocess
@@ -31,6 +32,7 @@ import openai
 
 from lifecycle import (
     AsyncRun,
+    AttemptRecord,
     BreakerChange,
     BreakerPolicy,
     Interrupted,
@@ -44,6 +46,7 @@ from lifecycle import (
     Timeouts,
     Transition,
 )
+from lifecycle._outcomes import attempt_text, ending_of
 from lifecycle._run_base import RunBase
 from lifecycle.record import TransitionRecorder
 
@@ -130,20 +133,97 @@ SCENARIOS: tuple[Scenario, ...] = (
 )
 
 
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Check:
+    """One expectation of the demo, named, with what was expected and what was seen."""
+
+    name: str
+    ok: bool
+    expected: str
+    seen: str
+
+    def line(self) -> str:
+        return f"{self.name}: expected {self.expected}; saw {self.seen}"
+
+
+RECOVERY_PARTS = ("detection", "cleanup", "rebuild", "backoff")
+RECOVERY_LEGEND = (
+    "recovery: from the first fault's deadline (the stall clock running out, or the failure "
+    "itself) to the start of the next attempt = detection (deadline to the run noticing) + "
+    "cleanup (socket abort, stream and client close) + rebuild (the route's next client) + "
+    "backoff (the policy's decision, its backoff sleep, the next route's admission)"
+)
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Recovery:
+    """The first recovery of a run, in seconds, from the diagnostics the engine records
+    (``stall_deadline``, ``elapsed``, the cleanup steps' times, the next ``started_at``,
+    all on the run's monotonic clock); the parts add up to ``total``."""
+
+    total: float
+    detection: float
+    cleanup: float
+    rebuild: float
+    backoff: float
+
+
+def recovery_of(attempts: Sequence[AttemptRecord]) -> Recovery | None:
+    """The recovery after the first attempt that failed and was followed by another."""
+    for failed, following in itertools.pairwise(attempts):
+        diag = failed.diagnostics
+        if failed.outcome in (None, "completed") or diag.elapsed is None:
+            continue
+        noticed = failed.started_at + diag.elapsed
+        deadline = diag.stall_deadline if diag.stall_deadline is not None else noticed
+        deadline = min(deadline, noticed)
+        # Step times are when each step finished; the parts are consecutive spans, each
+        # starting where the previous ended, so they add up to the whole.
+        rebuilds = [s.at for s in diag.cleanup if s.step == "rebuild"]
+        others = [s.at for s in diag.cleanup if s.step != "rebuild"]
+        cleaned = max([noticed, *(failed.started_at + at for at in others)])
+        rebuilt = max([cleaned, *(failed.started_at + at for at in rebuilds)])
+        started = max(rebuilt, following.started_at)
+        return Recovery(
+            total=started - deadline,
+            detection=noticed - deadline,
+            cleanup=cleaned - noticed,
+            rebuild=rebuilt - cleaned,
+            backoff=started - rebuilt,
+        )
+    return None
+
+
 @dataclass
 class Outcome:
     scenario: Scenario
     state: str
     elapsed: float
     attempts: str
-    recovery: float | None
+    recovery: Recovery | None
     path: list[str] = field(default_factory=list)
     text: str = ""
     run: Run | None = None
+    failure: str | None = None
+    """The message of the error the run raised to the caller, if any."""
+
+    @property
+    def checks(self) -> list[Check]:
+        seen = f"{self.state} ({self.attempts or 'no attempt'})"
+        if self.failure is not None:
+            seen += f": {self.failure}"
+        return [
+            Check(
+                name=f"{self.scenario.name} final state",
+                ok=self.state == self.scenario.expect,
+                expected=self.scenario.expect,
+                seen=seen,
+            )
+        ]
 
     @property
     def ok(self) -> bool:
-        return self.state == self.scenario.expect
+        return all(check.ok for check in self.checks)
 
 
 def _routes(server: LoopbackServer, first: str, key: str) -> list[Route]:
@@ -163,17 +243,6 @@ def _routes(server: LoopbackServer, first: str, key: str) -> list[Route]:
     if first == "anthropic":
         return [anthropic_route, openai_route]
     return [openai_route, anthropic_route]
-
-
-def _recovery(history: Sequence[Transition]) -> float | None:
-    """Seconds from the first fault to the start of the next attempt."""
-    fault_at: float | None = None
-    for step in history:
-        if fault_at is None and step.dest in ("stale", "dropped"):
-            fault_at = step.at
-        elif fault_at is not None and step.trigger == "start_attempt":
-            return step.at - fault_at
-    return None
 
 
 def _run_scenario(
@@ -197,17 +266,17 @@ def _run_scenario(
 
     say(f"== {scenario.title}" if label else f"\n== {scenario.name}: {scenario.title}")
 
-    def show(step: Transition) -> None:
-        say(f"   {step.at:7.3f}s  {step.source:>12} -> {step.dest:<12} ({step.trigger})")
-
     engine = StreamEngine(
         routes=_routes(server, scenario.first, key),
         timeouts=Timeouts(connect=5, first_token=stale, stale=stale, total=30),
         retry=RetryPolicy(
             max_attempts=scenario.max_attempts, initial_backoff=0.05, max_backoff=0.2
         ),
-        on_transition=show,
-        hooks=[*hooks, *([InFlight(board, scenario.name)] if board is not None else [])],
+        hooks=[
+            _TransitionLog(say),
+            *hooks,
+            *([InFlight(board, scenario.name)] if board is not None else []),
+        ],
     )
     if board is not None:
         board.add_engine(scenario.name, engine)
@@ -215,6 +284,7 @@ def _run_scenario(
     text: list[str] = []
     state = "?"
     run: Run | None = None
+    failure: str | None = None
     try:
         with engine:
             run = engine.stream(messages=[{"role": "user", "content": "Hi"}], max_tokens=256)
@@ -232,25 +302,45 @@ def _run_scenario(
     except Interrupted:
         say("   Interrupted raised to the caller")
     except StreamFailed as exc:
-        say(f"   StreamFailed: {exc}")
+        failure = f"StreamFailed: {exc}"
+        say(f"   {failure}")
     finally:
         if board is not None:
             board.remove_engine(scenario.name)
     if run is not None:
         state = run.state
     elapsed = time.monotonic() - started
-    attempts = ", ".join(
-        f"{a.api_mode}:{a.outcome}" for a in (run.attempts if run is not None else ())
-    )
+    attempts = ", ".join(attempt_text(a) for a in (run.attempts if run is not None else ()))
     return Outcome(
         scenario=scenario,
         state=state,
         elapsed=elapsed,
         attempts=attempts,
-        recovery=_recovery(run.history) if run is not None else None,
+        recovery=recovery_of(run.attempts) if run is not None else None,
         text="".join(text),
         run=run,
+        failure=failure,
     )
+
+
+class _TransitionLog(LifecycleHooks):
+    """One line per transition; the transition that ends an attempt also names the
+    attempt and its outcome (``lifecycle.OUTCOMES``): a 529 passes through the state
+    ``dropped``, but the attempt's outcome, and so what the demo calls it, is ``error``."""
+
+    def __init__(self, say: Callable[[str], None]) -> None:
+        self.say = say
+
+    def on_transition(self, run: RunBase, transition: Transition) -> None:
+        attempts = run.attempts
+        ending = ending_of(transition, attempts[-1] if attempts else None)
+        line = (
+            f"   {transition.at:7.3f}s  {transition.source:>12} -> {transition.dest:<12} "
+            f"({transition.trigger})"
+        )
+        if ending is not None:
+            line = f"{line:<60} {ending}"
+        self.say(line)
 
 
 # -- runs in flight, for --watch -----------------------------------------------------------
@@ -761,24 +851,34 @@ def _run_concurrently(
     return [results[s.name] for s in SCENARIOS], burst[0]
 
 
+def _ms(seconds: float | None) -> str:
+    return "-" if seconds is None else f"{seconds * 1000:.1f} ms"
+
+
 def _table(outcomes: Sequence[Outcome]) -> str:
-    header = ("scenario", "final", "ok", "recovery", "elapsed", "attempts")
+    """The summary table; ``RECOVERY_LEGEND`` says what its recovery columns span."""
+    header = ("scenario", "final", "ok", "recovery", *RECOVERY_PARTS, "elapsed", "attempts")
     rows = [
         (
             o.scenario.name,
             o.state,
             "yes" if o.ok else "NO",
-            "-" if o.recovery is None else f"{o.recovery * 1000:.0f} ms",
+            _ms(None if o.recovery is None else o.recovery.total),
+            *(
+                _ms(None if o.recovery is None else getattr(o.recovery, part))
+                for part in RECOVERY_PARTS
+            ),
             f"{o.elapsed:.2f} s",
             o.attempts,
         )
         for o in outcomes
     ]
     widths = [max(len(str(r[i])) for r in (header, *rows)) for i in range(len(header))]
-    lines = ["  ".join(str(c).ljust(w) for c, w in zip(header, widths, strict=True))]
-    lines.append("  ".join("-" * w for w in widths))
-    lines.extend("  ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows)
-    return "\n".join(lines)
+
+    def line(cells: Sequence[str]) -> str:
+        return "  ".join(str(c).ljust(w) for c, w in zip(cells, widths, strict=True)).rstrip()
+
+    return "\n".join([line(header), line(["-" * w for w in widths]), *map(line, rows)])
 
 
 if __name__ == "__main__":
