@@ -30,7 +30,6 @@ from ._events import (
 )
 from ._health import verdict_of
 from ._message import Message, MessageBuilder, Restart, StreamEvent
-from ._outcomes import attempt_text
 from ._route import Request, Route
 from ._run import AttemptRecord, CleanupStep, Transition, cause_chain, redact
 from ._shared import failure_message, oversized_fault, truncated_fault
@@ -256,9 +255,7 @@ class RunBase:
     def _log_failed_attempt(self, attempt: AttemptRecord) -> None:
         if logger.isEnabledFor(logging.WARNING):
             logger.warning(
-                "lifecycle %s: %s",
-                attempt_text(attempt),
-                json.dumps(attempt.as_dict(), default=str),
+                "lifecycle attempt failed %s", json.dumps(attempt.as_dict(), default=str)
             )
 
     # -- cleanup, split around the two places where a driver must wait --------------------
