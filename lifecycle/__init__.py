@@ -22,6 +22,7 @@ from ._message import (
     ToolCallDelta,
     Usage,
 )
+from ._outcomes import OUTCOMES, OutcomeTerm, attempt_text
 from ._route import AsyncAttemptStream, AttemptStream, Request, Route
 from ._run import AttemptRecord, CleanupStep, Diagnostics, Transition
 from ._sync_driver import Run
@@ -30,6 +31,7 @@ __all__ = [
     "BREAKER_STATES",
     "BREAKER_TRANSITIONS",
     "FINAL_STATES",
+    "OUTCOMES",
     "STATES",
     "TRANSITIONS",
     "Admission",
@@ -52,6 +54,7 @@ __all__ = [
     "LifecycleHooks",
     "LocalHealthStore",
     "Message",
+    "OutcomeTerm",
     "OversizedEvent",
     "Request",
     "Restart",
@@ -69,5 +72,6 @@ __all__ = [
     "Transition",
     "Usage",
     "active_connection",
+    "attempt_text",
     "count_read",
 ]

@@ -35,6 +35,7 @@ from ._machine import (
     TRANSITIONS,
     build_machine,
 )
+from ._outcomes import IN_FLIGHT_WORD, attempt_text
 from ._run import AttemptRecord, Transition
 
 __all__ = [
@@ -398,9 +399,7 @@ def _attempt_of(history: Sequence[Transition]) -> list[int]:
 def _run_title(attempts: Sequence[AttemptRecord]) -> str:
     if not attempts:
         return "run: no attempt"
-    return "run: " + ", ".join(
-        f"attempt {a.number} {a.api_mode} {a.outcome or 'in flight'}" for a in attempts
-    )
+    return "run: " + ", ".join(attempt_text(a) for a in attempts)
 
 
 def run_diagram(history: Sequence[Transition], attempts: Sequence[AttemptRecord]) -> str:
@@ -451,7 +450,7 @@ def run_diagram(history: Sequence[Transition], attempts: Sequence[AttemptRecord]
         lines.append(
             f"    %% attempt {attempt.number}: route {attempt.route_index}"
             f" {_one_line(attempt.api_mode)} {_one_line(attempt.model)}"
-            f" -> {attempt.outcome or 'in flight'}"
+            f" -> {attempt.outcome or IN_FLIGHT_WORD}"
         )
     lines.append(f"    classDef visited {_VISITED_STYLE}")
     lines.append(f"    classDef untaken {_UNTAKEN_STYLE}")

@@ -28,7 +28,7 @@ if TYPE_CHECKING:
 
 __all__ = ["Fault", "Interrupted", "LifecycleError", "StreamFailed"]
 
-Outcome = Literal["completed", "stale", "dropped", "interrupted", "error"]
+Outcome = Literal["completed", "stale", "dropped", "error", "interrupted"]
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

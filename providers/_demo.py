@@ -1,7 +1,13 @@
 """``lifecycle demo``: the real SDKs through a gallery of faults on the loopback server.
 
-Each scenario prints its path through the states as it happens, then a summary table.
-Exit status 0 means every scenario ended the way the lifecycle promises.
+Each scenario prints its path through the states as it happens (the transition that
+ends an attempt names the attempt and its outcome, the words of ``lifecycle.OUTCOMES``),
+then a summary table whose recovery columns are explained above it: from the stall
+deadline (or the failure) to the next attempt's start, split into detection, cleanup,
+rebuild and backoff from the times the engine records. Exit status 0 means every
+expectation held (``Check``: each scenario's final state, the burst's outcomes, no
+connection left open); otherwise each failing one is printed with what it expected and
+what it saw.
 
 ``--record FILE`` attaches a ``lifecycle.record.TransitionRecorder`` to every engine of
 the demo (``lifecycle report FILE`` summarizes it). ``--concurrent`` runs the scenarios
@@ -14,6 +20,7 @@ terminal; a plain snapshot every second otherwise).
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
 import shutil
 import subprocess
@@ -31,6 +38,7 @@ import openai
 
 from lifecycle import (
     AsyncRun,
+    AttemptRecord,
     BreakerChange,
     BreakerPolicy,
     Interrupted,
@@ -44,6 +52,7 @@ from lifecycle import (
     Timeouts,
     Transition,
 )
+from lifecycle._outcomes import attempt_text, ending_of
 from lifecycle._run_base import RunBase
 from lifecycle.record import TransitionRecorder
 
@@ -130,20 +139,101 @@ SCENARIOS: tuple[Scenario, ...] = (
 )
 
 
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Check:
+    """One expectation of the demo, named, with what was expected and what was seen."""
+
+    name: str
+    ok: bool
+    expected: str
+    seen: str
+
+    def line(self) -> str:
+        return f"{self.name}: expected {self.expected}; saw {self.seen}"
+
+
+RECOVERY_PARTS = ("detection", "cleanup", "rebuild", "backoff")
+RECOVERY_LEGEND = "\n".join(
+    (
+        "recovery = detection + cleanup + rebuild + backoff, from the stall deadline (or the",
+        "moment a failure is seen) to the next attempt's start, for the run's first fault:",
+        "  detection: the stall clock running out to the run's owner noticing (0 for a failure)",
+        "  cleanup:   socket abort, stream and client close",
+        "  rebuild:   building the route's next client",
+        "  backoff:   the policy's decision, its backoff sleep, the next route's admission",
+    )
+)
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Recovery:
+    """The first recovery of a run, in seconds, from the diagnostics the engine records
+    (``stall_deadline``, ``elapsed``, the cleanup steps' times, the next ``started_at``,
+    all on the run's monotonic clock); the parts add up to ``total``."""
+
+    total: float
+    detection: float
+    cleanup: float
+    rebuild: float
+    backoff: float
+
+
+def recovery_of(attempts: Sequence[AttemptRecord]) -> Recovery | None:
+    """The recovery after the first attempt that failed and was followed by another."""
+    for failed, following in itertools.pairwise(attempts):
+        diag = failed.diagnostics
+        if failed.outcome in (None, "completed") or diag.elapsed is None:
+            continue
+        noticed = failed.started_at + diag.elapsed
+        deadline = diag.stall_deadline if diag.stall_deadline is not None else noticed
+        deadline = min(deadline, noticed)
+        # Step times are when each step finished; the parts are consecutive spans, each
+        # starting where the previous ended, so they add up to the whole.
+        rebuilds = [s.at for s in diag.cleanup if s.step == "rebuild"]
+        others = [s.at for s in diag.cleanup if s.step != "rebuild"]
+        cleaned = max([noticed, *(failed.started_at + at for at in others)])
+        rebuilt = max([cleaned, *(failed.started_at + at for at in rebuilds)])
+        started = max(rebuilt, following.started_at)
+        return Recovery(
+            total=started - deadline,
+            detection=noticed - deadline,
+            cleanup=cleaned - noticed,
+            rebuild=rebuilt - cleaned,
+            backoff=started - rebuilt,
+        )
+    return None
+
+
 @dataclass
 class Outcome:
     scenario: Scenario
     state: str
     elapsed: float
     attempts: str
-    recovery: float | None
+    recovery: Recovery | None
     path: list[str] = field(default_factory=list)
     text: str = ""
     run: Run | None = None
+    failure: str | None = None
+    """The message of the error the run raised to the caller, if any."""
+
+    @property
+    def checks(self) -> list[Check]:
+        seen = f"{self.state} ({self.attempts or 'no attempt'})"
+        if self.failure is not None:
+            seen += f": {self.failure}"
+        return [
+            Check(
+                name=f"{self.scenario.name} final state",
+                ok=self.state == self.scenario.expect,
+                expected=self.scenario.expect,
+                seen=seen,
+            )
+        ]
 
     @property
     def ok(self) -> bool:
-        return self.state == self.scenario.expect
+        return all(check.ok for check in self.checks)
 
 
 def _routes(server: LoopbackServer, first: str, key: str) -> list[Route]:
@@ -163,17 +253,6 @@ def _routes(server: LoopbackServer, first: str, key: str) -> list[Route]:
     if first == "anthropic":
         return [anthropic_route, openai_route]
     return [openai_route, anthropic_route]
-
-
-def _recovery(history: Sequence[Transition]) -> float | None:
-    """Seconds from the first fault to the start of the next attempt."""
-    fault_at: float | None = None
-    for step in history:
-        if fault_at is None and step.dest in ("stale", "dropped"):
-            fault_at = step.at
-        elif fault_at is not None and step.trigger == "start_attempt":
-            return step.at - fault_at
-    return None
 
 
 def _run_scenario(
@@ -197,17 +276,17 @@ def _run_scenario(
 
     say(f"== {scenario.title}" if label else f"\n== {scenario.name}: {scenario.title}")
 
-    def show(step: Transition) -> None:
-        say(f"   {step.at:7.3f}s  {step.source:>12} -> {step.dest:<12} ({step.trigger})")
-
     engine = StreamEngine(
         routes=_routes(server, scenario.first, key),
         timeouts=Timeouts(connect=5, first_token=stale, stale=stale, total=30),
         retry=RetryPolicy(
             max_attempts=scenario.max_attempts, initial_backoff=0.05, max_backoff=0.2
         ),
-        on_transition=show,
-        hooks=[*hooks, *([InFlight(board, scenario.name)] if board is not None else [])],
+        hooks=[
+            _TransitionLog(say),
+            *hooks,
+            *([InFlight(board, scenario.name)] if board is not None else []),
+        ],
     )
     if board is not None:
         board.add_engine(scenario.name, engine)
@@ -215,6 +294,7 @@ def _run_scenario(
     text: list[str] = []
     state = "?"
     run: Run | None = None
+    failure: str | None = None
     try:
         with engine:
             run = engine.stream(messages=[{"role": "user", "content": "Hi"}], max_tokens=256)
@@ -232,25 +312,45 @@ def _run_scenario(
     except Interrupted:
         say("   Interrupted raised to the caller")
     except StreamFailed as exc:
-        say(f"   StreamFailed: {exc}")
+        failure = f"StreamFailed: {exc}"
+        say(f"   {failure}")
     finally:
         if board is not None:
             board.remove_engine(scenario.name)
     if run is not None:
         state = run.state
     elapsed = time.monotonic() - started
-    attempts = ", ".join(
-        f"{a.api_mode}:{a.outcome}" for a in (run.attempts if run is not None else ())
-    )
+    attempts = ", ".join(attempt_text(a) for a in (run.attempts if run is not None else ()))
     return Outcome(
         scenario=scenario,
         state=state,
         elapsed=elapsed,
         attempts=attempts,
-        recovery=_recovery(run.history) if run is not None else None,
+        recovery=recovery_of(run.attempts) if run is not None else None,
         text="".join(text),
         run=run,
+        failure=failure,
     )
+
+
+class _TransitionLog(LifecycleHooks):
+    """One line per transition; the transition that ends an attempt also names the
+    attempt and its outcome (``lifecycle.OUTCOMES``): a 529 passes through the state
+    ``dropped``, but the attempt's outcome, and so what the demo calls it, is ``error``."""
+
+    def __init__(self, say: Callable[[str], None]) -> None:
+        self.say = say
+
+    def on_transition(self, run: RunBase, transition: Transition) -> None:
+        attempts = run.attempts
+        ending = ending_of(transition, attempts[-1] if attempts else None)
+        line = (
+            f"   {transition.at:7.3f}s  {transition.source:>12} -> {transition.dest:<12} "
+            f"({transition.trigger})"
+        )
+        if ending is not None:
+            line = f"{line:<60} {ending}"
+        self.say(line)
 
 
 # -- runs in flight, for --watch -----------------------------------------------------------
@@ -468,8 +568,10 @@ FLAKY_ROUTE = "flaky-anthropic"
 BACKUP_ROUTE = "backup-openai"
 RECOVER_AFTER = 2.5
 """Seconds into the burst at which the flaky provider recovers."""
-BURST_LIMIT = 12.0
-"""Stop launching runs after this long even if the breaker never closed again."""
+BURST_LIMIT = 20.0
+"""Stop launching runs after this long even if the breaker never closed again. On an idle
+machine the breaker closes 5-7 s in and launching stops then; the margin is for a busy
+one, whose verdict must not turn on timings."""
 
 
 @dataclass
@@ -478,6 +580,10 @@ class BurstOutcome:
     changes: list[BreakerChange] = field(default_factory=list)
     elapsed: float = 0.0
     error: str | None = None
+    failures: list[str] = field(default_factory=list)
+    """The errors raised to the callers of runs that did not complete."""
+    recover_after: float = RECOVER_AFTER
+    limit: float = BURST_LIMIT
 
     @property
     def path(self) -> str:
@@ -487,16 +593,52 @@ class BurstOutcome:
         return " -> ".join([steps[0].source, *(c.dest for c in steps)])
 
     @property
-    def ok(self) -> bool:
+    def checks(self) -> list[Check]:
+        """What the burst promises, about outcomes rather than timings: every run
+        completes (the backup answers while the flaky route fails or is refused), the
+        flaky route's breaker opens, and a probe after the recovery closes it."""
         dests = [c.dest for c in self.changes if c.route == FLAKY_ROUTE]
         runs = sum(self.states.values())
-        return (
-            self.error is None
-            and runs > 0
-            and self.states["completed"] == runs
-            and "open" in dests
-            and dests[-1:] == ["closed"]
+        not_completed = runs - self.states["completed"]
+        seen_runs = f"{runs} runs: {_counts_text(dict(self.states))}"
+        if self.failures:
+            seen_runs += f"; first error: {self.failures[0]}"
+        recovered = (
+            f"the flaky route recovers at {self.recover_after:.1f}s"
+            if self.recover_after < self.limit
+            else f"the flaky route does not recover before launching stops at {self.limit:.1f}s"
         )
+        return [
+            Check(
+                name=f"{BURST} ran",
+                ok=self.error is None,
+                expected="the burst to run without an exception",
+                seen=self.error or "no exception",
+            ),
+            Check(
+                name=f"{BURST} every run completed",
+                ok=runs > 0 and not_completed == 0,
+                expected="at least one run, and every run completed",
+                seen=seen_runs,
+            ),
+            Check(
+                name=f"{BURST} breaker opened",
+                ok="open" in dests,
+                expected=f"the breaker of {FLAKY_ROUTE} to open after its failures",
+                seen=f"{self.path}",
+            ),
+            Check(
+                name=f"{BURST} breaker closed again",
+                ok=dests[-1:] == ["closed"],
+                expected=f"a probe after the recovery to close the breaker of {FLAKY_ROUTE}",
+                seen=f"{self.path} (last state {dests[-1] if dests else 'closed, never opened'}"
+                f"; {recovered}; the burst took {self.elapsed:.1f}s)",
+            ),
+        ]
+
+    @property
+    def ok(self) -> bool:
+        return all(check.ok for check in self.checks)
 
 
 class _BreakerLog(LifecycleHooks):
@@ -522,20 +664,22 @@ def _run_burst(
     *,
     hooks: Sequence[LifecycleHooks],
     board: Board | None,
+    recover_after: float = RECOVER_AFTER,
+    limit: float = BURST_LIMIT,
 ) -> BurstOutcome:
     """Async runs, a few every 0.2 s, over [flaky Anthropic, healthy OpenAI]. The flaky
-    provider answers 503, resets the connection or goes silent until ``RECOVER_AFTER``;
+    provider answers 503, resets the connection or goes silent until ``recover_after``;
     its breaker opens after 3 failures (runs skip to the backup route meanwhile), a
     probe fails and reopens it with a longer cooldown, and a probe after the recovery
-    closes it. Launching stops a moment after it closed."""
-    outcome = BurstOutcome()
+    closes it. Launching stops a moment after it closed, or at ``limit`` seconds."""
+    outcome = BurstOutcome(recover_after=recover_after, limit=limit)
     stamp = time.monotonic_ns()
     flaky_key, backup_key = f"demo-burst-flaky-{stamp}", f"demo-burst-backup-{stamp}"
     broken: list[LoopbackFault] = [HttpError(status=503), DropAfterEvents(n=2), StallAfterHeaders()]
     server.script(flaky_key, broken * 60)
     server.script(backup_key, [Healthy(drip=0.05)] * 500)
     out(
-        f"\n== {BURST}: {FLAKY_ROUTE} fails (503, TCP reset, silence) for {RECOVER_AFTER}s; "
+        f"\n== {BURST}: {FLAKY_ROUTE} fails (503, TCP reset, silence) for {recover_after}s; "
         "its breaker opens, is probed and closes"
     )
 
@@ -571,8 +715,8 @@ def _run_burst(
             async with run:
                 async for _ in run:
                     pass
-        except LifecycleError:
-            pass
+        except LifecycleError as exc:
+            outcome.failures.append(f"{type(exc).__name__}: {exc}")
         outcome.states[run.state] += 1
 
     async def main() -> None:
@@ -594,14 +738,14 @@ def _run_burst(
             recovered = False
             while True:
                 now = loop.time() - began
-                if not recovered and now >= RECOVER_AFTER:
+                if not recovered and now >= recover_after:
                     server.script(flaky_key, [Healthy(drip=0.05)] * 500)
                     out(f"[{BURST}] {FLAKY_ROUTE} recovers at {now:.1f}s")
                     recovered = True
                 closed_at = closed_again()
                 if recovered and closed_at is not None and time.time() - closed_at > 0.6:
                     break
-                if now > BURST_LIMIT:
+                if now > limit:
                     break
                 wave = 4 if not tasks else 1
                 tasks.extend(asyncio.create_task(one(engine)) for _ in range(wave))
@@ -698,7 +842,7 @@ def run_demo(
         if recorder is not None:
             recorder.close()
     elapsed = time.monotonic() - started
-    out("\n" + _table(outcomes))
+    out("\n" + summary_text(outcomes))
     if burst is not None:
         out(
             f"\n{BURST}: {sum(burst.states.values())} runs "
@@ -710,17 +854,40 @@ def run_demo(
         out(f"\nper-run diagrams ({len(written)} files) written to {Path(diagrams_dir).resolve()}")
     if recorder is not None and record is not None:
         out(f"\n{recorder.lines} lines recorded to {record}; summarize: lifecycle report {record}")
-    failed = [o.scenario.name for o in outcomes if not o.ok]
-    if burst is not None and not burst.ok:
-        failed.append(BURST)
-    if leaked:
-        out(f"\n{leaked} connection(s) still open at the server after the demo")
-    if failed or leaked:
-        out(f"\nFAILED: {', '.join(failed) or 'leaked connections'}")
-        return 1
-    what = f"all {len(outcomes)} scenarios" + (f" and the {BURST}" if burst is not None else "")
-    out(f"\n{what} ended as expected in {elapsed:.1f} s; 0 connections left open")
-    return 0
+    status = verdict(outcomes, burst, leaked=leaked, out=out)
+    if status == 0:
+        what = f"all {len(outcomes)} scenarios" + (f" and the {BURST}" if burst else "")
+        out(f"\n{what} ended as expected in {elapsed:.1f} s; 0 connections left open")
+    return status
+
+
+def verdict(
+    outcomes: Sequence[Outcome],
+    burst: BurstOutcome | None,
+    *,
+    leaked: int,
+    out: Callable[[str], None],
+) -> int:
+    """The exit status: 1, after printing each failing expectation with what it expected
+    and what it saw, if any failed; else 0."""
+    checks = [check for outcome in outcomes for check in outcome.checks]
+    if burst is not None:
+        checks.extend(burst.checks)
+    checks.append(
+        Check(
+            name="connections closed",
+            ok=leaked == 0,
+            expected="0 connections open at the server",
+            seen=f"{leaked} still open after the demo",
+        )
+    )
+    failing = [check for check in checks if not check.ok]
+    if not failing:
+        return 0
+    out(f"\nFAILED: {len(failing)} of {len(checks)} expectations")
+    for check in failing:
+        out(f"  - {check.line()}")
+    return 1
 
 
 def _run_concurrently(
@@ -761,24 +928,39 @@ def _run_concurrently(
     return [results[s.name] for s in SCENARIOS], burst[0]
 
 
+def _ms(seconds: float | None) -> str:
+    return "-" if seconds is None else f"{seconds * 1000:.1f} ms"
+
+
+def summary_text(outcomes: Sequence[Outcome]) -> str:
+    """What recovery spans, then the table."""
+    return RECOVERY_LEGEND + "\n\n" + _table(outcomes)
+
+
 def _table(outcomes: Sequence[Outcome]) -> str:
-    header = ("scenario", "final", "ok", "recovery", "elapsed", "attempts")
+    """The summary table; ``RECOVERY_LEGEND`` says what its recovery columns span."""
+    header = ("scenario", "final", "ok", "recovery", *RECOVERY_PARTS, "elapsed", "attempts")
     rows = [
         (
             o.scenario.name,
             o.state,
             "yes" if o.ok else "NO",
-            "-" if o.recovery is None else f"{o.recovery * 1000:.0f} ms",
+            _ms(None if o.recovery is None else o.recovery.total),
+            *(
+                _ms(None if o.recovery is None else getattr(o.recovery, part))
+                for part in RECOVERY_PARTS
+            ),
             f"{o.elapsed:.2f} s",
             o.attempts,
         )
         for o in outcomes
     ]
     widths = [max(len(str(r[i])) for r in (header, *rows)) for i in range(len(header))]
-    lines = ["  ".join(str(c).ljust(w) for c, w in zip(header, widths, strict=True))]
-    lines.append("  ".join("-" * w for w in widths))
-    lines.extend("  ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows)
-    return "\n".join(lines)
+
+    def line(cells: Sequence[str]) -> str:
+        return "  ".join(str(c).ljust(w) for c, w in zip(cells, widths, strict=True)).rstrip()
+
+    return "\n".join([line(header), line(["-" * w for w in widths]), *map(line, rows)])
 
 
 if __name__ == "__main__":

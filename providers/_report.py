@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final, TextIO, cast
 
+from lifecycle import OUTCOMES as OUTCOME_TERMS
 from lifecycle import AttemptRecord, CleanupStep, Diagnostics, Transition
 from lifecycle._errors import Outcome
 from lifecycle.record import FORMAT_VERSION
@@ -53,7 +54,8 @@ __all__ = [
 ]
 
 FAULT_STATES: Final = ("stale", "dropped")
-OUTCOMES: Final = ("completed", "stale", "dropped", "error", "interrupted")
+OUTCOMES: Final = tuple(OUTCOME_TERMS)
+"""The attempt outcomes, in the order lifecycle names them: the per-route columns."""
 ARROW: Final = " → "
 
 
@@ -224,6 +226,12 @@ class RouteFigures:
     median_ttft: float | None = None
     """Seconds, over the attempts that had a first meaningful event."""
 
+    def count(self, outcome: str) -> int:
+        """Attempts that ended with ``outcome`` (a word of ``lifecycle.OUTCOMES``)."""
+        value = getattr(self, outcome)
+        assert isinstance(value, int), outcome
+        return value
+
 
 @dataclass(frozen=True, kw_only=True)
 class Summary:
@@ -368,17 +376,7 @@ def _breaker_line(step: BreakerStep, origin: float | None) -> str:
     return text
 
 
-_ROUTE_COLUMNS: Final = (
-    "route",
-    "attempts",
-    "completed",
-    "stale",
-    "dropped",
-    "error",
-    "interrupted",
-    "probes",
-    "median ttft",
-)
+_ROUTE_COLUMNS: Final = ("route", "attempts", *OUTCOMES, "probes", "median ttft")
 
 
 def _route_rows(summary: Summary) -> list[tuple[str, ...]]:
@@ -386,11 +384,7 @@ def _route_rows(summary: Summary) -> list[tuple[str, ...]]:
         (
             route,
             str(f.attempts),
-            str(f.completed),
-            str(f.stale),
-            str(f.dropped),
-            str(f.error),
-            str(f.interrupted),
+            *(str(f.count(word)) for word in OUTCOMES),
             str(f.probes),
             _ms(f.median_ttft),
         )
