@@ -30,7 +30,7 @@ from ._events import (
 )
 from ._health import verdict_of
 from ._message import Message, MessageBuilder, Restart, StreamEvent
-from ._route import Request, Route
+from ._route import AsyncAttemptStream, AttemptStream, Request, Route
 from ._run import AttemptRecord, CleanupStep, Transition, cause_chain, redact
 from ._shared import failure_message, oversized_fault, truncated_fault
 from ._watchdog import Watch
@@ -98,6 +98,11 @@ class RunBase:
     @property
     def state(self) -> str:
         return self._core.state
+
+    @property
+    def request(self) -> Request:
+        """What the caller asked for (each attempt sends it, translated by its route)."""
+        return self._request
 
     @property
     def message(self) -> Message | None:
@@ -233,6 +238,15 @@ class RunBase:
         diag.error_type = type(exc).__name__
         diag.cause_chain = cause_chain(exc)
         return AttemptFailed(at=at, fault=fault)
+
+    def _record_stream(
+        self, attempt: AttemptRecord, stream: AttemptStream | AsyncAttemptStream
+    ) -> None:
+        """What the adapter learnt of the response (read after its close)."""
+        diag = attempt.diagnostics
+        diag.unknown_events = stream.unknown_events
+        diag.response_id = stream.response_id
+        diag.response_model = stream.response_model
 
     def _record_wire(self, attempt: AttemptRecord, connection: AttemptConnection) -> None:
         diag = attempt.diagnostics
