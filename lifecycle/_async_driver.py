@@ -257,11 +257,11 @@ class AsyncRun(RunBase):
                 active_connection.reset(token)
                 self._connection = None
             caller_left = await self._report_to_breaker(caller_left)
-            self._log_failed_attempt(attempt)
             interrupted = self._interrupted or caller_left is not None
             core.feed(
                 CleanupFinished(at=now(), interrupted=interrupted, continuable=self._continuable())
             )
+            self._log_failed_attempt(attempt)
             if caller_left is not None:
                 raise caller_left
             if core.state == "cancelled":

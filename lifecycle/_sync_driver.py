@@ -117,11 +117,11 @@ class Run(RunBase):
             self._report_to_breaker()
             if completed:
                 return
-            self._log_failed_attempt(core.active_attempt)
             interrupted = self._interrupted or caller_left is not None
             core.feed(
                 CleanupFinished(at=now(), interrupted=interrupted, continuable=self._continuable())
             )
+            self._log_failed_attempt(core.active_attempt)
             if caller_left is not None:
                 raise caller_left
             if core.state == "cancelled":

@@ -8,9 +8,9 @@ Install ``stream-lifecycle[otel]`` and pass the hooks to the engine::
 
 Traces: one ``lifecycle.run`` span per run, with one ``transition`` event per transition
 it took, and one child client span per attempt, named as the GenAI conventions name it
-(``chat {model}``), with the transitions inside that attempt. Span times are the run's own transition times (``Transition.at``
-on the wall clock of ``run.started_at``), so the spans show what the machine did, not
-when the hooks happened to run.
+(``chat {model}``), with the transitions inside that attempt. Span times are the run's
+own transition times (``Transition.at`` on the wall clock of ``run.started_at``), so the
+spans show what the machine did, not when the hooks happened to run.
 
 Metrics: ``lifecycle.runs`` and ``lifecycle.attempts`` (counters, by outcome),
 ``lifecycle.recoveries`` (runs that completed after a failed attempt),
@@ -107,7 +107,9 @@ DURATION_BUCKETS: Final = (
 TOKEN_BUCKETS: Final = (
     1, 4, 16, 64, 256, 1024, 4096, 16384, 65536, 262144, 1048576, 4194304, 16777216, 67108864,
 )  # fmt: skip
-FIRST_CHUNK_BUCKETS: Final = (
+# The buckets the conventions advise for gen_ai.server.time_to_first_token; the client's
+# time_to_first_chunk measures the same span of time from the other end.
+FIRST_TOKEN_BUCKETS: Final = (
     0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
 )  # fmt: skip
 FAULT_STATES: Final = frozenset({"stale", "dropped"})
@@ -222,14 +224,14 @@ class OpenTelemetryHooks(LifecycleHooks):
             TIME_TO_FIRST_CHUNK,
             unit="s",
             description="Time to receive the first chunk, from the request's sending.",
-            buckets=FIRST_CHUNK_BUCKETS,
+            buckets=FIRST_TOKEN_BUCKETS,
         )
         self._time_to_first_token = _histogram(
             meter,
             TIME_TO_FIRST_TOKEN,
             unit="s",
             description="Time to generate first token for successful responses.",
-            buckets=FIRST_CHUNK_BUCKETS,
+            buckets=FIRST_TOKEN_BUCKETS,
         )
         self._breaker_transitions = meter.create_counter(
             "lifecycle.breaker.transitions",

@@ -116,7 +116,7 @@ def test_secrets_echoed_by_the_provider_stay_out_of_the_fields(
         }
     )
     provider.script([HttpError(status=401, body=body)])
-    run, seen = provider.run_to_end(engine)
+    _, seen = provider.run_to_end(engine)
     assert isinstance(seen.error, StreamFailed)
     (record,) = lifecycle_records(caplog)
     assert record.levelno == logging.WARNING
