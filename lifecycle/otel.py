@@ -423,9 +423,7 @@ def _gen_ai_request_attributes(run: RunBase, attempt: AttemptRecord) -> dict[str
         GEN_AI_SYSTEM: provider,
         GEN_AI_REQUEST_MODEL: attempt.model,
     }
-    max_tokens = getattr(getattr(run, "request", None), "max_tokens", None)
-    if isinstance(max_tokens, int):
-        attributes[GEN_AI_REQUEST_MAX_TOKENS] = max_tokens
+    attributes[GEN_AI_REQUEST_MAX_TOKENS] = run.request.max_tokens
     return attributes
 
 

@@ -257,14 +257,8 @@ class _AnthropicStream(AttemptStream):
                 yield neutral
 
     def close(self) -> None:
-        self._keep_translator_facts()
+        _keep_translator_facts(self, self._translator)
         self._stream.close()
-
-    def _keep_translator_facts(self) -> None:
-        translator = self._translator
-        self.unknown_events = translator.unknown_events
-        self.response_id = translator.response_id
-        self.response_model = translator.response_model
 
 
 class _AsyncAnthropicStream(AsyncAttemptStream):
@@ -287,8 +281,14 @@ class _AsyncAnthropicStream(AsyncAttemptStream):
                 yield neutral
 
     async def aclose(self) -> None:
-        translator = self._translator
-        self.unknown_events = translator.unknown_events
-        self.response_id = translator.response_id
-        self.response_model = translator.response_model
+        _keep_translator_facts(self, self._translator)
         await self._stream.close()
+
+
+def _keep_translator_facts(
+    stream: AttemptStream | AsyncAttemptStream, translator: _Translator
+) -> None:
+    """What the engine reads of the stream once it is closed."""
+    stream.unknown_events = translator.unknown_events
+    stream.response_id = translator.response_id
+    stream.response_model = translator.response_model

@@ -751,3 +751,60 @@ print("ok")
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "ok"
+
+
+@pytest.mark.parametrize("is_async", [False, True], ids=["sync", "async"])
+def test_gen_ai_attributes_of_a_responses_api_run(
+    server: Any, telemetry: Telemetry, is_async: bool
+) -> None:
+    """The third wire API: its response id and model come from ``response.created``."""
+    import asyncio
+
+    import openai
+
+    from lifecycle import StreamEngine
+    from providers import OpenAIResponses
+
+    model = unique_model("openai")
+    server.script(model, [Healthy()])
+    factory: Any = openai.AsyncOpenAI if is_async else openai.OpenAI
+    route = OpenAIResponses(
+        lambda: factory(
+            base_url=server.openai_base_url,
+            api_key="test",
+            default_headers={"x-loopback-key": model},
+        ),
+        model=model,
+    )
+    with StreamEngine(routes=[route], timeouts=TIMEOUTS, hooks=[telemetry.hooks]) as engine:
+        if is_async:
+
+            async def consume() -> Any:
+                async with engine.astream(messages=MESSAGES, max_tokens=50) as run:
+                    async for _ in run:
+                        pass
+                return run
+
+            run = asyncio.run(consume())
+        else:
+            with engine.stream(messages=MESSAGES, max_tokens=50) as run:
+                for _ in run:
+                    pass
+    assert run.state == "completed"
+    (span,) = telemetry.attempt_spans(telemetry.run_span(run.id))
+    assert span.name == f"chat {model}"
+    assert run.message is not None and run.message.usage is not None
+    assert gen_ai(span) == {
+        "gen_ai.operation.name": "chat",
+        "gen_ai.provider.name": "openai",
+        "gen_ai.system": "openai",
+        "gen_ai.request.model": model,
+        "gen_ai.request.max_tokens": 50,
+        "gen_ai.response.id": "resp_loopback_0001",
+        "gen_ai.response.model": "gpt-4o-2024-08-06",
+        "gen_ai.response.finish_reasons": ("stop",),
+        "gen_ai.usage.input_tokens": run.message.usage.input_tokens,
+        "gen_ai.usage.output_tokens": 10,
+        "server.address": "127.0.0.1",
+        "server.port": server.port,
+    }
