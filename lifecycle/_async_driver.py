@@ -35,7 +35,7 @@ from ._message import StreamEvent
 from ._route import AsyncAttemptStream, Request, Route
 from ._run import cause_chain
 from ._run_base import InterruptedHere, RunBase, Truncated, now, watchdog_close_hook
-from ._shared import client_build_fault, header_subset
+from ._shared import client_build_fault, header_subset, server_of
 from ._watchdog import arm_on_loop, disarm_on_loop, progressed_on_loop
 
 if TYPE_CHECKING:
@@ -155,6 +155,9 @@ class AsyncRun(RunBase):
                     core.feed(AttemptFailed(at=now(), fault=client_build_fault(route, exc)))
                     await self._clean_up(connection, None, None, leaving=None)
                 else:
+                    diag.server_address, diag.server_port = server_of(
+                        route.server_url(lease.client)
+                    )
                     sent_at = now()
                     connection.sent_at = sent_at
                     diag.request_sent_at = sent_at - attempt.started_at
@@ -215,7 +218,7 @@ class AsyncRun(RunBase):
                             leaving=None if isinstance(exc, Exception) else exc,
                         )
                         if stream is not None:
-                            diag.unknown_events = stream.unknown_events
+                            self._record_stream(attempt, stream)
                     else:
                         # Release first, so a late abort cannot touch a connection that
                         # goes back to the pool (and may serve another run next).
@@ -227,7 +230,7 @@ class AsyncRun(RunBase):
                         self._message = builder.build()
                         # The answer is complete; a close error changes nothing for it.
                         caller_left = await _settle_idempotent(stream.aclose)
-                        diag.unknown_events = stream.unknown_events
+                        self._record_stream(attempt, stream)
                         if caller_left is not None:
                             # Cancelled while closing: the run ends cancelled like any
                             # other, its client retired and closed by the usual cleanup.
@@ -254,11 +257,11 @@ class AsyncRun(RunBase):
                 active_connection.reset(token)
                 self._connection = None
             caller_left = await self._report_to_breaker(caller_left)
-            self._log_failed_attempt(attempt)
             interrupted = self._interrupted or caller_left is not None
             core.feed(
                 CleanupFinished(at=now(), interrupted=interrupted, continuable=self._continuable())
             )
+            self._log_failed_attempt(attempt)
             if caller_left is not None:
                 raise caller_left
             if core.state == "cancelled":

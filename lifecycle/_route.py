@@ -46,6 +46,10 @@ class AttemptStream(ABC):
     http_status: int | None = None
     headers: Mapping[str, str] = {}
     socket: Shutdownable | None = None
+    response_id: str | None = None
+    """The provider's id of the response, once its stream said it (read after close)."""
+    response_model: str | None = None
+    """The model that answered, as the stream names it (read after close)."""
 
     @abstractmethod
     def events(self) -> Iterator[StreamEvent]: ...
@@ -60,6 +64,8 @@ class AsyncAttemptStream(ABC):
     http_status: int | None = None
     headers: Mapping[str, str] = {}
     socket: Shutdownable | None = None
+    response_id: str | None = None
+    response_model: str | None = None
 
     @abstractmethod
     def events(self) -> AsyncIterator[StreamEvent]: ...
@@ -161,6 +167,11 @@ class Route(ABC):
 
     @abstractmethod
     def is_async_client(self, client: Any) -> bool: ...
+
+    def server_url(self, client: Any) -> str | None:
+        """The base URL ``client`` sends to, for telemetry (``server.address``); None if
+        the adapter cannot tell."""
+        return None
 
     @abstractmethod
     def prepare_client(self, client: Any) -> Any:

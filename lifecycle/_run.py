@@ -82,6 +82,13 @@ class Diagnostics:
     stall_deadline: float | None = None
     """time.monotonic() at which the stall clock ran out."""
     detection_lateness: float | None = None
+    response_id: str | None = None
+    """The provider's id of the response, once the stream said it."""
+    response_model: str | None = None
+    """The model that answered, as the stream named it (may differ from the route's)."""
+    server_address: str | None = None
+    """Host of the base URL the attempt's client sent to (telemetry's server.address)."""
+    server_port: int | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return {

@@ -8,7 +8,6 @@ all here, so the two cannot drift apart.
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
@@ -30,7 +29,7 @@ from ._events import (
 )
 from ._health import verdict_of
 from ._message import Message, MessageBuilder, Restart, StreamEvent
-from ._route import Request, Route
+from ._route import AsyncAttemptStream, AttemptStream, Request, Route
 from ._run import AttemptRecord, CleanupStep, Transition, cause_chain, redact
 from ._shared import failure_message, oversized_fault, truncated_fault
 from ._watchdog import Watch
@@ -98,6 +97,11 @@ class RunBase:
     @property
     def state(self) -> str:
         return self._core.state
+
+    @property
+    def request(self) -> Request:
+        """What the caller asked for (each attempt sends it, translated by its route)."""
+        return self._request
 
     @property
     def message(self) -> Message | None:
@@ -234,6 +238,15 @@ class RunBase:
         diag.cause_chain = cause_chain(exc)
         return AttemptFailed(at=at, fault=fault)
 
+    def _record_stream(
+        self, attempt: AttemptRecord, stream: AttemptStream | AsyncAttemptStream
+    ) -> None:
+        """What the adapter learnt of the response (read after its close)."""
+        diag = attempt.diagnostics
+        diag.unknown_events = stream.unknown_events
+        diag.response_id = stream.response_id
+        diag.response_model = stream.response_model
+
     def _record_wire(self, attempt: AttemptRecord, connection: AttemptConnection) -> None:
         diag = attempt.diagnostics
         diag.bytes = connection.bytes_read
@@ -242,8 +255,10 @@ class RunBase:
 
     def _failure(self) -> StreamFailed:
         core = self._core
+        message = failure_message(core)
+        self._log_failed_run(message)
         return StreamFailed(
-            failure_message(core),
+            message,
             attempts=core.attempts,
             fault=core.last_fault,
             partial_message=self._message if core.committed else None,
@@ -252,11 +267,46 @@ class RunBase:
     def _interrupted_error(self) -> Interrupted:
         return Interrupted(attempts=self._core.attempts)
 
+    # -- logs: fields as LogRecord attributes, the names of the recording's attempt_end ------
+    def _attempt_fields(self, attempt: AttemptRecord) -> dict[str, Any]:
+        return {
+            "run_id": self.id,
+            "route": redact(self._routes[attempt.route_index].name),
+            **attempt.as_dict(),
+        }
+
     def _log_failed_attempt(self, attempt: AttemptRecord) -> None:
-        if logger.isEnabledFor(logging.WARNING):
-            logger.warning(
-                "lifecycle attempt failed %s", json.dumps(attempt.as_dict(), default=str)
-            )
+        """After the cleanup's decision: an attempt the run goes on from is INFO (the
+        engine did its job); a failed run's last attempt is logged with the run."""
+        core = self._core
+        if core.state == "failed" or not logger.isEnabledFor(logging.INFO):
+            return
+        if core.state == "cancelled":
+            then = "the run is cancelled"
+        elif core.decision is not None and core.decision.route_index != attempt.route_index:
+            then = "the run falls back"
+        else:
+            then = "the run retries"
+        logger.info(
+            "lifecycle run %s: attempt %d on %s ended %s (%s); %s",
+            self.id,
+            attempt.number,
+            redact(self._routes[attempt.route_index].name),
+            attempt.outcome,
+            attempt.reason,
+            then,
+            extra=self._attempt_fields(attempt),
+        )
+
+    def _log_failed_run(self, message: str) -> None:
+        if not logger.isEnabledFor(logging.WARNING):
+            return
+        attempts = self._core.attempts
+        fields: dict[str, Any] = self._attempt_fields(attempts[-1]) if attempts else {}
+        fields.update(
+            run_id=self.id, state="failed", attempts=len(attempts), reason=redact(message)
+        )
+        logger.warning("lifecycle run %s failed: %s", self.id, fields["reason"], extra=fields)
 
     # -- cleanup, split around the two places where a driver must wait --------------------
     def _cleanup_abort(self, plan: CleanupPlan, connection: AttemptConnection) -> None:

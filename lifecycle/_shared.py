@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
+from urllib.parse import urlsplit
 
 from ._errors import Fault
 from ._run import HEADER_ALLOWLIST, redact
@@ -17,8 +18,11 @@ __all__ = [
     "failure_message",
     "header_subset",
     "oversized_fault",
+    "server_of",
     "truncated_fault",
 ]
+
+DEFAULT_PORTS: Final = {"https": 443, "http": 80}
 
 
 def client_build_fault(route: Route, exc: BaseException) -> Fault:
@@ -77,3 +81,17 @@ def failure_message(core: RunCore) -> str:
         if status is not None:
             where += f" (HTTP {status})"
     return f"{reason} after {len(core.attempts)} attempt(s){where}"
+
+
+def server_of(url: str | None) -> tuple[str | None, int | None]:
+    """Host and port of a base URL (the scheme's default port when the URL has none)."""
+    if not url:
+        return None, None
+    parts = urlsplit(url)
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    if port is None and parts.hostname:
+        port = DEFAULT_PORTS.get(parts.scheme)
+    return parts.hostname, port

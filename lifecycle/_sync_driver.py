@@ -30,7 +30,7 @@ from ._message import StreamEvent
 from ._route import AttemptStream, Request, Route
 from ._run import AttemptRecord, cause_chain
 from ._run_base import InterruptedHere, RunBase, Truncated, now, watchdog_close_hook
-from ._shared import client_build_fault, header_subset
+from ._shared import client_build_fault, header_subset, server_of
 from ._watchdog import watchdog
 
 if TYPE_CHECKING:
@@ -117,11 +117,11 @@ class Run(RunBase):
             self._report_to_breaker()
             if completed:
                 return
-            self._log_failed_attempt(core.active_attempt)
             interrupted = self._interrupted or caller_left is not None
             core.feed(
                 CleanupFinished(at=now(), interrupted=interrupted, continuable=self._continuable())
             )
+            self._log_failed_attempt(core.active_attempt)
             if caller_left is not None:
                 raise caller_left
             if core.state == "cancelled":
@@ -183,6 +183,7 @@ class Run(RunBase):
                 core.feed(AttemptFailed(at=now(), fault=client_build_fault(route, exc)))
                 self._clean_up(connection, None, None)
                 return False
+            diag.server_address, diag.server_port = server_of(route.server_url(lease.client))
             sent_at = now()
             connection.sent_at = sent_at
             diag.request_sent_at = sent_at - attempt.started_at
@@ -236,7 +237,7 @@ class Run(RunBase):
                 self._record_wire(attempt, connection)
                 self._clean_up(connection, stream, lease)
                 if stream is not None:
-                    diag.unknown_events = stream.unknown_events
+                    self._record_stream(attempt, stream)
                 if isinstance(exc, Exception):
                     return False
                 raise _CallerLeft from exc  # GeneratorExit, KeyboardInterrupt, SystemExit
@@ -248,7 +249,7 @@ class Run(RunBase):
             diag.chunks = chunks
             self._record_wire(attempt, connection)
             stream.close()
-            diag.unknown_events = stream.unknown_events
+            self._record_stream(attempt, stream)
             to_close, _ = lease.slot.release(lease)
             if to_close is not None:
                 route.close_client(to_close)

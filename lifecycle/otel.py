@@ -7,16 +7,31 @@ Install ``stream-lifecycle[otel]`` and pass the hooks to the engine::
     engine = StreamEngine(routes=[...], hooks=[OpenTelemetryHooks()])
 
 Traces: one ``lifecycle.run`` span per run, with one ``transition`` event per transition
-it took, and one child ``lifecycle.attempt`` span per attempt, with the transitions
-inside that attempt. Span times are the run's own transition times (``Transition.at``
-on the wall clock of ``run.started_at``), so the spans show what the machine did, not
-when the hooks happened to run.
+it took, and one child client span per attempt, named as the GenAI conventions name it
+(``chat {model}``), with the transitions inside that attempt. Span times are the run's
+own transition times (``Transition.at`` on the wall clock of ``run.started_at``), so the
+spans show what the machine did, not when the hooks happened to run.
 
 Metrics: ``lifecycle.runs`` and ``lifecycle.attempts`` (counters, by outcome),
 ``lifecycle.recoveries`` (runs that completed after a failed attempt),
 ``lifecycle.recovery_latency`` (seconds from a stall or a drop to the next attempt's
 start), ``lifecycle.breaker.state`` (a gauge per route: 0 closed, 1 half-open or probing,
 2 open) and ``lifecycle.breaker.transitions`` (a counter by route and new state).
+
+GenAI semantic conventions: each attempt span also carries the ``gen_ai.*``,
+``server.*`` and ``error.type`` attributes, and each attempt records
+``gen_ai.client.operation.duration``, ``gen_ai.client.token.usage``,
+``gen_ai.client.operation.time_to_first_chunk`` and ``gen_ai.server.time_to_first_token``
+(README, "Telemetry"). Followed: OpenTelemetry semantic conventions v1.41.0,
+docs/gen-ai/gen-ai-spans.md and gen-ai-metrics.md (the names checked against
+``opentelemetry-semantic-conventions`` 0.66b2, tests/test_otel.py). That package is
+not imported here: the ``otel`` extra is the API alone.
+
+``gen_ai.provider.name`` comes from the route's wire API: ``anthropic`` for the Messages
+API, ``openai`` for Chat Completions and Responses, OpenAI-compatible servers included.
+The conventions ask for the instrumentation's best knowledge and name this very case
+(many providers behind the OpenAI API and client): the telemetry flavour is OpenAI's,
+and ``server.address`` (the host of the client's base URL) says whose server it was.
 
 This module is the only one that imports ``opentelemetry``; ``import lifecycle`` never
 loads it.
@@ -26,7 +41,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
 
@@ -36,13 +51,14 @@ from opentelemetry.trace import Span, SpanKind, Status, StatusCode, TracerProvid
 from opentelemetry.util.types import AttributeValue
 
 from ._hooks import LifecycleHooks
+from ._message import Usage
 from ._run import AttemptRecord, Transition
 
 if TYPE_CHECKING:
     from ._breaker import BreakerChange
     from ._run_base import RunBase
 
-__all__ = ["BREAKER_STATE_VALUES", "OpenTelemetryHooks"]
+__all__ = ["BREAKER_STATE_VALUES", "OpenTelemetryHooks", "provider_name"]
 
 logger = logging.getLogger("lifecycle")
 
@@ -55,6 +71,47 @@ BREAKER_STATE_VALUES: Final[dict[str, int]] = {
     "open": 2,
 }
 """What ``lifecycle.breaker.state`` reports for each breaker state."""
+# GenAI semantic conventions v1.41.0 (see the module's docstring).
+GEN_AI_OPERATION_NAME: Final = "gen_ai.operation.name"
+GEN_AI_PROVIDER_NAME: Final = "gen_ai.provider.name"
+GEN_AI_SYSTEM: Final = "gen_ai.system"
+"""The provider's name before v1.37; still emitted for dashboards built on it."""
+GEN_AI_REQUEST_MODEL: Final = "gen_ai.request.model"
+GEN_AI_REQUEST_MAX_TOKENS: Final = "gen_ai.request.max_tokens"
+GEN_AI_RESPONSE_ID: Final = "gen_ai.response.id"
+GEN_AI_RESPONSE_MODEL: Final = "gen_ai.response.model"
+GEN_AI_RESPONSE_FINISH_REASONS: Final = "gen_ai.response.finish_reasons"
+GEN_AI_USAGE_INPUT_TOKENS: Final = "gen_ai.usage.input_tokens"
+GEN_AI_USAGE_OUTPUT_TOKENS: Final = "gen_ai.usage.output_tokens"
+GEN_AI_TOKEN_TYPE: Final = "gen_ai.token.type"
+SERVER_ADDRESS: Final = "server.address"
+SERVER_PORT: Final = "server.port"
+ERROR_TYPE: Final = "error.type"
+OPERATION_DURATION: Final = "gen_ai.client.operation.duration"
+TOKEN_USAGE: Final = "gen_ai.client.token.usage"
+TIME_TO_FIRST_CHUNK: Final = "gen_ai.client.operation.time_to_first_chunk"
+TIME_TO_FIRST_TOKEN: Final = "gen_ai.server.time_to_first_token"
+"""A server metric in the conventions; dashboards chart it, so the client's view of it
+(request sent to first meaningful event, network included) is recorded for completed
+attempts, beside the client metric ``TIME_TO_FIRST_CHUNK``."""
+OPERATION: Final = "chat"
+"""All three wire APIs are chat operations in the conventions' terms."""
+PROVIDER_OF_API_MODE: Final[dict[str, str]] = {
+    "anthropic_messages": "anthropic",
+    "chat_completions": "openai",
+    "responses": "openai",
+}
+DURATION_BUCKETS: Final = (
+    0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56, 5.12, 10.24, 20.48, 40.96, 81.92,
+)  # fmt: skip
+TOKEN_BUCKETS: Final = (
+    1, 4, 16, 64, 256, 1024, 4096, 16384, 65536, 262144, 1048576, 4194304, 16777216, 67108864,
+)  # fmt: skip
+# The buckets the conventions advise for gen_ai.server.time_to_first_token; the client's
+# time_to_first_chunk measures the same span of time from the other end.
+FIRST_TOKEN_BUCKETS: Final = (
+    0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
+)  # fmt: skip
 FAULT_STATES: Final = frozenset({"stale", "dropped"})
 FAILED_ATTEMPTS: Final = frozenset({"stale", "dropped", "error"})
 """Attempt outcomes that mark the attempt span as an error (an interrupt is the caller's)."""
@@ -141,7 +198,41 @@ class OpenTelemetryHooks(LifecycleHooks):
             unit="{run}",
             description="Runs that completed after at least one failed attempt",
         )
-        self._recovery_latency = _histogram(meter)
+        self._recovery_latency = _histogram(
+            meter,
+            "lifecycle.recovery_latency",
+            unit="s",
+            description="Seconds from a stall or a drop to the start of the next attempt",
+            buckets=RECOVERY_BUCKETS,
+        )
+        self._operation_duration = _histogram(
+            meter,
+            OPERATION_DURATION,
+            unit="s",
+            description="GenAI operation duration.",
+            buckets=DURATION_BUCKETS,
+        )
+        self._token_usage = _histogram(
+            meter,
+            TOKEN_USAGE,
+            unit="{token}",
+            description="Number of input and output tokens used.",
+            buckets=TOKEN_BUCKETS,
+        )
+        self._time_to_first_chunk = _histogram(
+            meter,
+            TIME_TO_FIRST_CHUNK,
+            unit="s",
+            description="Time to receive the first chunk, from the request's sending.",
+            buckets=FIRST_TOKEN_BUCKETS,
+        )
+        self._time_to_first_token = _histogram(
+            meter,
+            TIME_TO_FIRST_TOKEN,
+            unit="s",
+            description="Time to generate first token for successful responses.",
+            buckets=FIRST_TOKEN_BUCKETS,
+        )
         self._breaker_transitions = meter.create_counter(
             "lifecycle.breaker.transitions",
             unit="{transition}",
@@ -187,10 +278,12 @@ class OpenTelemetryHooks(LifecycleHooks):
         self._attempts.add(1, {"route": route, "api_mode": attempt.api_mode, "outcome": outcome})
         if attempt.outcome != "completed":
             state.failed_attempts += 1
+        self._record_gen_ai_metrics(run, attempt)
         span, state.attempt_span = state.attempt_span, None
         if span is None:
             return
         span.set_attributes(_attempt_attributes(attempt, route))
+        span.set_attributes(_gen_ai_span_attributes(run, attempt))
         if outcome in FAILED_ATTEMPTS:
             span.set_status(Status(StatusCode.ERROR, attempt.reason or outcome))
         span.end(end_time=state.last_ns)
@@ -243,19 +336,43 @@ class OpenTelemetryHooks(LifecycleHooks):
             self._traces[run.id] = state
         return state
 
+    def _record_gen_ai_metrics(self, run: RunBase, attempt: AttemptRecord) -> None:
+        diag = attempt.diagnostics
+        attributes = _gen_ai_metric_attributes(attempt)
+        if diag.elapsed is not None:
+            self._operation_duration.record(diag.elapsed, attributes)
+        if diag.ttft is not None:
+            self._time_to_first_chunk.record(diag.ttft, attributes)
+        if attempt.outcome != "completed":
+            return
+        if diag.ttft is not None:
+            self._time_to_first_token.record(diag.ttft, attributes)
+        usage = _usage_of(run, attempt)
+        if usage is not None:
+            for token_type, count in (
+                ("input", usage.input_tokens),
+                ("output", usage.output_tokens),
+            ):
+                if count is not None:
+                    self._token_usage.record(count, {**attributes, GEN_AI_TOKEN_TYPE: token_type})
+
     def _start_attempt(self, run: RunBase, state: _RunTrace, at_ns: int) -> Span:
         attributes: dict[str, AttributeValue] = {}
         attempts = run.attempts
+        name = OPERATION
         if attempts:
             attempt = attempts[-1]
+            # The conventions' client span name: "{gen_ai.operation.name} {gen_ai.request.model}".
+            name = f"{OPERATION} {attempt.model}"
             attributes = {
                 "lifecycle.attempt": attempt.number,
                 "lifecycle.api_mode": attempt.api_mode,
                 "lifecycle.model": attempt.model,
                 "lifecycle.route": _route_name(run, attempt.route_index),
+                **_gen_ai_request_attributes(run, attempt),
             }
         return self._tracer.start_span(
-            "lifecycle.attempt",
+            name,
             context=trace.set_span_in_context(state.span),
             kind=SpanKind.CLIENT,
             start_time=at_ns,
@@ -291,6 +408,85 @@ def _attempt_attributes(attempt: AttemptRecord, route: str) -> dict[str, Attribu
     return attributes
 
 
+def provider_name(api_mode: str) -> str:
+    """``gen_ai.provider.name`` of a wire API (see the module's docstring); a wire API of
+    an adapter this module does not know keeps its own name, as the conventions allow."""
+    return PROVIDER_OF_API_MODE.get(api_mode, api_mode)
+
+
+def _gen_ai_request_attributes(run: RunBase, attempt: AttemptRecord) -> dict[str, AttributeValue]:
+    """What is known when the attempt starts: at the span's start, so samplers see it."""
+    provider = provider_name(attempt.api_mode)
+    attributes: dict[str, AttributeValue] = {
+        GEN_AI_OPERATION_NAME: OPERATION,
+        GEN_AI_PROVIDER_NAME: provider,
+        GEN_AI_SYSTEM: provider,
+        GEN_AI_REQUEST_MODEL: attempt.model,
+    }
+    attributes[GEN_AI_REQUEST_MAX_TOKENS] = run.request.max_tokens
+    return attributes
+
+
+def _error_type(attempt: AttemptRecord) -> str | None:
+    """``error.type`` of a failed attempt: the provider's error code (the HTTP status) if
+    it sent one, ``timeout`` for a stall, else the exception's class or the outcome."""
+    if attempt.outcome not in FAILED_ATTEMPTS:
+        return None
+    diag = attempt.diagnostics
+    if diag.http_status is not None and diag.http_status >= 400:
+        return str(diag.http_status)
+    if attempt.outcome == "stale":
+        return "timeout"
+    return diag.error_type or attempt.outcome
+
+
+def _gen_ai_metric_attributes(attempt: AttemptRecord) -> dict[str, AttributeValue]:
+    """The attributes the conventions list for the client metrics (low cardinality)."""
+    diag = attempt.diagnostics
+    provider = provider_name(attempt.api_mode)
+    attributes: dict[str, AttributeValue] = {
+        GEN_AI_OPERATION_NAME: OPERATION,
+        GEN_AI_PROVIDER_NAME: provider,
+        GEN_AI_SYSTEM: provider,
+        GEN_AI_REQUEST_MODEL: attempt.model,
+    }
+    if diag.response_model:
+        attributes[GEN_AI_RESPONSE_MODEL] = diag.response_model
+    if diag.server_address:
+        attributes[SERVER_ADDRESS] = diag.server_address
+        if diag.server_port is not None:
+            attributes[SERVER_PORT] = diag.server_port
+    error_type = _error_type(attempt)
+    if error_type is not None:
+        attributes[ERROR_TYPE] = error_type
+    return attributes
+
+
+def _usage_of(run: RunBase, attempt: AttemptRecord) -> Usage | None:
+    """The completed attempt's usage: ``run.message`` is that attempt's at its end."""
+    message = run.message
+    if attempt.outcome != "completed" or message is None:
+        return None
+    return message.usage
+
+
+def _gen_ai_span_attributes(run: RunBase, attempt: AttemptRecord) -> dict[str, AttributeValue]:
+    diag = attempt.diagnostics
+    attributes = {**_gen_ai_request_attributes(run, attempt), **_gen_ai_metric_attributes(attempt)}
+    if diag.response_id:
+        attributes[GEN_AI_RESPONSE_ID] = diag.response_id
+    message = run.message
+    if attempt.outcome == "completed" and message is not None and message.stop_reason:
+        attributes[GEN_AI_RESPONSE_FINISH_REASONS] = (message.stop_reason,)
+    usage = _usage_of(run, attempt)
+    if usage is not None:
+        if usage.input_tokens is not None:
+            attributes[GEN_AI_USAGE_INPUT_TOKENS] = usage.input_tokens
+        if usage.output_tokens is not None:
+            attributes[GEN_AI_USAGE_OUTPUT_TOKENS] = usage.output_tokens
+    return attributes
+
+
 def _failure_reason(run: RunBase) -> str:
     history = run.history
     if history and history[-1].trigger == "exhaust_routes":
@@ -301,15 +497,15 @@ def _failure_reason(run: RunBase) -> str:
     return (attempts[-1].reason if attempts else None) or "failed"
 
 
-def _histogram(meter: Meter) -> Histogram:
-    name = "lifecycle.recovery_latency"
-    description = "Seconds from a stall or a drop to the start of the next attempt"
+def _histogram(
+    meter: Meter, name: str, *, unit: str, description: str, buckets: Sequence[float]
+) -> Histogram:
     try:
         return meter.create_histogram(
             name,
-            unit="s",
+            unit=unit,
             description=description,
-            explicit_bucket_boundaries_advisory=RECOVERY_BUCKETS,
+            explicit_bucket_boundaries_advisory=buckets,
         )
     except TypeError:  # opentelemetry-api < 1.23: no bucket advice
-        return meter.create_histogram(name, unit="s", description=description)
+        return meter.create_histogram(name, unit=unit, description=description)

@@ -28,6 +28,11 @@ class SdkRoute(Route):
     def is_async_client(self, client: Any) -> bool:
         return isinstance(client, self.async_client_class)
 
+    def server_url(self, client: Any) -> str | None:
+        # Both SDKs keep the resolved base URL (an httpx.URL) on the client.
+        base_url = getattr(client, "base_url", None)
+        return None if base_url is None else str(base_url)
+
     def prepare_client(self, client: Any) -> Any:
         if not isinstance(client, self.client_classes()):
             sync, async_ = (_dotted(cls) for cls in self.client_classes())

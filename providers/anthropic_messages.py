@@ -168,7 +168,14 @@ def classify(exc: BaseException) -> Fault:
 class _Translator:
     """Folds Anthropic's raw events into neutral ones; state is the stop reason and usage."""
 
-    __slots__ = ("input_tokens", "output_tokens", "stop_reason", "unknown_events")
+    __slots__ = (
+        "input_tokens",
+        "output_tokens",
+        "response_id",
+        "response_model",
+        "stop_reason",
+        "unknown_events",
+    )
 
     KNOWN: ClassVar[frozenset[str]] = frozenset(
         {"content_block_stop", "ping", "message_start", "message_delta", "message_stop"}
@@ -179,6 +186,8 @@ class _Translator:
         self.stop_reason: str | None = None
         self.input_tokens: int | None = None
         self.output_tokens: int | None = None
+        self.response_id: str | None = None
+        self.response_model: str | None = None
 
     def translate(self, event: Any) -> StreamEvent | None:
         kind = event.type
@@ -210,7 +219,10 @@ class _Translator:
                 self.output_tokens = getattr(usage, "output_tokens", None)
             return None
         if kind == "message_start":
-            usage = getattr(event.message, "usage", None)
+            message = event.message
+            self.response_id = getattr(message, "id", None)
+            self.response_model = getattr(message, "model", None)
+            usage = getattr(message, "usage", None)
             if usage is not None:
                 self.input_tokens = getattr(usage, "input_tokens", None)
             return None
@@ -245,7 +257,7 @@ class _AnthropicStream(AttemptStream):
                 yield neutral
 
     def close(self) -> None:
-        self.unknown_events = self._translator.unknown_events
+        _keep_translator_facts(self, self._translator)
         self._stream.close()
 
 
@@ -269,5 +281,14 @@ class _AsyncAnthropicStream(AsyncAttemptStream):
                 yield neutral
 
     async def aclose(self) -> None:
-        self.unknown_events = self._translator.unknown_events
+        _keep_translator_facts(self, self._translator)
         await self._stream.close()
+
+
+def _keep_translator_facts(
+    stream: AttemptStream | AsyncAttemptStream, translator: _Translator
+) -> None:
+    """What the engine reads of the stream once it is closed."""
+    stream.unknown_events = translator.unknown_events
+    stream.response_id = translator.response_id
+    stream.response_model = translator.response_model

@@ -167,13 +167,18 @@ def classify(exc: BaseException) -> Fault:
 
 
 class _Translator:
-    __slots__ = ("finish_reason", "usage")
+    __slots__ = ("finish_reason", "response_id", "response_model", "usage")
 
     def __init__(self) -> None:
         self.finish_reason: str | None = None
         self.usage: Usage | None = None
+        self.response_id: str | None = None
+        self.response_model: str | None = None
 
     def translate(self, chunk: Any) -> Iterator[StreamEvent]:
+        if self.response_id is None:  # every chunk repeats them: the first one's suffice
+            self.response_id = getattr(chunk, "id", None)
+            self.response_model = getattr(chunk, "model", None)
         usage = chunk.usage
         if usage is not None:
             self.usage = Usage(
@@ -228,9 +233,10 @@ class _ChatStream(AttemptStream):
         self.http_status = response.status_code
         self.headers: Mapping[str, str] = response.headers
         self.socket = socket_of_response(response)
+        self._translator = _Translator()
 
     def events(self) -> Iterator[StreamEvent]:
-        translator = _Translator()
+        translator = self._translator
         translate = translator.translate
         for chunk in self._stream:
             try:
@@ -243,6 +249,8 @@ class _ChatStream(AttemptStream):
             yield stop
 
     def close(self) -> None:
+        self.response_id = self._translator.response_id
+        self.response_model = self._translator.response_model
         self._stream.close()
 
 
@@ -253,9 +261,10 @@ class _AsyncChatStream(AsyncAttemptStream):
         self.http_status = response.status_code
         self.headers: Mapping[str, str] = response.headers
         self.socket = socket_of_response(response)
+        self._translator = _Translator()
 
     async def events(self) -> AsyncIterator[StreamEvent]:
-        translator = _Translator()
+        translator = self._translator
         translate = translator.translate
         async for chunk in self._stream:
             try:
@@ -269,4 +278,6 @@ class _AsyncChatStream(AsyncAttemptStream):
             yield stop
 
     async def aclose(self) -> None:
+        self.response_id = self._translator.response_id
+        self.response_model = self._translator.response_model
         await self._stream.close()

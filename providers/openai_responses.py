@@ -107,14 +107,21 @@ def classify(exc: BaseException) -> Fault:
 
 
 class _Translator:
-    __slots__ = ("calls", "request")
+    __slots__ = ("calls", "request", "response_id", "response_model")
 
     def __init__(self, request: Any) -> None:
         self.calls: set[int] = set()
         self.request = request
+        self.response_id: str | None = None
+        self.response_model: str | None = None
 
     def translate(self, event: Any) -> StreamEvent | None:
         kind = event.type
+        if kind == "response.created":
+            response = event.response
+            self.response_id = getattr(response, "id", None)
+            self.response_model = getattr(response, "model", None)
+            return None
         if kind == "response.output_text.delta" or kind == "response.refusal.delta":
             return StreamEvent(type="text", text=event.delta)
         if kind == "response.function_call_arguments.delta":
@@ -172,9 +179,11 @@ class _ResponsesStream(AttemptStream):
         self.http_status = response.status_code
         self.headers: Mapping[str, str] = response.headers
         self.socket = socket_of_response(response)
+        self._translator: _Translator | None = None
 
     def events(self) -> Iterator[StreamEvent]:
-        translate = _Translator(self._stream.response.request).translate
+        self._translator = translator = _Translator(self._stream.response.request)
+        translate = translator.translate
         for event in self._stream:
             try:
                 neutral = translate(event)
@@ -184,6 +193,7 @@ class _ResponsesStream(AttemptStream):
                 yield neutral
 
     def close(self) -> None:
+        _keep_response_facts(self, self._translator)
         self._stream.close()
 
 
@@ -194,9 +204,11 @@ class _AsyncResponsesStream(AsyncAttemptStream):
         self.http_status = response.status_code
         self.headers: Mapping[str, str] = response.headers
         self.socket = socket_of_response(response)
+        self._translator: _Translator | None = None
 
     async def events(self) -> AsyncIterator[StreamEvent]:
-        translate = _Translator(self._stream.response.request).translate
+        self._translator = translator = _Translator(self._stream.response.request)
+        translate = translator.translate
         async for event in self._stream:
             try:
                 neutral = translate(event)
@@ -206,4 +218,13 @@ class _AsyncResponsesStream(AsyncAttemptStream):
                 yield neutral
 
     async def aclose(self) -> None:
+        _keep_response_facts(self, self._translator)
         await self._stream.close()
+
+
+def _keep_response_facts(
+    stream: AttemptStream | AsyncAttemptStream, translator: _Translator | None
+) -> None:
+    if translator is not None:
+        stream.response_id = translator.response_id
+        stream.response_model = translator.response_model

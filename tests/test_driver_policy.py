@@ -16,7 +16,7 @@ pytestmark = pytest.mark.timeout(30)
 
 TIMEOUTS = Timeouts(connect=5, first_token=5, stale=5, total=30)
 QUICK = RetryPolicy(max_attempts=2, initial_backoff=0.01, max_backoff=0.02)
-LOG_PREFIX = "lifecycle attempt failed "
+STANDARD = set(vars(logging.makeLogRecord({})))
 
 
 def attempt_end(attempt: Any) -> float:
@@ -149,25 +149,30 @@ def test_failed_attempt_keeps_the_request_id(provider: Any) -> None:
 
 
 def log_lines(caplog: pytest.LogCaptureFixture) -> list[str]:
+    """Each lifecycle log record as one text: its message and its fields (``extra``)."""
     return [
-        r.getMessage()
+        json.dumps(
+            {"message": r.getMessage(), **{k: v for k, v in vars(r).items() if k not in STANDARD}},
+            default=str,
+        )
         for r in caplog.records
-        if r.name == "lifecycle" and r.getMessage().startswith(LOG_PREFIX)
+        if r.name == "lifecycle"
     ]
 
 
-def test_one_structured_log_line_per_failed_attempt(
+def test_one_structured_log_record_per_failed_attempt(
     provider: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.WARNING, logger="lifecycle")
+    caplog.set_level(logging.INFO, logger="lifecycle")
     engine = provider.engine(timeouts=TIMEOUTS, retry=QUICK)
     provider.script([HttpError(status=529), HttpError(status=529)])
     _, seen = provider.run_to_end(engine)
     assert seen.error is None
     lines = log_lines(caplog)
     assert len(lines) == 2, lines
+    assert {r.levelno for r in caplog.records if r.name == "lifecycle"} == {logging.INFO}
     for number, line in enumerate(lines, start=1):
-        record = json.loads(line[len(LOG_PREFIX) :])
+        record = json.loads(line)
         assert record["attempt"] == number
         assert record["api_mode"] == provider.api_mode
         assert record["model"] == provider.model

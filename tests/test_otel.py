@@ -26,7 +26,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import (
     InMemorySpanExporter,
 )
-from opentelemetry.trace import StatusCode
+from opentelemetry.trace import SpanKind, StatusCode
 
 from lifecycle import (
     BreakerPolicy,
@@ -66,12 +66,12 @@ class Telemetry:
         return found[0]
 
     def attempt_spans(self, run_span: ReadableSpan) -> list[ReadableSpan]:
-        """The attempt spans of the run span's trace, in start order."""
+        """The attempt (client) spans of the run span's trace, in start order."""
         trace_id = run_span.context.trace_id
         found = [
             s
             for s in self.finished()
-            if s.name == "lifecycle.attempt" and s.context.trace_id == trace_id
+            if s.kind == SpanKind.CLIENT and s.context.trace_id == trace_id
         ]
         return sorted(found, key=lambda s: s.start_time or 0)
 
@@ -451,3 +451,360 @@ def test_import_lifecycle_does_not_import_opentelemetry() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
     )
     assert result.returncode == 0, result.stderr
+
+
+# -- OpenTelemetry GenAI semantic conventions ------------------------------------------
+
+PROVIDER_NAME = {"anthropic": "anthropic", "openai": "openai"}
+RESPONSE = {
+    # What the default recording (text_basic) says of itself: the loopback replays it
+    # under any requested model, so request and response models differ, as in real life.
+    "anthropic": {
+        "id": "msg_4QpJur2dWWDjF6C758FbBw5vm12BaVipnK",
+        "model": "claude-3-opus-latest",
+        "finish_reasons": ("end_turn",),
+        "input_tokens": 11,
+        "output_tokens": 6,
+    },
+    "openai": {
+        "id": "chatcmpl-ABfw1e5abtU8OwGr15vOreYVb2MiF",
+        "model": "gpt-4o-2024-08-06",
+        "finish_reasons": ("stop",),
+        "input_tokens": 79,
+        "output_tokens": 14,
+    },
+}
+MAX_TOKENS = 64  # conftest.REQUEST's
+
+
+def other_name(provider: Any) -> str:
+    return "openai" if provider.name == "anthropic" else "anthropic"
+
+
+def gen_ai(span: ReadableSpan) -> dict[str, Any]:
+    """The span's attributes of the conventions (everything but ``lifecycle.*`` and the
+    HTTP status the lifecycle always set)."""
+    return {
+        k: tuple(v) if isinstance(v, tuple | list) else v
+        for k, v in attrs(span).items()
+        if k.startswith(("gen_ai.", "server.", "error."))
+    }
+
+
+def metric(telemetry: Telemetry, name: str) -> Any:
+    data = telemetry.metrics.get_metrics_data()
+    assert data is not None
+    found = [
+        m
+        for resource in data.resource_metrics
+        for scope in resource.scope_metrics
+        for m in scope.metrics
+        if m.name == name
+    ]
+    assert len(found) == 1, name
+    return found[0]
+
+
+def by_attributes(points: list[Any]) -> dict[frozenset[tuple[str, Any]], Any]:
+    return {frozenset(dict(p.attributes).items()): p for p in points}
+
+
+def test_gen_ai_span_attributes_of_a_stale_run_that_fell_back(
+    provider: Any, telemetry: Telemetry
+) -> None:
+    run = stale_then_fallback(provider, telemetry)
+    run_span = telemetry.run_span(run.id)
+    first_span, second_span = telemetry.attempt_spans(run_span)
+    # The convention's client span name, under the lifecycle's run span.
+    assert first_span.name == f"chat {provider.model}"
+    assert second_span.name == f"chat {provider.other_model}"
+    assert first_span.parent is not None and second_span.parent is not None
+    assert first_span.parent.span_id == second_span.parent.span_id == run_span.context.span_id
+    server = provider.server
+    stalled = RESPONSE[provider.name]
+    # The stall came after the stream's first event: it told the response's id and model.
+    assert gen_ai(first_span) == {
+        "gen_ai.operation.name": "chat",
+        "gen_ai.provider.name": PROVIDER_NAME[provider.name],
+        "gen_ai.system": PROVIDER_NAME[provider.name],
+        "gen_ai.request.model": provider.model,
+        "gen_ai.request.max_tokens": MAX_TOKENS,
+        "gen_ai.response.id": stalled["id"],
+        "gen_ai.response.model": stalled["model"],
+        "server.address": "127.0.0.1",
+        "server.port": server.port,
+        "error.type": "timeout",
+    }
+    answered = RESPONSE[other_name(provider)]
+    assert gen_ai(second_span) == {
+        "gen_ai.operation.name": "chat",
+        "gen_ai.provider.name": PROVIDER_NAME[other_name(provider)],
+        "gen_ai.system": PROVIDER_NAME[other_name(provider)],
+        "gen_ai.request.model": provider.other_model,
+        "gen_ai.request.max_tokens": MAX_TOKENS,
+        "gen_ai.response.id": answered["id"],
+        "gen_ai.response.model": answered["model"],
+        "gen_ai.response.finish_reasons": answered["finish_reasons"],
+        "gen_ai.usage.input_tokens": answered["input_tokens"],
+        "gen_ai.usage.output_tokens": answered["output_tokens"],
+        "server.address": "127.0.0.1",
+        "server.port": server.port,
+    }
+    assert run.message is not None and run.message.usage is not None
+    assert run.message.usage.output_tokens == answered["output_tokens"]
+    # The lifecycle's own attributes stay beside them.
+    assert attrs(first_span)["lifecycle.outcome"] == "stale"
+    assert attrs(second_span)["lifecycle.outcome"] == "completed"
+    # The run span is the lifecycle's, not a GenAI operation.
+    assert not any(k.startswith("gen_ai.") for k in attrs(run_span))
+
+
+def test_gen_ai_metrics_of_a_stale_run_that_fell_back(provider: Any, telemetry: Telemetry) -> None:
+    run = stale_then_fallback(provider, telemetry)
+    first, second = run.attempts
+    port = provider.server.port
+    stalled, answered = RESPONSE[provider.name], RESPONSE[other_name(provider)]
+    stalled_attributes = {
+        "gen_ai.operation.name": "chat",
+        "gen_ai.provider.name": PROVIDER_NAME[provider.name],
+        "gen_ai.system": PROVIDER_NAME[provider.name],
+        "gen_ai.request.model": provider.model,
+        "gen_ai.response.model": stalled["model"],
+        "server.address": "127.0.0.1",
+        "server.port": port,
+    }
+    answered_attributes = {
+        "gen_ai.operation.name": "chat",
+        "gen_ai.provider.name": PROVIDER_NAME[other_name(provider)],
+        "gen_ai.system": PROVIDER_NAME[other_name(provider)],
+        "gen_ai.request.model": provider.other_model,
+        "gen_ai.response.model": answered["model"],
+        "server.address": "127.0.0.1",
+        "server.port": port,
+    }
+
+    duration = metric(telemetry, "gen_ai.client.operation.duration")
+    assert duration.unit == "s"
+    points = by_attributes(list(duration.data.data_points))
+    assert set(points) == {
+        frozenset({**stalled_attributes, "error.type": "timeout"}.items()),
+        frozenset(answered_attributes.items()),
+    }
+    stalled_point = points[frozenset({**stalled_attributes, "error.type": "timeout"}.items())]
+    answered_point = points[frozenset(answered_attributes.items())]
+    assert stalled_point.count == answered_point.count == 1
+    assert stalled_point.sum == pytest.approx(first.diagnostics.elapsed, abs=1e-9)
+    assert stalled_point.sum >= TIMEOUTS.stale
+    assert answered_point.sum == pytest.approx(second.diagnostics.elapsed, abs=1e-9)
+    # The convention's advised buckets.
+    assert tuple(answered_point.explicit_bounds) == (
+        0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56, 5.12, 10.24, 20.48, 40.96, 81.92,
+    )  # fmt: skip
+
+    usage = metric(telemetry, "gen_ai.client.token.usage")
+    assert usage.unit == "{token}"
+    tokens = by_attributes(list(usage.data.data_points))
+    assert {key: p.sum for key, p in tokens.items()} == {
+        frozenset({**answered_attributes, "gen_ai.token.type": "input"}.items()): answered[
+            "input_tokens"
+        ],
+        frozenset({**answered_attributes, "gen_ai.token.type": "output"}.items()): answered[
+            "output_tokens"
+        ],
+    }
+    assert all(p.count == 1 for p in tokens.values())
+
+    # The stall came after one meaningful event: both attempts had a first chunk (the
+    # client's metric), only the completed one is a successful response (the server's).
+    assert first.diagnostics.ttft is not None and second.diagnostics.ttft is not None
+    first_chunk = metric(telemetry, "gen_ai.client.operation.time_to_first_chunk")
+    assert first_chunk.unit == "s"
+    assert {
+        key: (p.count, p.sum)
+        for key, p in by_attributes(list(first_chunk.data.data_points)).items()
+    } == {
+        frozenset({**stalled_attributes, "error.type": "timeout"}.items()): (
+            1,
+            pytest.approx(first.diagnostics.ttft, abs=1e-9),
+        ),
+        frozenset(answered_attributes.items()): (
+            1,
+            pytest.approx(second.diagnostics.ttft, abs=1e-9),
+        ),
+    }
+    first_token = metric(telemetry, "gen_ai.server.time_to_first_token")
+    assert first_token.unit == "s"
+    (point,) = first_token.data.data_points
+    assert dict(point.attributes) == answered_attributes
+    assert point.count == 1
+    assert point.sum == pytest.approx(second.diagnostics.ttft, abs=1e-9)
+
+
+def test_gen_ai_telemetry_of_a_failed_run(provider: Any, telemetry: Telemetry) -> None:
+    provider.script([HttpError(status=400), Healthy()])
+    engine = provider.engine(timeouts=TIMEOUTS, retry=ONE_EACH, hooks=[telemetry.hooks])
+    run, seen = provider.run_to_end(engine)
+    assert isinstance(seen.error, StreamFailed), repr(seen.error)
+    (attempt_span,) = telemetry.attempt_spans(telemetry.run_span(run.id))
+    assert attempt_span.name == f"chat {provider.model}"
+    common = {
+        "gen_ai.operation.name": "chat",
+        "gen_ai.provider.name": PROVIDER_NAME[provider.name],
+        "gen_ai.system": PROVIDER_NAME[provider.name],
+        "gen_ai.request.model": provider.model,
+        "server.address": "127.0.0.1",
+        "server.port": provider.server.port,
+        "error.type": "400",  # the provider's own error code, as the convention asks
+    }
+    # No stream, so no response id, model, finish reason or usage.
+    assert gen_ai(attempt_span) == {**common, "gen_ai.request.max_tokens": MAX_TOKENS}
+    assert attempt_span.status.status_code == StatusCode.ERROR
+    (point,) = metric(telemetry, "gen_ai.client.operation.duration").data.data_points
+    assert dict(point.attributes) == common
+    assert point.count == 1
+    assert point.sum == pytest.approx(run.attempts[0].diagnostics.elapsed, abs=1e-9)
+    for name in (
+        "gen_ai.client.token.usage",
+        "gen_ai.server.time_to_first_token",
+        "gen_ai.client.operation.time_to_first_chunk",
+    ):
+        assert telemetry.points(name) == [], name
+
+
+def test_names_are_the_semantic_conventions() -> None:
+    """Every name emitted is the one the conventions' own package defines."""
+    from opentelemetry.semconv._incubating.attributes import gen_ai_attributes as ga
+    from opentelemetry.semconv._incubating.metrics import gen_ai_metrics as gm
+    from opentelemetry.semconv.attributes import error_attributes, server_attributes
+
+    from lifecycle import otel
+
+    assert otel.GEN_AI_OPERATION_NAME == ga.GEN_AI_OPERATION_NAME
+    assert otel.GEN_AI_PROVIDER_NAME == ga.GEN_AI_PROVIDER_NAME
+    assert otel.GEN_AI_SYSTEM == ga.GEN_AI_SYSTEM
+    assert otel.GEN_AI_REQUEST_MODEL == ga.GEN_AI_REQUEST_MODEL
+    assert otel.GEN_AI_REQUEST_MAX_TOKENS == ga.GEN_AI_REQUEST_MAX_TOKENS
+    assert otel.GEN_AI_RESPONSE_ID == ga.GEN_AI_RESPONSE_ID
+    assert otel.GEN_AI_RESPONSE_MODEL == ga.GEN_AI_RESPONSE_MODEL
+    assert otel.GEN_AI_RESPONSE_FINISH_REASONS == ga.GEN_AI_RESPONSE_FINISH_REASONS
+    assert otel.GEN_AI_USAGE_INPUT_TOKENS == ga.GEN_AI_USAGE_INPUT_TOKENS
+    assert otel.GEN_AI_USAGE_OUTPUT_TOKENS == ga.GEN_AI_USAGE_OUTPUT_TOKENS
+    assert otel.GEN_AI_TOKEN_TYPE == ga.GEN_AI_TOKEN_TYPE
+    assert otel.SERVER_ADDRESS == server_attributes.SERVER_ADDRESS
+    assert otel.SERVER_PORT == server_attributes.SERVER_PORT
+    assert otel.ERROR_TYPE == error_attributes.ERROR_TYPE
+    assert otel.OPERATION_DURATION == gm.GEN_AI_CLIENT_OPERATION_DURATION
+    assert otel.TOKEN_USAGE == gm.GEN_AI_CLIENT_TOKEN_USAGE
+    assert otel.TIME_TO_FIRST_TOKEN == gm.GEN_AI_SERVER_TIME_TO_FIRST_TOKEN
+    assert otel.TIME_TO_FIRST_CHUNK == gm.GEN_AI_CLIENT_OPERATION_TIME_TO_FIRST_CHUNK
+    assert ga.GenAiOperationNameValues.CHAT.value == "chat"
+    assert {otel.provider_name(m) for m in ("anthropic_messages",)} == {
+        ga.GenAiProviderNameValues.ANTHROPIC.value
+    }
+    assert {otel.provider_name(m) for m in ("chat_completions", "responses")} == {
+        ga.GenAiProviderNameValues.OPENAI.value
+    }
+
+
+def test_the_otel_extra_is_the_api_only() -> None:
+    """An application installs ``stream-lifecycle[otel]`` beside its own SDK and exporters:
+    the extra must not pull in (or pin) an SDK; the tests get theirs from ``test``."""
+    import tomllib
+    from pathlib import Path
+
+    project = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())
+    extras = project["project"]["optional-dependencies"]
+    assert [r.split(">")[0].split("=")[0] for r in extras["otel"]] == ["opentelemetry-api"]
+    assert any(r.startswith("opentelemetry-sdk") for r in extras["test"])
+
+
+def test_the_hooks_run_on_the_api_alone() -> None:
+    """With the SDK unimportable, the hooks still build and take a whole run's calls
+    (the API's no-op providers)."""
+    code = """
+import sys
+class NoSdk:
+    def find_spec(self, name, path=None, target=None):
+        if name == "opentelemetry.sdk" or name.startswith("opentelemetry.sdk."):
+            raise ImportError("no SDK here")
+sys.meta_path.insert(0, NoSdk())
+import anthropic
+from lifecycle import StreamEngine
+from lifecycle.otel import OpenTelemetryHooks
+from providers import AnthropicMessages
+from providers.loopback import LoopbackServer
+with LoopbackServer() as server:
+    route = AnthropicMessages(
+        lambda: anthropic.Anthropic(base_url=server.anthropic_base_url, api_key="test"),
+        model="claude-api-only",
+    )
+    with StreamEngine(routes=[route], hooks=[OpenTelemetryHooks()]) as engine:
+        with engine.stream(messages=[{"role": "user", "content": "Hi"}], max_tokens=16) as run:
+            for _ in run:
+                pass
+    assert run.state == "completed", run.state
+assert not [m for m in sys.modules if m.startswith("opentelemetry.sdk")]
+print("ok")
+"""
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "ok"
+
+
+@pytest.mark.parametrize("is_async", [False, True], ids=["sync", "async"])
+def test_gen_ai_attributes_of_a_responses_api_run(
+    server: Any, telemetry: Telemetry, is_async: bool
+) -> None:
+    """The third wire API: its response id and model come from ``response.created``."""
+    import asyncio
+
+    import openai
+
+    from lifecycle import StreamEngine
+    from providers import OpenAIResponses
+
+    model = unique_model("openai")
+    server.script(model, [Healthy()])
+    factory: Any = openai.AsyncOpenAI if is_async else openai.OpenAI
+    route = OpenAIResponses(
+        lambda: factory(
+            base_url=server.openai_base_url,
+            api_key="test",
+            default_headers={"x-loopback-key": model},
+        ),
+        model=model,
+    )
+    with StreamEngine(routes=[route], timeouts=TIMEOUTS, hooks=[telemetry.hooks]) as engine:
+        if is_async:
+
+            async def consume() -> Any:
+                async with engine.astream(messages=MESSAGES, max_tokens=50) as run:
+                    async for _ in run:
+                        pass
+                return run
+
+            run = asyncio.run(consume())
+        else:
+            with engine.stream(messages=MESSAGES, max_tokens=50) as run:
+                for _ in run:
+                    pass
+    assert run.state == "completed"
+    (span,) = telemetry.attempt_spans(telemetry.run_span(run.id))
+    assert span.name == f"chat {model}"
+    assert run.message is not None and run.message.usage is not None
+    assert gen_ai(span) == {
+        "gen_ai.operation.name": "chat",
+        "gen_ai.provider.name": "openai",
+        "gen_ai.system": "openai",
+        "gen_ai.request.model": model,
+        "gen_ai.request.max_tokens": 50,
+        "gen_ai.response.id": "resp_loopback_0001",
+        "gen_ai.response.model": "gpt-4o-2024-08-06",
+        "gen_ai.response.finish_reasons": ("stop",),
+        "gen_ai.usage.input_tokens": run.message.usage.input_tokens,
+        "gen_ai.usage.output_tokens": 10,
+        "server.address": "127.0.0.1",
+        "server.port": server.port,
+    }

@@ -62,6 +62,8 @@ def _echo(key: str, status: int) -> HttpError:
 
 def _texts(run: Any, error: BaseException | None, caplog: pytest.LogCaptureFixture) -> list[str]:
     texts = [record.getMessage() for record in caplog.records]
+    # Log records carry their fields as attributes: every one of them counts.
+    texts += [json.dumps(vars(record), default=str) for record in caplog.records]
     texts += [json.dumps(a.as_dict(), default=str) for a in run.attempts]
     texts += [repr(a) for a in run.attempts]
     texts.append(run.diagram())
