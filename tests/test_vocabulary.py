@@ -59,7 +59,7 @@ def test_every_surface_names_an_attempt_by_its_outcome(
 ) -> None:
     lines: list[str] = []
     recording = tmp_path / "runs.jsonl"
-    with TransitionRecorder(path=recording) as recorder, caplog.at_level(logging.WARNING):
+    with TransitionRecorder(path=recording) as recorder, caplog.at_level(logging.INFO):
         outcome = _demo._run_scenario(server, SCENARIOS[name], 0.5, lines.append, hooks=[recorder])
     assert outcome.run is not None and outcome.ok, lines
     attempts = outcome.run.attempts
