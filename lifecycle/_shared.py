@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
-from ._errors import Fault
+from ._errors import Fault, MissingCredentials
 from ._run import HEADER_ALLOWLIST, redact
 
 if TYPE_CHECKING:
@@ -24,11 +24,15 @@ __all__ = [
 def client_build_fault(route: Route, exc: BaseException) -> Fault:
     """The factory could not build a client (a missing key, a wrong client type):
     this route cannot serve the run, another one may."""
+    if isinstance(exc, MissingCredentials):  # already names the route and what to set
+        reason = str(exc)
+    else:
+        reason = f"client factory of {route.name} failed: {type(exc).__name__}: {exc}"
     return Fault(
         outcome="dropped",
         retryable=False,
         fallback_eligible=True,
-        reason=redact(f"client factory of {route.name} failed: {type(exc).__name__}: {exc}")[:300],
+        reason=redact(reason)[:300],
         error_type=type(exc).__name__,
         api_mode=route.api_mode,
     )
