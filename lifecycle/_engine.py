@@ -117,6 +117,9 @@ class StreamEngine:
             try:
                 client = route.client_factory()
             except Exception as exc:
+                missing = route.missing_credentials_in(exc)
+                if missing is not None:
+                    raise MissingCredentials(f"{where}: {missing}") from exc
                 raise ValueError(
                     redact(f"{where}: client_factory raised {type(exc).__name__}: {exc}")
                 ) from exc

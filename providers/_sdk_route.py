@@ -30,6 +30,8 @@ class SdkRoute(Route):
     """The SDK's ``FinalRequestOptions``: what its header building takes."""
     credentials_hint: ClassVar[str]
     """What the user sets so this SDK's client can authenticate."""
+    credentials_env: ClassVar[str]
+    """The environment variable of the SDK's API key, which its own errors name."""
 
     def client_classes(self) -> tuple[type, ...]:
         return (self.sync_client_class, self.async_client_class)
@@ -69,6 +71,14 @@ class SdkRoute(Route):
             # Only credentials are judged here; anything else the dry run trips on is
             # the first request's to report, classified like any other.
             pass
+
+    def missing_credentials_in(self, exc: Exception) -> MissingCredentials | None:
+        # An SDK error raised while building a client that names the key's variable is
+        # the SDK refusing to build without a key (openai.OpenAI() does).
+        sdk = self.sync_client_class.__module__.split(".")[0]
+        if type(exc).__module__.split(".")[0] == sdk and self.credentials_env in str(exc):
+            return self.missing_credentials(exc)
+        return None
 
     def missing_credentials(self, exc: BaseException) -> MissingCredentials:
         return MissingCredentials(

@@ -61,6 +61,7 @@ class AnthropicMessages(SdkRoute):
     async_client_class: ClassVar[type] = anthropic.AsyncAnthropic
     timeout_class: ClassVar[type] = anthropic.Timeout
     request_options_class: ClassVar[type] = FinalRequestOptions
+    credentials_env: ClassVar[str] = "ANTHROPIC_API_KEY"
     credentials_hint: ClassVar[str] = (
         "no API key: set ANTHROPIC_API_KEY (or ANTHROPIC_AUTH_TOKEN) in the environment "
         "or pass api_key= to the client in the route's factory"

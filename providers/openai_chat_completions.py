@@ -72,6 +72,7 @@ class OpenAIChatCompletions(SdkRoute):
     async_client_class: ClassVar[type] = openai.AsyncOpenAI
     timeout_class: ClassVar[type] = openai.Timeout
     request_options_class: ClassVar[type] = FinalRequestOptions
+    credentials_env: ClassVar[str] = "OPENAI_API_KEY"
     credentials_hint: ClassVar[str] = OPENAI_CREDENTIALS_HINT
 
     def request_kwargs(self, request: Request, timeouts: Timeouts) -> dict[str, Any]:

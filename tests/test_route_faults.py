@@ -17,7 +17,7 @@ import openai
 import pytest
 from conftest import API_KEY_ENV, ProviderKit, other
 
-from lifecycle import RetryPolicy, Route, StreamEngine, StreamFailed, Timeouts
+from lifecycle import MissingCredentials, RetryPolicy, Route, StreamEngine, StreamFailed, Timeouts
 from providers import AnthropicMessages
 from providers.loopback import Healthy
 
@@ -70,6 +70,7 @@ def test_a_route_without_its_key_falls_back_at_once(provider: ProviderKit) -> No
     assert [a.route_index for a in run.attempts] == [0, 1]
     assert run.attempts[1].outcome == "completed"
     assert_route_fault(run.attempts[0], first, provider.name)
+    assert isinstance(run.attempts[0].exception, MissingCredentials)
     assert provider.requests() == [], "a request without credentials reached the server"
 
 
@@ -91,8 +92,9 @@ def test_both_routes_without_keys_fail_naming_each(provider: ProviderKit) -> Non
 def test_check_factories_finds_a_missing_key_at_construction(provider: ProviderKit) -> None:
     keyless = keyless_route(provider)
     routes = [provider.other_route(), keyless]
-    with pytest.raises(ValueError) as refused:
+    with pytest.raises(MissingCredentials) as refused:
         StreamEngine(routes=routes, check_factories=True)
+    assert isinstance(refused.value, ValueError)
     message = str(refused.value)
     assert r"routes=...)[1]" in message and keyless.name in message, message
     assert API_KEY_ENV[provider.name] in message, message
