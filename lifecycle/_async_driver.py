@@ -33,7 +33,7 @@ from ._events import (
 )
 from ._message import StreamEvent
 from ._route import AsyncAttemptStream, Request, Route
-from ._run import cause_chain
+from ._run import cause_chain, kept_exception
 from ._run_base import InterruptedHere, RunBase, Truncated, now, watchdog_close_hook
 from ._shared import client_build_fault, header_subset, server_of
 from ._watchdog import arm_on_loop, disarm_on_loop, progressed_on_loop
@@ -152,6 +152,7 @@ class AsyncRun(RunBase):
                 except Exception as exc:
                     diag.error_type = type(exc).__name__
                     diag.cause_chain = cause_chain(exc)
+                    attempt.exception = kept_exception(exc)
                     core.feed(AttemptFailed(at=now(), fault=client_build_fault(route, exc)))
                     await self._clean_up(connection, None, None, leaving=None)
                 else:

@@ -10,6 +10,7 @@ from typing import Any
 
 from ._async_driver import AsyncRun
 from ._config import BreakerPolicy, RetryPolicy, Timeouts
+from ._errors import MissingCredentials
 from ._health import BreakerStatus, HealthStore, RouteHealth
 from ._hooks import HookDispatcher, LifecycleHooks
 from ._machine import RouteInfo, RunCore
@@ -106,8 +107,9 @@ class StreamEngine:
 
     @staticmethod
     def _check_factories(routes: Sequence[Route]) -> None:
-        """Opt-in: build every route's client now, so a factory that raises (no API key)
-        or returns the wrong client type fails at construction, naming the route. The
+        """Opt-in: build every route's client now, so a factory that raises (no API key),
+        a client without credentials (``MissingCredentials``) or the wrong client type
+        fails at construction, naming the route. The
         clients are kept for the first runs. Off by default: a route that is never used
         should never need its credentials."""
         for index, route in enumerate(routes):
@@ -115,6 +117,9 @@ class StreamEngine:
             try:
                 client = route.client_factory()
             except Exception as exc:
+                missing = route.missing_credentials_in(exc)
+                if missing is not None:
+                    raise MissingCredentials(f"{where}: {missing}") from exc
                 raise ValueError(
                     redact(f"{where}: client_factory raised {type(exc).__name__}: {exc}")
                 ) from exc
@@ -122,6 +127,8 @@ class StreamEngine:
                 prepared = route.prepare_client(client)
             except TypeError as exc:
                 raise TypeError(f"{where}: {exc}") from exc
+            except MissingCredentials as exc:
+                raise MissingCredentials(f"{where}: {exc}") from exc
             slot = route.async_clients if route.is_async_client(client) else route.sync_clients
             slot.adopt(prepared)
 

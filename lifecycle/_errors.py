@@ -6,8 +6,12 @@
     ├── StreamFailed               every route was used up, a request error failed fast,
     │                              Timeouts.total ran out, or output was cut off under
     │                              RetryPolicy(on_partial="fail"); carries .attempts,
-    │                              .partial_message and the last .fault
-    └── Interrupted                run.interrupt() was called; the run ended "cancelled"
+    │                              .partial_message and the last .fault; chained
+    │                              (``__cause__``) to the last attempt's exception
+    ├── Interrupted                run.interrupt() was called; the run ended "cancelled"
+    └── MissingCredentials         a route's client has no credentials (also a
+                                   ValueError): StreamEngine(check_factories=True)
+                                   raises it; in a run it is a route fault (fallback)
 
 SDK exceptions never escape the engine: each adapter turns them into a ``Fault``
 (``providers`` classify their own SDK's errors), the policy decides from the fault, and
@@ -26,7 +30,7 @@ if TYPE_CHECKING:
     from ._message import Message
     from ._run import AttemptRecord
 
-__all__ = ["Fault", "Interrupted", "LifecycleError", "StreamFailed"]
+__all__ = ["Fault", "Interrupted", "LifecycleError", "MissingCredentials", "StreamFailed"]
 
 Outcome = Literal["completed", "stale", "dropped", "error", "interrupted"]
 
@@ -101,3 +105,12 @@ class Interrupted(LifecycleError):
     ) -> None:
         super().__init__(message)
         self.attempts = tuple(attempts)
+
+
+class MissingCredentials(LifecycleError, ValueError):
+    """A route's client could not authenticate a single request (no API key in the
+    factory nor in the environment). The message names the route and what to set. It
+    is this route's problem, never the request's nor the engine's: another route may
+    serve the run, so in a run it ends the attempt as a fallback-eligible route fault."""
+
+    fallback_eligible = True

@@ -17,7 +17,7 @@ from typing import Any, ClassVar
 from ._abort import Shutdownable
 from ._clients import STREAMS_PER_CLIENT, ClientSlot
 from ._config import Timeouts
-from ._errors import Fault
+from ._errors import Fault, MissingCredentials
 from ._message import StreamEvent
 
 __all__ = ["AsyncAttemptStream", "AttemptStream", "Request", "Route"]
@@ -139,8 +139,17 @@ class Route(ABC):
         return self.name
 
     # -- client construction (lifecycle calls these through the slots) -----------------
+    def _call_factory(self) -> Any:
+        try:
+            return self.client_factory()
+        except Exception as exc:
+            missing = self.missing_credentials_in(exc)
+            if missing is not None:
+                raise missing from exc
+            raise
+
     def _build_sync_client(self) -> Any:
-        client = self.client_factory()
+        client = self._call_factory()
         if inspect.isawaitable(client) or self.is_async_client(client):
             _discard(client)
             raise TypeError(
@@ -151,7 +160,7 @@ class Route(ABC):
         return self.prepare_client(client)
 
     def _build_async_client(self) -> Any:
-        client = self.client_factory()
+        client = self._call_factory()
         if not self.is_async_client(client):
             raise TypeError(
                 f"route {self.name}: its factory returned a sync client "
@@ -164,6 +173,11 @@ class Route(ABC):
     def client_classes(self) -> tuple[type, ...]:
         """The SDK client classes this route accepts (sync and async); () accepts any."""
         return ()
+
+    def missing_credentials_in(self, exc: Exception) -> MissingCredentials | None:
+        """If the factory's ``exc`` says the client has no credentials, the error to raise
+        instead: naming the route and what to set (the adapter knows its SDK's words)."""
+        return None
 
     @abstractmethod
     def is_async_client(self, client: Any) -> bool: ...

@@ -6,6 +6,7 @@ string that came from the outside passed through ``redact`` first.
 
 from __future__ import annotations
 
+import contextlib
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -120,6 +121,9 @@ class AttemptRecord:
     probe: bool = False
     """The attempt was its route's half-open breaker's one probe."""
     diagnostics: Diagnostics = field(default_factory=Diagnostics)
+    exception: BaseException | None = field(default=None, repr=False, compare=False)
+    """What ended the attempt (the SDK's exception, the transport's after a stall), with
+    its text redacted like the record's; None if it completed or was interrupted."""
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -145,3 +149,60 @@ def cause_chain(exc: BaseException, limit: int = 4) -> tuple[str, ...]:
         links.append(redact(f"{type(current).__name__}: {message[:200]}"))
         current = current.__cause__ or current.__context__
     return tuple(links)
+
+
+_AUTH_HEADERS = frozenset({"authorization", "proxy-authorization", "x-api-key", "api-key"})
+
+
+def kept_exception(exc: BaseException, limit: int = 4) -> BaseException:
+    """``exc``, made as safe to keep as the records: redacted in place (the engine owns it
+    once it ended an attempt), along its causes, so no key survives in its text, its
+    args, an SDK's ``message`` and ``body``, or the headers of the request it carries."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and len(seen) < limit and id(current) not in seen:
+        seen.add(id(current))
+        current.args = tuple(_redacted(arg) for arg in current.args)
+        for name in ("message", "body"):
+            value = getattr(current, name, None)
+            if value is not None:
+                # A read-only property derives its text from the args redacted above.
+                with contextlib.suppress(AttributeError, TypeError):
+                    setattr(current, name, _redacted(value))
+        for holder in (getattr(current, "request", None), getattr(current, "response", None)):
+            _redact_request_headers(holder)
+        current = current.__cause__ or current.__context__
+    return exc
+
+
+def _redacted(value: Any) -> Any:
+    if isinstance(value, str):
+        return redact(value)
+    if isinstance(value, bytes):
+        return redact(value.decode("utf-8", "replace")).encode()
+    if isinstance(value, dict):
+        return {key: _redacted(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return type(value)(_redacted(item) for item in value)
+    return value
+
+
+def _redact_request_headers(holder: Any) -> None:
+    """The request an SDK error carries (directly, or through its response) still has the
+    Authorization it was sent with; it has been sent, so blanking it changes nothing."""
+    if holder is None:
+        return
+    try:
+        request = getattr(holder, "request", holder)
+    except RuntimeError:  # an httpx response built without its request
+        return
+    headers = getattr(request, "headers", None)
+    keys = getattr(headers, "keys", None)
+    if headers is None or not callable(keys):
+        return
+    for name in list(keys()):
+        if isinstance(name, str) and name.lower() in _AUTH_HEADERS:
+            try:
+                headers[name] = "[redacted]"
+            except TypeError:  # immutable headers: nothing can be done in place
+                return

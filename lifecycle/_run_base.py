@@ -30,7 +30,15 @@ from ._events import (
 from ._health import verdict_of
 from ._message import Message, MessageBuilder, Restart, StreamEvent
 from ._route import AsyncAttemptStream, AttemptStream, Request, Route
-from ._run import AttemptRecord, CleanupStep, Transition, cause_chain, redact
+from ._run import (
+    AttemptRecord,
+    CleanupStep,
+    Diagnostics,
+    Transition,
+    cause_chain,
+    kept_exception,
+    redact,
+)
 from ._shared import failure_message, oversized_fault, truncated_fault
 from ._watchdog import Watch
 
@@ -53,6 +61,10 @@ class InterruptedHere(Exception):
 
 class Truncated(Exception):
     """Internal: the stream ended without the provider's stop."""
+
+    def __init__(self) -> None:
+        # Kept on the attempt record: its text is what a caller reads there.
+        super().__init__("the stream ended without the provider's stop")
 
 
 class RunBase:
@@ -225,9 +237,18 @@ class RunBase:
                 diag.detection_lateness = watch.fired_at - watch.fired_deadline
             clock = watch.fired
             assert clock in ("first_token", "stale", "total")
+            if isinstance(exc, Exception):
+                self._core.active_attempt.exception = kept_exception(exc)
             return StallDetected(at=at, clock=clock, deadline=watch.fired_deadline)  # type: ignore[arg-type]
         if self._interrupted or isinstance(exc, InterruptedHere) or not isinstance(exc, Exception):
             return InterruptRequested(at=at)
+        event = self._failure_event(route, exc, diag, at)
+        self._core.active_attempt.exception = kept_exception(exc)
+        return event
+
+    def _failure_event(
+        self, route: Route, exc: Exception, diag: Diagnostics, at: float
+    ) -> AttemptFailed:
         if isinstance(exc, Truncated):
             return AttemptFailed(at=at, fault=truncated_fault(route))
         if isinstance(exc, OversizedEvent):
@@ -257,12 +278,16 @@ class RunBase:
         core = self._core
         message = failure_message(core)
         self._log_failed_run(message)
-        return StreamFailed(
+        error = StreamFailed(
             message,
             attempts=core.attempts,
             fault=core.last_fault,
             partial_message=self._message if core.committed else None,
         )
+        # As `raise ... from`: a traceback (or an error tracker) shows the exception
+        # that ended the last attempt, not only its text.
+        error.__cause__ = core.attempts[-1].exception if core.attempts else None
+        return error
 
     def _interrupted_error(self) -> Interrupted:
         return Interrupted(attempts=self._core.attempts)

@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Final
 from urllib.parse import urlsplit
 
-from ._errors import Fault
+from ._errors import Fault, MissingCredentials
 from ._run import HEADER_ALLOWLIST, redact
 
 if TYPE_CHECKING:
@@ -28,11 +28,15 @@ DEFAULT_PORTS: Final = {"https": 443, "http": 80}
 def client_build_fault(route: Route, exc: BaseException) -> Fault:
     """The factory could not build a client (a missing key, a wrong client type):
     this route cannot serve the run, another one may."""
+    if isinstance(exc, MissingCredentials):  # already names the route and what to set
+        reason = str(exc)
+    else:
+        reason = f"client factory of {route.name} failed: {type(exc).__name__}: {exc}"
     return Fault(
         outcome="dropped",
         retryable=False,
         fallback_eligible=True,
-        reason=redact(f"client factory of {route.name} failed: {type(exc).__name__}: {exc}")[:300],
+        reason=redact(reason)[:300],
         error_type=type(exc).__name__,
         api_mode=route.api_mode,
     )

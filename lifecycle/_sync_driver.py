@@ -28,7 +28,7 @@ from ._events import (
 )
 from ._message import StreamEvent
 from ._route import AttemptStream, Request, Route
-from ._run import AttemptRecord, cause_chain
+from ._run import AttemptRecord, cause_chain, kept_exception
 from ._run_base import InterruptedHere, RunBase, Truncated, now, watchdog_close_hook
 from ._shared import client_build_fault, header_subset, server_of
 from ._watchdog import watchdog
@@ -180,6 +180,7 @@ class Run(RunBase):
             except Exception as exc:
                 diag.error_type = type(exc).__name__
                 diag.cause_chain = cause_chain(exc)
+                attempt.exception = kept_exception(exc)
                 core.feed(AttemptFailed(at=now(), fault=client_build_fault(route, exc)))
                 self._clean_up(connection, None, None)
                 return False

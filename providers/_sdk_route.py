@@ -10,9 +10,14 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
-from lifecycle import Route, Timeouts
+from lifecycle import Fault, MissingCredentials, Route, Timeouts
+from lifecycle._run import redact
 
 from ._sockets import install_connection_tagging
+
+NO_CREDENTIALS = "Could not resolve authentication method"
+"""How both SDKs word it when a client without credentials is asked to send (a
+TypeError, raised before any I/O)."""
 
 __all__ = ["SdkRoute"]
 
@@ -21,6 +26,12 @@ class SdkRoute(Route):
     sync_client_class: ClassVar[type]
     async_client_class: ClassVar[type]
     timeout_class: ClassVar[type]
+    request_options_class: ClassVar[type]
+    """The SDK's ``FinalRequestOptions``: what its header building takes."""
+    credentials_hint: ClassVar[str]
+    """What the user sets so this SDK's client can authenticate."""
+    credentials_env: ClassVar[str]
+    """The environment variable of the SDK's API key, which its own errors name."""
 
     def client_classes(self) -> tuple[type, ...]:
         return (self.sync_client_class, self.async_client_class)
@@ -44,8 +55,58 @@ class SdkRoute(Route):
         # own backoff and re-send from a foreign code path.
         sdk_client: Any = client  # (isinstance against a tuple of types narrows to object)
         prepared = sdk_client.with_options(max_retries=0)
+        self.check_credentials(prepared)
         install_connection_tagging(prepared)
         return prepared
+
+    def check_credentials(self, client: Any) -> None:
+        """Raise ``MissingCredentials`` if the SDK would refuse every request for want of
+        credentials. The SDK itself decides, by building (never sending) a request's
+        headers, so every auth method it knows (keys, tokens, credential providers,
+        an omitted header) passes exactly as it would at the first request."""
+        build_headers = getattr(client, "_build_headers", None)
+        if build_headers is None:
+            return  # an SDK without it: credentials_fault still catches it per request
+        try:
+            build_headers(self.request_options_class(method="post", url="/"))
+        except TypeError as exc:
+            if NO_CREDENTIALS in str(exc):
+                raise self.missing_credentials(exc) from exc
+        except Exception:
+            # Only credentials are judged here; anything else the dry run trips on is
+            # the first request's to report, classified like any other.
+            pass
+
+    def missing_credentials_in(self, exc: Exception) -> MissingCredentials | None:
+        # An SDK error raised while building a client that names the key's variable is
+        # the SDK refusing to build without a key (openai.OpenAI() does).
+        sdk = self.sync_client_class.__module__.split(".")[0]
+        if type(exc).__module__.split(".")[0] == sdk and self.credentials_env in str(exc):
+            return self.missing_credentials(exc)
+        return None
+
+    def missing_credentials(self, exc: BaseException) -> MissingCredentials:
+        return MissingCredentials(
+            redact(f"route {self.name} cannot authenticate: {self.credentials_hint} ({exc})")
+        )
+
+    def credentials_fault(self, exc: BaseException) -> Fault | None:
+        """The SDK's refusal to send without credentials, if ``exc`` is it: this route's
+        fault (another route may work), not the request's and not an engine bug."""
+        if isinstance(exc, MissingCredentials):
+            reason = str(exc)
+        elif isinstance(exc, TypeError) and NO_CREDENTIALS in str(exc):
+            reason = str(self.missing_credentials(exc))
+        else:
+            return None
+        return Fault(
+            outcome="dropped",
+            retryable=False,
+            fallback_eligible=True,
+            reason=reason[:300],
+            error_type=MissingCredentials.__name__,
+            api_mode=self.api_mode,
+        )
 
     def sdk_timeout(self, timeouts: Timeouts) -> Any:
         """The SDK's per-request timeout. The watchdog enforces first_token and stale; the

@@ -22,6 +22,7 @@ from collections.abc import AsyncIterator, Iterator, Mapping
 from typing import Any, ClassVar, Final
 
 import anthropic
+from anthropic._models import FinalRequestOptions
 
 from lifecycle import (
     AsyncAttemptStream,
@@ -59,6 +60,12 @@ class AnthropicMessages(SdkRoute):
     sync_client_class: ClassVar[type] = anthropic.Anthropic
     async_client_class: ClassVar[type] = anthropic.AsyncAnthropic
     timeout_class: ClassVar[type] = anthropic.Timeout
+    request_options_class: ClassVar[type] = FinalRequestOptions
+    credentials_env: ClassVar[str] = "ANTHROPIC_API_KEY"
+    credentials_hint: ClassVar[str] = (
+        "no API key: set ANTHROPIC_API_KEY (or ANTHROPIC_AUTH_TOKEN) in the environment "
+        "or pass api_key= to the client in the route's factory"
+    )
 
     def request_kwargs(self, request: Request, timeouts: Timeouts) -> dict[str, Any]:
         kwargs: dict[str, Any] = {
@@ -94,7 +101,7 @@ class AnthropicMessages(SdkRoute):
         return _AsyncAnthropicStream(stream)
 
     def classify(self, exc: BaseException) -> Fault:
-        return classify(exc)
+        return self.credentials_fault(exc) or classify(exc)
 
 
 # Every exception class anthropic exports (0.x and 2.x), and how it is handled; see

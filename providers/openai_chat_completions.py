@@ -23,6 +23,7 @@ from dataclasses import replace
 from typing import Any, ClassVar, Final
 
 import openai
+from openai._models import FinalRequestOptions
 
 from lifecycle import (
     AsyncAttemptStream,
@@ -47,6 +48,12 @@ from ._sockets import socket_of_response
 __all__ = ["OpenAIChatCompletions"]
 
 
+OPENAI_CREDENTIALS_HINT: Final = (
+    "no API key: set OPENAI_API_KEY in the environment or pass api_key= to the client "
+    "in the route's factory"
+)
+
+
 class OpenAIChatCompletions(SdkRoute):
     """A route to a Chat Completions endpoint: ``OpenAIChatCompletions(factory, model=...)``.
 
@@ -64,6 +71,9 @@ class OpenAIChatCompletions(SdkRoute):
     sync_client_class: ClassVar[type] = openai.OpenAI
     async_client_class: ClassVar[type] = openai.AsyncOpenAI
     timeout_class: ClassVar[type] = openai.Timeout
+    request_options_class: ClassVar[type] = FinalRequestOptions
+    credentials_env: ClassVar[str] = "OPENAI_API_KEY"
+    credentials_hint: ClassVar[str] = OPENAI_CREDENTIALS_HINT
 
     def request_kwargs(self, request: Request, timeouts: Timeouts) -> dict[str, Any]:
         messages: list[Any] = []
@@ -110,7 +120,7 @@ class OpenAIChatCompletions(SdkRoute):
     every later request of this route omits it, so usage may then be missing."""
 
     def classify(self, exc: BaseException) -> Fault:
-        fault = classify(exc)
+        fault = self.credentials_fault(exc) or classify(exc)
         if (
             fault.http_status in (400, 422)
             and not self.without_stream_options

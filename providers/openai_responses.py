@@ -23,6 +23,7 @@ from collections.abc import AsyncIterator, Iterator, Mapping
 from typing import Any, ClassVar
 
 import openai
+from openai._models import FinalRequestOptions
 
 from lifecycle import (
     AsyncAttemptStream,
@@ -38,7 +39,7 @@ from lifecycle import (
 from ._classify import SHAPE_ERRORS, classify_with_table, schema_violation
 from ._sdk_route import SdkRoute
 from ._sockets import socket_of_response
-from .openai_chat_completions import EXCEPTION_TABLE
+from .openai_chat_completions import EXCEPTION_TABLE, OPENAI_CREDENTIALS_HINT
 
 __all__ = ["EXCEPTION_TABLE", "OpenAIResponses", "classify"]
 
@@ -56,6 +57,9 @@ class OpenAIResponses(SdkRoute):
     sync_client_class: ClassVar[type] = openai.OpenAI
     async_client_class: ClassVar[type] = openai.AsyncOpenAI
     timeout_class: ClassVar[type] = openai.Timeout
+    request_options_class: ClassVar[type] = FinalRequestOptions
+    credentials_env: ClassVar[str] = "OPENAI_API_KEY"
+    credentials_hint: ClassVar[str] = OPENAI_CREDENTIALS_HINT
 
     def request_kwargs(self, request: Request, timeouts: Timeouts) -> dict[str, Any]:
         kwargs: dict[str, Any] = {
@@ -92,7 +96,7 @@ class OpenAIResponses(SdkRoute):
         return _AsyncResponsesStream(stream)
 
     def classify(self, exc: BaseException) -> Fault:
-        return classify(exc)
+        return self.credentials_fault(exc) or classify(exc)
 
 
 def classify(exc: BaseException) -> Fault:

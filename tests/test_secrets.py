@@ -67,10 +67,36 @@ def _texts(run: Any, error: BaseException | None, caplog: pytest.LogCaptureFixtu
     texts += [json.dumps(a.as_dict(), default=str) for a in run.attempts]
     texts += [repr(a) for a in run.attempts]
     texts.append(run.diagram())
+    kept = [a.exception for a in run.attempts]
     if error is not None:
         texts += [str(error), repr(error), repr(getattr(error, "fault", None))]
         for attempt in getattr(error, "attempts", ()):
             texts.append(json.dumps(attempt.as_dict(), default=str))
+            kept.append(attempt.exception)
+        kept.append(error.__cause__)
+    for exc in kept:
+        texts += _exception_texts(exc)
+    return texts
+
+
+def _exception_texts(exc: BaseException | None) -> list[str]:
+    """What a kept exception shows a logger or an error tracker: its text, its args, the
+    SDK's message and body, the request it was raised for, and its causes."""
+    texts: list[str] = []
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        texts += [str(exc), repr(exc), repr(exc.args)]
+        texts += [repr(getattr(exc, name, None)) for name in ("message", "body")]
+        for holder in (getattr(exc, "request", None), getattr(exc, "response", None)):
+            try:
+                request = getattr(holder, "request", holder)
+            except RuntimeError:  # an httpx response built without its request
+                request = None
+            headers = getattr(request, "headers", None)
+            if headers is not None:
+                texts.append(repr(dict(headers.items())))
+        exc = exc.__cause__ or exc.__context__
     return texts
 
 
@@ -119,6 +145,7 @@ def test_no_secret_leaks_anywhere(
         except (StreamFailed, Interrupted) as exc:
             error = exc
     assert run.attempts, "the scenario sent no request"
+    assert all(a.exception is not None for a in run.attempts if a.outcome != "completed")
     for text in _texts(run, error, caplog):
         for secret in keys:
             assert secret not in text, f"a secret leaked into: {text[:300]}"
