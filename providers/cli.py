@@ -10,10 +10,10 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-__all__ = ["main"]
+__all__ = ["build_parser", "main"]
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="lifecycle",
         description="A state-machine-driven lifecycle engine for LLM streaming calls.",
@@ -72,7 +72,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--check", action="store_true", help="exit 1 naming each file that differs from the machine"
     )
     diagram.add_argument("--dir", default=None, help="diagrams folder (default: ./diagrams)")
+    return parser
 
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
     args = parser.parse_args(argv)
     if args.command == "demo":
         from ._demo import run_demo
