@@ -2,6 +2,9 @@
 
 It lives in ``providers`` because it wires the provider-neutral engine to real
 adapters; ``lifecycle`` itself never imports ``providers``.
+
+Only argparse is imported up front: each command imports what it needs when it runs,
+so ``--help``, ``--version`` and ``serve`` never pay for the SDKs (seconds each).
 """
 
 from __future__ import annotations
@@ -9,16 +12,45 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 __all__ = ["build_parser", "main"]
+
+DISTRIBUTION = "stream-lifecycle"
+
+
+class _VersionAction(argparse.Action):
+    """``--version``, read from the installed distribution only when asked for
+    (importlib.metadata would cost every ``--help`` tens of milliseconds)."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, help: str) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, help=help)
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: Any,
+        option_string: str | None = None,
+    ) -> None:
+        from importlib.metadata import version
+
+        print(f"{parser.prog} {version(DISTRIBUTION)}")
+        parser.exit()
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="lifecycle",
         description="A state-machine-driven lifecycle engine for LLM streaming calls.",
+        epilog="`lifecycle diagram` is for maintainers of stream-lifecycle itself.",
     )
-    commands = parser.add_subparsers(dest="command", required=True)
+    parser.add_argument(
+        "--version", action=_VersionAction, help="print the installed version and exit"
+    )
+    commands = parser.add_subparsers(
+        dest="command", required=True, metavar="COMMAND", help="the command to run"
+    )
 
     demo = commands.add_parser(
         "demo", help="run the real SDKs through a gallery of faults on a loopback server"
@@ -28,7 +60,13 @@ def build_parser() -> argparse.ArgumentParser:
         default="demo-diagrams",
         help="folder for one per-run diagram per scenario (default: %(default)s)",
     )
-    demo.add_argument("--stale", type=float, default=0.5, help="stale/first_token seconds")
+    demo.add_argument(
+        "--stale",
+        type=float,
+        default=0.5,
+        help="seconds without progress before a stream counts as stalled, also used as the "
+        "first-token deadline (default: %(default)s)",
+    )
     demo.add_argument(
         "--record",
         metavar="FILE",
@@ -54,19 +92,55 @@ def build_parser() -> argparse.ArgumentParser:
         "--diagrams", metavar="DIR", default=None, help="write one Mermaid diagram per run here"
     )
 
-    run = commands.add_parser("run", help="stream from a real provider with the same lifecycle")
-    run.add_argument("--provider", choices=("anthropic", "openai"), required=True)
-    run.add_argument("--model", required=True)
-    run.add_argument("--max-tokens", type=int, default=1024)
-    run.add_argument("--stale", type=float, default=60.0)
-    run.add_argument("--first-token", type=float, default=120.0)
-    run.add_argument("prompt")
+    run = commands.add_parser(
+        "run",
+        help="stream from a real provider with the same lifecycle",
+        description="Stream one answer from a real provider with the same lifecycle as the "
+        "demo. The key comes from ANTHROPIC_API_KEY or OPENAI_API_KEY; the SDKs also "
+        "honour ANTHROPIC_BASE_URL and OPENAI_BASE_URL (e.g. a `lifecycle serve` server).",
+    )
+    run.add_argument(
+        "--provider",
+        choices=("anthropic", "openai"),
+        required=True,
+        help="which SDK and wire API: Anthropic Messages or OpenAI Chat Completions",
+    )
+    run.add_argument("--model", required=True, help="the provider's model name")
+    run.add_argument(
+        "--max-tokens",
+        type=int,
+        default=1024,
+        help="the answer's token limit (default: %(default)s)",
+    )
+    run.add_argument(
+        "--stale",
+        type=float,
+        default=60.0,
+        help="seconds without progress after the first token before the stream counts as "
+        "stalled and is retried (default: %(default)s)",
+    )
+    run.add_argument(
+        "--first-token",
+        type=float,
+        default=120.0,
+        help="seconds allowed until the first token (default: %(default)s)",
+    )
+    run.add_argument("prompt", help="the user message to send")
 
-    serve = commands.add_parser("serve", help="run the loopback provider server in the foreground")
-    serve.add_argument("--port", type=int, default=0)
+    serve = commands.add_parser(
+        "serve",
+        help="run the loopback provider server in the foreground",
+        description="Serve recorded Anthropic and OpenAI streams on 127.0.0.1, with faults.",
+    )
+    serve.add_argument(
+        "--port", type=int, default=0, help="port on 127.0.0.1 (default: 0, a free port)"
+    )
 
     diagram = commands.add_parser(
-        "diagram", help="write diagrams/ from the machine (or --check that they are current)"
+        "diagram",
+        help="maintainers: regenerate diagrams/ from the machine, or --check them",
+        description="For maintainers of stream-lifecycle: write the committed diagrams "
+        "from the state machines, or check that they are current.",
     )
     diagram.add_argument(
         "--check", action="store_true", help="exit 1 naming each file that differs from the machine"
