@@ -12,7 +12,10 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .loopback import Fault
 
 __all__ = ["build_parser", "main"]
 
@@ -37,6 +40,34 @@ class _VersionAction(argparse.Action):
 
         print(f"{parser.prog} {version(DISTRIBUTION)}")
         parser.exit()
+
+
+def _script(text: str) -> tuple[Fault, ...]:
+    """A ``--script`` value, parsed while the arguments are, so a bad one is a usage error."""
+    from .loopback import ScriptError, parse_script
+
+    try:
+        return parse_script(text)
+    except ScriptError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+class _KeyedScriptAction(argparse.Action):
+    """``--script-for KEY SCRIPT``, repeatable: a list of (key, faults)."""
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: Any,
+        option_string: str | None = None,
+    ) -> None:
+        key, text = values
+        try:
+            faults = _script(text)
+        except argparse.ArgumentTypeError as exc:
+            raise argparse.ArgumentError(self, f"{key}: {exc}") from None
+        setattr(namespace, self.dest, [*getattr(namespace, self.dest, []), (key, faults)])
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -129,11 +160,37 @@ def build_parser() -> argparse.ArgumentParser:
 
     serve = commands.add_parser(
         "serve",
-        help="run the loopback provider server in the foreground",
-        description="Serve recorded Anthropic and OpenAI streams on 127.0.0.1, with faults.",
+        help="run the loopback provider server in the foreground, with scripted faults",
+        description="Serve recorded Anthropic and OpenAI streams on 127.0.0.1, with faults, "
+        "for testing an agent in any language. Prints each SDK's base URL once listening. "
+        "Each request takes the next fault of its key's script (the x-loopback-key header, "
+        "else its model if that is a scripted key, else the default script); a script that "
+        "runs out means healthy. Scripts can also be set while serving: POST "
+        '{"key": "k1", "script": "http:529,healthy"} to /_loopback/script; '
+        "GET /_loopback/stats counts connections and requests.",
+        epilog="script steps, comma-separated, each optionally COUNT*step: healthy, "
+        "stall_before_headers, stall_after_headers, stall_after:N, pings:SECONDS, "
+        "drop_after:N, http:STATUS, malformed:N; other fields as :field=value "
+        "(e.g. healthy:drip=0.05, pings:0.2:after_events=1). Example: "
+        "--script '2*http:529,stall_after:1'",
     )
     serve.add_argument(
         "--port", type=int, default=0, help="port on 127.0.0.1 (default: 0, a free port)"
+    )
+    serve.add_argument(
+        "--script",
+        metavar="SCRIPT",
+        type=_script,
+        default=None,
+        help="the default script: faults for requests that match no scripted key",
+    )
+    serve.add_argument(
+        "--script-for",
+        nargs=2,
+        action=_KeyedScriptAction,
+        metavar=("KEY", "SCRIPT"),
+        default=[],
+        help="a script for one key (an x-loopback-key header value or a model name); repeatable",
     )
 
     diagram = commands.add_parser(
@@ -147,6 +204,34 @@ def build_parser() -> argparse.ArgumentParser:
     )
     diagram.add_argument("--dir", default=None, help="diagrams folder (default: ./diagrams)")
     return parser
+
+
+def _serve(
+    *,
+    port: int,
+    default: tuple[Fault, ...] | None,
+    keyed: Sequence[tuple[str, tuple[Fault, ...]]],
+) -> int:
+    from .loopback import LoopbackServer, format_script
+
+    server = LoopbackServer(port=port)
+    scripts: list[tuple[str | None, tuple[Fault, ...]]] = [(None, default)] if default else []
+    scripts += keyed
+    for key, faults in scripts:
+        server.script(key, faults)
+
+    def announce(server: LoopbackServer) -> None:
+        # "listening on" first: parent processes read that line for the URL.
+        print(f"listening on {server.url}")
+        print(f"ANTHROPIC_BASE_URL={server.anthropic_base_url}")
+        print(f"OPENAI_BASE_URL={server.openai_base_url}")
+        for key, _ in scripts:
+            pending = format_script(server.pending(key))
+            print(f"script {'(default)' if key is None else repr(key)}: {pending} (then healthy)")
+        print(f"control: POST {server.script_url}, GET {server.stats_url}", flush=True)
+
+    server.serve_forever(announce=announce)
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -178,10 +263,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             first_token=args.first_token,
         )
     if args.command == "serve":
-        from .loopback import LoopbackServer
-
-        LoopbackServer(port=args.port).serve_forever()
-        return 0
+        return _serve(port=args.port, default=args.script, keyed=args.script_for)
     if args.command == "diagram":
         from ._diagram_files import diagram_command
 

@@ -14,6 +14,7 @@ import re
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from importlib import metadata
 from pathlib import Path
@@ -237,3 +238,117 @@ def test_run_output_is_single_spaced_with_rounded_times(
     assert decimals and all(len(digits) <= 3 for digits in decimals), result.stderr
     summary = [line for line in result.stderr.splitlines() if line.startswith("attempt ")]
     assert len(summary) == 2, result.stderr
+
+
+# ----------------------------------------------------------------- lifecycle serve
+
+
+class _Served:
+    """``lifecycle serve`` in a subprocess of this test: its printed URLs, and its end."""
+
+    def __init__(self, *args: str) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "providers.cli", "serve", "--port", "0", *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=ROOT,
+            env=_env(),
+        )
+        assert self.proc.stdout is not None
+        self.banner: dict[str, str] = {}
+        for line in self.proc.stdout:
+            name, sep, value = line.strip().partition("=")
+            if sep:
+                self.banner[name] = value
+            if line.startswith("control:"):
+                break
+        assert "OPENAI_BASE_URL" in self.banner, self.banner
+
+    def json(self, path: str, body: object = None) -> tuple[int, object]:
+        import urllib.error
+        import urllib.request
+
+        url = self.banner["ANTHROPIC_BASE_URL"] + path
+        data = json.dumps(body).encode() if body is not None else None
+        request = urllib.request.Request(url, data=data, method="POST" if data else "GET")
+        try:
+            with urllib.request.urlopen(request, timeout=10) as response:
+                return response.status, json.loads(response.read())
+        except urllib.error.HTTPError as error:
+            with error:
+                return error.code, json.loads(error.read())
+
+    def stop(self) -> int:
+        self.proc.terminate()
+        try:
+            return self.proc.wait(timeout=10)
+        finally:
+            if self.proc.poll() is None:
+                self.proc.kill()
+                self.proc.wait()
+            for pipe in (self.proc.stdout, self.proc.stderr):
+                if pipe is not None:
+                    pipe.close()
+
+
+def test_serve_prints_each_sdks_base_url_and_replays_scripted_faults_to_the_sdks() -> None:
+    import anthropic
+    import openai
+
+    served = _Served("--script", "http:529,stall_after:1")
+    try:
+        anthropic_url = served.banner["ANTHROPIC_BASE_URL"]
+        assert re.fullmatch(r"http://127\.0\.0\.1:\d+", anthropic_url)
+        assert served.banner["OPENAI_BASE_URL"] == anthropic_url + "/v1"
+        messages = [{"role": "user", "content": "Hi"}]
+
+        # The default script: the first request of any SDK gets the 529...
+        claude = anthropic.Anthropic(base_url=anthropic_url, api_key="test", max_retries=0)
+        with pytest.raises(anthropic.APIStatusError) as overloaded:
+            claude.messages.create(model="claude-x", max_tokens=8, messages=messages)
+        assert overloaded.value.status_code == 529
+        # ...the second stalls after its first event.
+        gpt = openai.OpenAI(
+            base_url=served.banner["OPENAI_BASE_URL"], api_key="test", max_retries=0, timeout=1.0
+        )
+        chunks = []
+        with pytest.raises(openai.APITimeoutError):
+            for chunk in gpt.chat.completions.create(model="gpt-x", messages=messages, stream=True):
+                chunks.append(chunk)
+        assert any(chunk.choices and chunk.choices[0].delta.content for chunk in chunks)
+
+        # A script set over HTTP, for a key the SDK sends in the x-loopback-key header.
+        status, reply = served.json(
+            "/_loopback/script", {"key": "agent-1", "script": ["http:503", "healthy"]}
+        )
+        assert (status, reply) == (200, {"key": "agent-1", "pending": ["http:503", "healthy"]})
+        keyed = gpt.with_options(default_headers={"x-loopback-key": "agent-1"})
+        with pytest.raises(openai.APIStatusError) as unavailable:
+            keyed.chat.completions.create(model="gpt-x", messages=messages)
+        assert unavailable.value.status_code == 503
+        answer = keyed.chat.completions.create(model="gpt-x", messages=messages)
+        assert answer.choices[0].message.content
+
+        claude.close()
+        gpt.close()
+        stats: object = None
+        for _ in range(50):  # another process: its counters can only be polled
+            _, stats = served.json("/_loopback/stats")
+            if isinstance(stats, dict) and stats["open"] == 0:
+                break
+            time.sleep(0.1)
+        assert isinstance(stats, dict)
+        assert stats["requests"] == 4
+        assert stats["open"] == 0 and stats["opened"] == stats["closed"] >= 2
+    finally:
+        assert served.stop() == 0
+
+
+@pytest.mark.parametrize(
+    ("script", "says"), [("stal_after:1", "unknown fault"), ("http:700", "200..599")]
+)
+def test_serve_refuses_a_bad_script_as_a_usage_error(script: str, says: str) -> None:
+    result = _python("-m", "providers.cli", "serve", "--port", "0", "--script", script)
+    assert result.returncode == 2
+    assert "usage: lifecycle serve" in result.stderr and says in result.stderr
