@@ -163,9 +163,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="run the loopback provider server in the foreground, with scripted faults",
         description="Serve recorded Anthropic and OpenAI streams on 127.0.0.1, with faults, "
         "for testing an agent in any language. Prints each SDK's base URL once listening. "
-        "Each request takes the next fault of its key's script (the x-loopback-key header, "
-        "else its model if that is a scripted key, else the default script); a script that "
-        "runs out means healthy. Scripts can also be set while serving: POST "
+        "Each request takes the next fault of its key's script: its x-loopback-key header "
+        "if it sends one, else its model if that is a scripted key, else the default "
+        "script; a script that runs out means healthy. Scripts can also be set while serving: POST "
         '{"key": "k1", "script": "http:529,healthy"} to /_loopback/script; '
         "GET /_loopback/stats counts connections and requests.",
         epilog="script steps, comma-separated, each optionally COUNT*step: healthy, "

@@ -205,6 +205,29 @@ def test_run_calls_a_refused_connection_refused_and_names_the_url(provider: str)
     assert f"http://127.0.0.1:{port}{ENDPOINT[provider]}" in final, result.stderr
 
 
+def test_a_refused_url_is_named_without_its_query_or_credentials() -> None:
+    import openai
+
+    from providers import OpenAIChatCompletions
+
+    # The HTTP library this SDK major runs on (httpx or httpx2), as its client holds it.
+    with openai.OpenAI(api_key="k", base_url="http://127.0.0.1:9") as client:
+        roots = [cls.__module__.split(".")[0] for cls in type(client._client).__mro__]
+    httpx = sys.modules[next(root for root in roots if root in ("httpx", "httpx2"))]
+
+    request = httpx.Request("POST", "http://user:pw@127.0.0.1:9/v1/chat/completions?key=s3cr3t")
+    refused = httpx.ConnectError("[Errno 111] Connection refused", request=request)
+    sdk_error = openai.APIConnectionError(request=request)
+    sdk_error.__cause__ = refused
+    route = OpenAIChatCompletions(openai.OpenAI, model="m")
+    for exc in (refused, sdk_error):
+        reason = route.classify(exc).reason
+        assert reason.startswith("connection refused: POST http://127.0.0.1:9/v1/chat/completions")
+        assert "s3cr3t" not in reason and "pw" not in reason
+    reset = httpx.ReadError("[Errno 104] Connection reset by peer", request=request)
+    assert route.classify(reset).reason.startswith("connection lost: ReadError")
+
+
 @pytest.mark.parametrize("provider", SDKS)
 def test_run_output_is_single_spaced_with_rounded_times(
     server: LoopbackServer, provider: str
@@ -257,13 +280,17 @@ class _Served:
         )
         assert self.proc.stdout is not None
         self.banner: dict[str, str] = {}
-        for line in self.proc.stdout:
-            name, sep, value = line.strip().partition("=")
-            if sep:
-                self.banner[name] = value
-            if line.startswith("control:"):
-                break
-        assert "OPENAI_BASE_URL" in self.banner, self.banner
+        try:
+            for line in self.proc.stdout:
+                name, sep, value = line.strip().partition("=")
+                if sep:
+                    self.banner[name] = value
+                if line.startswith("control:"):
+                    break
+            assert "OPENAI_BASE_URL" in self.banner, self.banner
+        except BaseException:
+            self.stop()
+            raise
 
     def json(self, path: str, body: object = None) -> tuple[int, object]:
         import urllib.error
@@ -296,7 +323,7 @@ def test_serve_prints_each_sdks_base_url_and_replays_scripted_faults_to_the_sdks
     import anthropic
     import openai
 
-    served = _Served("--script", "http:529,stall_after:1")
+    served = _Served("--script", "http:529,stall_after:1", "--script-for", "gpt-keyed", "http:404")
     try:
         anthropic_url = served.banner["ANTHROPIC_BASE_URL"]
         assert re.fullmatch(r"http://127\.0\.0\.1:\d+", anthropic_url)
@@ -329,6 +356,9 @@ def test_serve_prints_each_sdks_base_url_and_replays_scripted_faults_to_the_sdks
         assert unavailable.value.status_code == 503
         answer = keyed.chat.completions.create(model="gpt-x", messages=messages)
         assert answer.choices[0].message.content
+        # --script-for: a model name is a key too.
+        with pytest.raises(openai.NotFoundError):
+            gpt.chat.completions.create(model="gpt-keyed", messages=messages)
 
         claude.close()
         gpt.close()
@@ -339,16 +369,21 @@ def test_serve_prints_each_sdks_base_url_and_replays_scripted_faults_to_the_sdks
                 break
             time.sleep(0.1)
         assert isinstance(stats, dict)
-        assert stats["requests"] == 4
+        assert stats["requests"] == 5
         assert stats["open"] == 0 and stats["opened"] == stats["closed"] >= 2
     finally:
         assert served.stop() == 0
 
 
 @pytest.mark.parametrize(
-    ("script", "says"), [("stal_after:1", "unknown fault"), ("http:700", "200..599")]
+    ("option", "says"),
+    [
+        (["--script", "stal_after:1"], "unknown fault"),
+        (["--script", "http:700"], "200..599"),
+        (["--script-for", "k1", "pings:-1"], "k1: 'pings:-1': interval must be > 0"),
+    ],
 )
-def test_serve_refuses_a_bad_script_as_a_usage_error(script: str, says: str) -> None:
-    result = _python("-m", "providers.cli", "serve", "--port", "0", "--script", script)
+def test_serve_refuses_a_bad_script_as_a_usage_error(option: list[str], says: str) -> None:
+    result = _python("-m", "providers.cli", "serve", "--port", "0", *option)
     assert result.returncode == 2
     assert "usage: lifecycle serve" in result.stderr and says in result.stderr

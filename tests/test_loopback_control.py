@@ -172,3 +172,20 @@ def test_control_paths_answer_a_wrong_method_or_path_in_json(own_server: Loopbac
     status, reply = _call(own_server.url + "/_loopback/nothing")
     assert status == 404 and "/_loopback/script" in reply["error"]["message"]
     assert own_server.requests_received == 0
+
+
+def test_the_readme_grammar_table_parses() -> None:
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
+    section = readme[readme.index("## The loopback provider server") : readme.index("## CLI")]
+    documented = [
+        step.split(" ")[0]
+        for row in section.splitlines()
+        if row.startswith("| `")
+        for step in row.split("|")[1].strip().split(" / ")
+    ]
+    names = {step.split(":")[0].strip("`") for step in documented}
+    assert names == {format_fault(fault).split(":")[0] for _, fault in STEPS}
+    for name in names:  # every documented step parses with its defaults
+        assert len(parse_script(name)) == 1
