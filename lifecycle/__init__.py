@@ -4,6 +4,8 @@ The public API is what ``__all__`` names; every other module is private. ``lifec
 is provider-neutral and never imports ``providers``: adapters implement ``Route``.
 """
 
+from typing import TYPE_CHECKING, Any
+
 from ._abort import AttemptConnection, OversizedEvent, Shutdownable, active_connection, count_read
 from ._async_driver import AsyncRun
 from ._breaker import BREAKER_STATES, BREAKER_TRANSITIONS, Admission, BreakerChange, BreakerCore
@@ -72,7 +74,24 @@ __all__ = [
     "ToolCallDelta",
     "Transition",
     "Usage",
+    "__version__",
     "active_connection",
     "attempt_text",
     "count_read",
 ]
+
+_DISTRIBUTION = "stream-lifecycle"
+
+if TYPE_CHECKING:
+    __version__: str
+else:
+    # Looked up on first use: importlib.metadata costs tens of milliseconds to import,
+    # which every ``import lifecycle`` would otherwise pay. Hidden from mypy, which would
+    # otherwise type every misspelt attribute of ``lifecycle`` as Any.
+    def __getattr__(name: str) -> Any:
+        if name == "__version__":
+            from importlib.metadata import version
+
+            value = globals()["__version__"] = version(_DISTRIBUTION)
+            return value
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

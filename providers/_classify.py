@@ -16,10 +16,12 @@ Each adapter maps its own SDK's exception classes (``anthropic_messages.classify
 from __future__ import annotations
 
 import email.utils
+import errno
 import functools
 import json
 import time
-from collections.abc import Mapping
+import urllib.parse
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 from lifecycle import Fault
@@ -131,12 +133,58 @@ def status_fault(
     )
 
 
+def _chain(exc: BaseException, limit: int = 8) -> Iterator[BaseException]:
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen and len(seen) < limit:
+        seen.add(id(current))
+        yield current
+        current = current.__cause__ or current.__context__
+
+
+def _is_refused(exc: BaseException) -> bool:
+    # The SDKs say only "Connection error."; the refusal is a few causes down, and
+    # httpx keeps only its text when it maps the OS error.
+    return any(
+        isinstance(link, ConnectionRefusedError)
+        or (isinstance(link, OSError) and link.errno == errno.ECONNREFUSED)
+        or "connection refused" in str(link).lower()
+        for link in _chain(exc)
+    )
+
+
+def _request_target(exc: BaseException) -> str | None:
+    """``POST scheme://host:port/path`` of the request that failed: no query, no userinfo
+    (either may carry a secret)."""
+    for link in _chain(exc):
+        try:
+            request = getattr(link, "request", None)  # httpx raises when it was never set
+        except RuntimeError:
+            continue
+        url = getattr(request, "url", None)
+        if url is None:
+            continue
+        parts = urllib.parse.urlsplit(str(url))
+        host = parts.hostname or ""
+        if ":" in host:
+            host = f"[{host}]"
+        port = f":{parts.port}" if parts.port is not None else ""
+        method = getattr(request, "method", "")
+        return f"{method} {parts.scheme}://{host}{port}{parts.path}".strip()
+    return None
+
+
 def transport_fault(exc: BaseException, *, api_mode: str) -> Fault:
+    if _is_refused(exc):
+        target = _request_target(exc)
+        reason = f"connection refused{f': {target}' if target else ''} ({type(exc).__name__})"
+    else:
+        reason = f"connection lost: {type(exc).__name__}: {str(exc)[:200]}"
     return Fault(
         outcome="dropped",
         retryable=True,
         fallback_eligible=True,
-        reason=f"connection lost: {type(exc).__name__}: {str(exc)[:200]}",
+        reason=reason,
         error_type=type(exc).__name__,
         api_mode=api_mode,
     )

@@ -26,6 +26,7 @@ from ._faults import (
     StallAfterHeaders,
     StallBeforeHeaders,
 )
+from ._script import ScriptError, format_fault, format_script, parse_script
 from ._server import (
     KEY_HEADER,
     ClosedBy,
@@ -48,9 +49,13 @@ __all__ = [
     "PingsOnly",
     "RawResponse",
     "RequestRecord",
+    "ScriptError",
     "StallAfterEvents",
     "StallAfterHeaders",
     "StallBeforeHeaders",
     "error_body",
+    "format_fault",
+    "format_script",
+    "parse_script",
     "recordings",
 ]

@@ -18,6 +18,11 @@ Each request takes its fault from a script: the next fault queued for the key na
 its ``x-loopback-key`` header, else for its JSON ``model`` if that is a scripted key,
 else from the default (``None``) script; an exhausted script means ``Healthy()``.
 
+Paths under ``/_loopback/`` are the control endpoints (``POST /_loopback/script``,
+``GET /_loopback/stats``), for a client in another process or language. They are not
+provider traffic: a connection whose first request is a control call is taken out of
+the counts and the logs, and is closed after the answer.
+
 All accounting (connections opened and closed, who closed them and when, each request's
 fault and status) is written on the loop thread under one lock and read as frozen
 snapshots from any thread; waiters block on a condition the loop notifies on every
@@ -61,6 +66,7 @@ from ._faults import (
     StallBeforeHeaders,
 )
 from ._recordings import Provider
+from ._script import ScriptError, format_fault, parse_script
 
 __all__ = ["KEY_HEADER", "ClosedBy", "ConnectionRecord", "LoopbackServer", "RequestRecord"]
 
@@ -71,6 +77,10 @@ ClosedBy = Literal["fin", "rst", "server_close"]
 
 HOST = "127.0.0.1"
 KEY_HEADER = "x-loopback-key"
+CONTROL_PREFIX = "/_loopback/"
+SCRIPT_PATH = CONTROL_PREFIX + "script"
+STATS_PATH = CONTROL_PREFIX + "stats"
+_CONTROL_METHODS = {SCRIPT_PATH: "POST", STATS_PATH: "GET"}
 
 _ROUTES: dict[str, Provider] = {
     "/v1/messages": "anthropic",
@@ -190,6 +200,8 @@ class _Conn:
     closed_by: ClosedBy | None = None
     request_indexes: list[int] = field(default_factory=list)
     keys: list[str | None] = field(default_factory=list)
+    control: bool = False
+    """Carries control calls: not counted as opened, closed, or logged."""
 
     def snapshot(self) -> ConnectionRecord:
         return ConnectionRecord(
@@ -310,6 +322,10 @@ def _raise_fd_limit() -> None:
             resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
+def _print_listening(server: LoopbackServer) -> None:
+    print(f"listening on {server.url}", flush=True)
+
+
 class LoopbackServer:
     """An HTTP/1.1 server on 127.0.0.1 that replays recorded provider streams with faults.
 
@@ -377,15 +393,16 @@ class LoopbackServer:
         if thread is not None and thread is not threading.current_thread():
             thread.join(timeout)
 
-    def serve_forever(self) -> None:
+    def serve_forever(self, announce: Callable[[LoopbackServer], None] | None = None) -> None:
         """Serve in the calling thread until ``stop()``, SIGINT or SIGTERM.
 
-        Prints ``listening on <url>`` to stdout once bound, for a parent process to read.
+        Once bound it calls ``announce(self)``; by default that prints ``listening on
+        <url>`` to stdout, one line, for a parent process to read.
         """
         self._begin()
         _raise_fd_limit()
         with contextlib.suppress(KeyboardInterrupt):
-            asyncio.run(self._main(announce=True))
+            asyncio.run(self._main(announce=announce or _print_listening))
 
     def __enter__(self) -> LoopbackServer:
         return self.start()
@@ -406,7 +423,7 @@ class LoopbackServer:
 
     def _run_in_thread(self) -> None:
         try:
-            asyncio.run(self._main(announce=False))
+            asyncio.run(self._main(announce=None))
         except BaseException as exc:
             if self._startup_error is None:  # else start() re-raises it in the caller
                 if self._ready.is_set():
@@ -416,7 +433,7 @@ class LoopbackServer:
         finally:
             self._ready.set()
 
-    async def _main(self, *, announce: bool) -> None:
+    async def _main(self, *, announce: Callable[[LoopbackServer], None] | None) -> None:
         self._loop = asyncio.get_running_loop()
         stop_event = asyncio.Event()
         with self._lock:
@@ -433,8 +450,8 @@ class LoopbackServer:
             raise
         self._port = server.sockets[0].getsockname()[1]
         self._ready.set()
-        if announce:
-            print(f"listening on {self.url}", flush=True)
+        if announce is not None:
+            announce(self)
             if threading.current_thread() is threading.main_thread():
                 with contextlib.suppress(NotImplementedError, RuntimeError):
                     self._loop.add_signal_handler(signal.SIGTERM, stop_event.set)
@@ -508,6 +525,26 @@ class LoopbackServer:
     def openai_base_url(self) -> str:
         """The OpenAI SDK appends only ``/chat/completions``, so the ``/v1`` is ours."""
         return self.url + "/v1"
+
+    @property
+    def script_url(self) -> str:
+        """``POST`` a JSON ``{"key": ..., "script": ...}`` here to queue faults."""
+        return self.url + SCRIPT_PATH
+
+    @property
+    def stats_url(self) -> str:
+        """``GET`` the connection and request counts here."""
+        return self.url + STATS_PATH
+
+    def stats(self) -> dict[str, int]:
+        """What ``GET /_loopback/stats`` answers: provider connections and requests."""
+        with self._lock:
+            return {
+                "opened": self._opened,
+                "open": self._opened - self._closed,
+                "closed": self._closed,
+                "requests": self._received,
+            }
 
     @property
     def connections_opened(self) -> int:
@@ -603,7 +640,8 @@ class LoopbackServer:
                 return
             conn.closed_by = by
             conn.closed_at = time.monotonic()
-            self._closed += 1
+            if not conn.control:
+                self._closed += 1
             self._cond.notify_all()
         self._live.discard(conn)
         if reset:
@@ -849,6 +887,9 @@ class LoopbackServer:
         path = request.target.split("?", 1)[0]
         if len(path) > 1:
             path = path.rstrip("/")
+        if path.startswith(CONTROL_PREFIX):
+            await self._control(conn, request, path)
+            return False
         provider = _ROUTES.get(path)
         if provider is None or request.method != "POST":
             provider = provider or _guess_provider(path, request.headers)
@@ -918,6 +959,68 @@ class LoopbackServer:
         else:
             await self._complete(conn, req, fault, recording, keep_alive)
         return keep_alive
+
+    # ----------------------------------------------------------------- control endpoints
+
+    def _set_control(self, conn: _Conn) -> None:
+        """Take a connection that has carried no provider request out of the counts."""
+        with self._lock:
+            if conn.control or conn.request_indexes:
+                return
+            conn.control = True
+            self._opened -= 1
+            if self._keep_history:
+                self._conn_log.remove(conn)
+            self._cond.notify_all()
+
+    async def _control(self, conn: _Conn, request: _HttpRequest, path: str) -> None:
+        self._set_control(conn)
+        method = _CONTROL_METHODS.get(path)
+        status = 200
+        payload: dict[str, Any] | None = None
+        if method is None:
+            status = 404
+            message = f"no control endpoint {path}; there are {', '.join(_CONTROL_METHODS)}"
+        elif request.method != method:
+            status, message = 405, f"{path} takes {method}, not {request.method}"
+        elif path == STATS_PATH:
+            payload = self.stats()
+        else:
+            try:
+                payload = self._script_from_json(request.body)
+            except ScriptError as exc:
+                status, message = 400, str(exc)
+        if payload is None:
+            payload = {"error": {"type": "loopback_control_error", "message": message}}
+        body = json.dumps(payload).encode()
+        headers = [
+            ("content-type", "application/json"),
+            ("content-length", str(len(body))),
+            ("connection", "close"),
+        ]
+        await self._send(conn, _head(status, headers) + body)
+
+    def _script_from_json(self, body: bytes) -> dict[str, Any]:
+        try:
+            payload = json.loads(body)
+        except ValueError:
+            raise ScriptError(
+                'the body must be JSON: {"key": "k1", "script": "stall_after:1,healthy"}'
+            ) from None
+        if not isinstance(payload, dict) or "script" not in payload:
+            raise ScriptError('the body must be a JSON object with a "script" (and a "key")')
+        key = payload.get("key")
+        if key is not None and not isinstance(key, str):
+            raise ScriptError(f'"key" must be a string or null, got {key!r}')
+        script = payload["script"]
+        if not isinstance(script, str | list):
+            raise ScriptError(f'"script" must be a string or a list of steps, got {script!r}')
+        faults = parse_script(script)
+        try:
+            self.script(key, faults)
+        except ValueError as exc:  # a recording of no provider
+            raise ScriptError(str(exc)) from None
+        return {"key": key, "pending": [format_fault(f) for f in self.pending(key)]}
 
     def _common_headers(self, req: _Req, keep_alive: bool) -> list[tuple[str, str]]:
         return [
