@@ -4,6 +4,8 @@ The public API is what ``__all__`` names; every other module is private. ``lifec
 is provider-neutral and never imports ``providers``: adapters implement ``Route``.
 """
 
+import importlib.metadata
+
 from ._abort import AttemptConnection, OversizedEvent, Shutdownable, active_connection, count_read
 from ._async_driver import AsyncRun
 from ._breaker import BREAKER_STATES, BREAKER_TRANSITIONS, Admission, BreakerChange, BreakerCore
@@ -25,6 +27,11 @@ from ._message import (
 from ._route import AsyncAttemptStream, AttemptStream, Request, Route
 from ._run import AttemptRecord, CleanupStep, Diagnostics, Transition
 from ._sync_driver import Run
+
+try:
+    __version__ = importlib.metadata.version("stream-lifecycle")
+except importlib.metadata.PackageNotFoundError:  # a checkout on sys.path, never installed
+    __version__ = "0+unknown"
 
 __all__ = [
     "BREAKER_STATES",

@@ -6,9 +6,11 @@ index shows (classifiers, project URLs), the typing marker, and no test-only mod
 from __future__ import annotations
 
 import email.parser
+import shutil
 import subprocess
 import sys
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -17,15 +19,29 @@ import lifecycle
 
 ROOT = Path(__file__).resolve().parent.parent
 RECORDED = "providers/loopback/recorded"
+BUILD_OUTPUTS = (
+    ".git",
+    ".venv*",
+    "build",
+    "dist",
+    "*.egg-info",
+    "__pycache__",
+    ".*_cache",
+    ".hypothesis",
+)
 
 pytestmark = pytest.mark.timeout(55)
 
 
 @pytest.fixture(scope="module")
-def wheel(tmp_path_factory: pytest.TempPathFactory) -> zipfile.ZipFile:
+def wheel(tmp_path_factory: pytest.TempPathFactory) -> Iterator[zipfile.ZipFile]:
+    # From a copy without build outputs: setuptools reuses a checkout's build/ directory,
+    # whose stale files (a module since deleted) would end up in the wheel.
+    source = tmp_path_factory.mktemp("source") / "stream-lifecycle"
+    shutil.copytree(ROOT, source, ignore=shutil.ignore_patterns(*BUILD_OUTPUTS))
     out = tmp_path_factory.mktemp("wheel")
     subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(out), str(ROOT)],
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(out), str(source)],
         check=True,
         capture_output=True,
         timeout=50,
