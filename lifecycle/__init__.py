@@ -90,8 +90,12 @@ else:
     # otherwise type every misspelt attribute of ``lifecycle`` as Any.
     def __getattr__(name: str) -> Any:
         if name == "__version__":
-            from importlib.metadata import version
+            from importlib.metadata import PackageNotFoundError, version
 
-            value = globals()["__version__"] = version(_DISTRIBUTION)
+            try:
+                value = version(_DISTRIBUTION)
+            except PackageNotFoundError:  # a source checkout that was never installed
+                value = "0+unknown"
+            globals()["__version__"] = value
             return value
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,6 +1,6 @@
 """The active attempt's connection, and the only thing another thread may do to it: abort.
 
-Measured (../shared/notes/unblock-semantics.md): a thread blocked reading a silent
+Measured on Linux: a thread blocked reading a silent
 stream is woken by ``sock.shutdown(SHUT_RDWR)`` in about 1 ms, and by nothing else
 done from another thread: ``close()`` of the client, the stream, the HTTP client or
 the socket leaves it blocked until the read timeout, and frees its file descriptor for

@@ -19,7 +19,6 @@ from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from types import TracebackType
 from typing import TYPE_CHECKING, Final
 
-from . import _testing
 from ._abort import AttemptConnection, active_connection
 from ._clients import ClientLease
 from ._events import (
@@ -34,7 +33,7 @@ from ._events import (
 from ._message import StreamEvent
 from ._route import AsyncAttemptStream, Request, Route
 from ._run import cause_chain, kept_exception
-from ._run_base import InterruptedHere, RunBase, Truncated, now, watchdog_close_hook
+from ._run_base import InterruptedHere, RunBase, Truncated, now
 from ._shared import client_build_fault, header_subset, server_of
 from ._watchdog import arm_on_loop, disarm_on_loop, progressed_on_loop
 
@@ -171,11 +170,6 @@ class AsyncRun(RunBase):
                         stale=timeouts.stale,
                         total_due=core.deadline,
                     )
-                    watch.fire_hook = None
-                    if _testing.close_on_watchdog:  # test-only mutation, see _testing
-                        watch.fire_hook = watchdog_close_hook(
-                            route, lease.client, attempt, is_async=True
-                        )
                     try:
                         stream = await route.aopen(lease.client, request, timeouts)
                         diag.http_status = stream.http_status
@@ -333,9 +327,6 @@ class AsyncRun(RunBase):
         assert plan is not None, "the machine planned no cleanup"
         route: Route = plan.route  # type: ignore[assignment]
         self._cleanup_abort(plan, connection)
-        if stream is not None and _testing.leak_connection:
-            _testing.leaked.append(stream)  # keep it referenced: nothing closes it
-            stream = None
         if stream is not None:
             error, leaving = await _settle(stream.aclose(), leaving)
             self._cleanup_stream_closed(plan, error)

@@ -43,7 +43,6 @@ from typing import Any, Final, cast
 
 from transitions import EventData, Machine, MachineError
 
-from . import _testing
 from ._config import RetryPolicy, Timeouts
 from ._errors import Fault
 from ._events import (
@@ -354,10 +353,7 @@ class RunCore:
     # -- bound actions ---------------------------------------------------------------
     def plan_cleanup(self) -> None:
         attempt = self.active_attempt
-        index = attempt.route_index
-        if _testing.misdirect_cleanup:  # test-only mutation, see _testing
-            index = (index + 1) % len(self.routes)
-        route = self.routes[index]
+        route = self.routes[attempt.route_index]
         self.pending_cleanup = CleanupPlan(
             attempt=attempt, route=route.target, api_mode=route.api_mode, steps=CLEANUP_STEPS
         )

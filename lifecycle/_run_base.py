@@ -12,11 +12,9 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Callable
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
-from . import _testing
 from ._abort import AttemptConnection, OversizedEvent
 from ._clients import ClientLease, ClientSlot
 from ._errors import Fault, Interrupted, StreamFailed
@@ -336,9 +334,6 @@ class RunBase:
     # -- cleanup, split around the two places where a driver must wait --------------------
     def _cleanup_abort(self, plan: CleanupPlan, connection: AttemptConnection) -> None:
         steps = plan.attempt.diagnostics.cleanup
-        if _testing.leak_connection:  # test-only mutation, see _testing
-            connection.release()
-            return
         here = _here()
         base = plan.attempt.started_at
         if connection.aborted and connection.aborted_by != here:
@@ -436,32 +431,6 @@ class RunBase:
                 step="rebuild", thread=_here(), at=now() - plan.attempt.started_at, detail=detail
             )
         )
-
-
-def watchdog_close_hook(
-    route: Route, client: Any, attempt: AttemptRecord, *, is_async: bool
-) -> Callable[[], None]:
-    """Test-only (``_testing.close_on_watchdog``): close the client from the thread that
-    fires the clock, recording it, to prove the verification suite sees such a close."""
-
-    def close() -> None:
-        where = _here() if not is_async else f"{threading.current_thread().name}/loop-timer"
-        if is_async:
-            import asyncio
-
-            asyncio.get_running_loop().create_task(route.aclose_client(client))
-        else:
-            route.close_client(client)
-        attempt.diagnostics.cleanup.append(
-            CleanupStep(
-                step="close",
-                thread=where,
-                at=now() - attempt.started_at,
-                detail=f"{route.api_mode} client closed by the clock (mutation)",
-            )
-        )
-
-    return close
 
 
 def _here() -> str:

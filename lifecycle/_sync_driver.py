@@ -14,7 +14,6 @@ from collections.abc import Generator, Iterator
 from types import TracebackType
 from typing import TYPE_CHECKING
 
-from . import _testing
 from ._abort import AttemptConnection, active_connection
 from ._clients import ClientLease
 from ._events import (
@@ -29,7 +28,7 @@ from ._events import (
 from ._message import StreamEvent
 from ._route import AttemptStream, Request, Route
 from ._run import AttemptRecord, cause_chain, kept_exception
-from ._run_base import InterruptedHere, RunBase, Truncated, now, watchdog_close_hook
+from ._run_base import InterruptedHere, RunBase, Truncated, now
 from ._shared import client_build_fault, header_subset, server_of
 from ._watchdog import watchdog
 
@@ -196,9 +195,6 @@ class Run(RunBase):
                 stale=core.timeouts.stale,
                 total_due=core.deadline,
             )
-            watch.fire_hook = None
-            if _testing.close_on_watchdog:  # test-only mutation, see _testing
-                watch.fire_hook = watchdog_close_hook(route, lease.client, attempt, is_async=False)
             try:
                 stream = route.open(lease.client, request, core.timeouts)
                 diag.http_status = stream.http_status
@@ -272,9 +268,6 @@ class Run(RunBase):
         assert plan is not None, "the machine planned no cleanup"
         route: Route = plan.route  # type: ignore[assignment]
         self._cleanup_abort(plan, connection)
-        if stream is not None and _testing.leak_connection:
-            _testing.leaked.append(stream)  # keep it referenced: nothing closes it
-            stream = None
         if stream is not None:
             error: BaseException | None = None
             try:

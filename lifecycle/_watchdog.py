@@ -19,7 +19,6 @@ import heapq
 import itertools
 import threading
 import time
-from collections.abc import Callable
 from typing import Final
 
 from ._abort import AttemptConnection
@@ -42,7 +41,6 @@ class Watch:
     __slots__ = (
         "armed",
         "connection",
-        "fire_hook",
         "fired",
         "fired_at",
         "fired_deadline",
@@ -71,8 +69,6 @@ class Watch:
         self.generation = 0
         self.timer: asyncio.TimerHandle | None = None
         """The async driver's pending loop timer for this watch, if any."""
-        self.fire_hook: Callable[[], None] | None = None
-        """Test-only (``_testing.close_on_watchdog``): run on the firing thread."""
 
     def reset(
         self,
@@ -104,9 +100,6 @@ class Watch:
         connection = self.connection
         if connection is not None:
             connection.abort(reason=clock)
-        hook = self.fire_hook
-        if hook is not None:
-            hook()
 
     def due(self) -> tuple[float, str]:
         """The earliest deadline now in force, and the clock it belongs to."""

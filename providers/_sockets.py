@@ -1,7 +1,7 @@
 """Where the engine finds an attempt's socket inside an SDK client: the only module of
 this project that reads private attributes of the SDKs or of httpx/httpcore.
 
-Two ways, both needed (see ../shared/notes/unblock-semantics.md):
+Two ways, both needed (why only a shutdown unblocks a reader: ``lifecycle._abort``):
 
 - with a response: ``response.extensions["network_stream"].get_extra_info("socket")``,
   the public httpx extension, available for anthropic and openai ``Stream`` objects;

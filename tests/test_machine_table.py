@@ -14,9 +14,10 @@ from typing import Any
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from mutations import MUTATIONS
 from transitions import MachineError
 
-from lifecycle import _machine, _testing
+from lifecycle import _machine
 from lifecycle._config import RetryPolicy, Timeouts
 from lifecycle._errors import Fault
 from lifecycle._events import (
@@ -615,7 +616,7 @@ def test_cleanup_targets_the_active_attempts_route(modes: tuple[str, str]) -> No
 def test_the_cleanup_check_catches_a_misdirected_plan(monkeypatch: pytest.MonkeyPatch) -> None:
     """The original bug (an Anthropic stall 'cleaned up' by rebuilding the OpenAI client)
     is what ``assert_cleanup_targets_active_route`` must catch."""
-    monkeypatch.setattr(_testing, "misdirect_cleanup", True)
+    MUTATIONS["misdirect_cleanup"](monkeypatch)
     core = RunCore(
         routes=(
             RouteInfo(api_mode=ANTHROPIC, model="a", target=Target(ANTHROPIC, 0)),

@@ -1,15 +1,16 @@
-"""The verification suite must see the bugs it exists for: each switch of
-``lifecycle._testing`` re-creates one, and every check here must then find it.
+"""The verification suite must see the bugs it exists for: each mutation of
+``mutations`` (a patch of the real function with a buggy variant) re-creates one, and
+every check here must then find it.
 
 - ``misdirect_cleanup``: the cleanup plan aims at the route after the active one (the
   bug that started this project: an Anthropic stall "cleaned up" on the OpenAI client).
 - ``leak_connection``: cleanup skips the abort and the stream close.
 - ``close_on_watchdog``: the clock's thread (or loop timer) closes the client itself.
 
-For each switch: the path replays of ``test_paths`` (a few paths that pass through the
+For each mutation: the path replays of ``test_paths`` (a few paths that pass through the
 switch's code) must break an invariant, with the expected name, and pass without the
 switch (the control); the Hypothesis state machines of ``test_stateful_engine`` (both
-drivers) and, for the machine-level switch, ``test_stateful_core`` must find a
+drivers) and, for the machine-level mutation, ``test_stateful_core`` must find a
 counterexample.
 """
 
@@ -35,13 +36,14 @@ from invariants import (
     start_run,
 )
 from invariants import violations as violations_of
+from mutations import MUTATIONS, mutation
 
-from lifecycle import RetryPolicy, StreamEngine, Timeouts, _testing
+from lifecycle import RetryPolicy, StreamEngine, Timeouts
 from providers.loopback import Healthy, HttpError, LoopbackServer
 
 pytestmark = pytest.mark.timeout(180)
 
-SWITCHES = ("misdirect_cleanup", "leak_connection", "close_on_watchdog")
+SWITCHES = tuple(MUTATIONS)
 
 # Paths (in test_paths' short notation) that take each switch's code, and the invariant
 # that must break. A stall is needed for the clock to fire; any cleanup for the others.
@@ -92,11 +94,8 @@ def switched(name: str | None) -> Iterator[None]:
     if name is None:
         yield
         return
-    with _testing.mutation(name):
-        try:
-            yield
-        finally:
-            _testing.leaked.clear()
+    with mutation(name):
+        yield
 
 
 def _path(short: str) -> test_paths.Path:

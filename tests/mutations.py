@@ -1,0 +1,155 @@
+"""Known lifecycle bugs, re-created by patching the real function where each would live
+with a buggy variant, so that the verification suite can prove it catches them. The
+package itself carries no switch for them.
+
+- ``misdirect_cleanup``: ``RunCore.plan_cleanup`` aims the cleanup at the route *after*
+  the active one, exactly like the bug that started this project (an Anthropic stall
+  "cleaned up" by rebuilding the OpenAI client).
+- ``leak_connection``: cleanup skips the abort (``RunBase._cleanup_abort`` only
+  releases the connection) and the drivers' ``_clean_up`` never closes the stream, so
+  the faulty attempt's connection stays open.
+- ``close_on_watchdog``: when a clock runs out, ``Watch.fire`` (the watchdog thread, or
+  the async driver's loop timer) also closes the attempt's client from its own thread,
+  the hazard the design forbids.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import pytest
+
+from lifecycle import _machine, active_connection
+from lifecycle._abort import AttemptConnection
+from lifecycle._async_driver import AsyncRun
+from lifecycle._clients import ClientLease, ClientSlot
+from lifecycle._machine import CLEANUP_STEPS, CleanupPlan, RunCore
+from lifecycle._route import Route
+from lifecycle._run import AttemptRecord, CleanupStep
+from lifecycle._run_base import RunBase, _here, now
+from lifecycle._sync_driver import Run
+from lifecycle._watchdog import Watch
+
+__all__ = ["LEAKED", "MUTATIONS", "mutation"]
+
+LEAKED: list[object] = []
+"""Streams that ``leak_connection`` kept alive (so that garbage collection cannot close them)."""
+
+
+def _misdirect_cleanup(patch: pytest.MonkeyPatch) -> None:
+    def plan_cleanup_on_the_next_route(self: RunCore) -> None:
+        attempt = self.active_attempt
+        route = self.routes[(attempt.route_index + 1) % len(self.routes)]
+        self.pending_cleanup = CleanupPlan(
+            attempt=attempt, route=route.target, api_mode=route.api_mode, steps=CLEANUP_STEPS
+        )
+
+    patch.setattr(_machine.RunCore, "plan_cleanup", plan_cleanup_on_the_next_route)
+
+
+def _leak_connection(patch: pytest.MonkeyPatch) -> None:
+    def release_without_abort(self: RunBase, plan: CleanupPlan, conn: AttemptConnection) -> None:
+        conn.release()
+
+    sync_clean_up = Run._clean_up
+    async_clean_up = AsyncRun._clean_up
+
+    def clean_up_keeping_the_stream(
+        self: Run, connection: AttemptConnection, stream: Any, lease: ClientLease | None
+    ) -> None:
+        if stream is not None:
+            LEAKED.append(stream)
+        sync_clean_up(self, connection, None, lease)
+
+    async def aclean_up_keeping_the_stream(
+        self: AsyncRun,
+        connection: AttemptConnection,
+        stream: Any,
+        lease: ClientLease | None,
+        *,
+        leaving: BaseException | None,
+    ) -> BaseException | None:
+        if stream is not None:
+            LEAKED.append(stream)
+        return await async_clean_up(self, connection, None, lease, leaving=leaving)
+
+    patch.setattr(RunBase, "_cleanup_abort", release_without_abort)
+    patch.setattr(Run, "_clean_up", clean_up_keeping_the_stream)
+    patch.setattr(AsyncRun, "_clean_up", aclean_up_keeping_the_stream)
+
+
+def _close_on_watchdog(patch: pytest.MonkeyPatch) -> None:
+    # The clock knows only the watch and its connection; these two maps lead from them
+    # to the run (its active attempt and route) and to the client the attempt leased.
+    run_of: dict[Watch, RunBase] = {}
+    client_of: dict[AttemptConnection, Any] = {}
+    run_init = RunBase.__init__
+    lease = ClientSlot.lease
+    fire = Watch.fire
+
+    def init_and_remember(self: RunBase, *args: Any, **kwargs: Any) -> None:
+        run_init(self, *args, **kwargs)
+        run_of[self._watch] = self
+
+    def lease_and_remember(self: ClientSlot) -> ClientLease:
+        leased = lease(self)
+        connection = active_connection.get()
+        if connection is not None:
+            client_of[connection] = leased.client
+        return leased
+
+    def fire_and_close_the_client(self: Watch, clock: str, deadline: float, at: float) -> None:
+        fire(self, clock, deadline, at)
+        run = run_of.get(self)
+        client = client_of.get(self.connection) if self.connection is not None else None
+        if run is None or client is None:
+            return
+        attempt = run._core.active_attempt
+        route = run._routes[attempt.route_index]
+        _close_from_the_clock(route, client, attempt, is_async=isinstance(run, AsyncRun))
+
+    patch.setattr(RunBase, "__init__", init_and_remember)
+    patch.setattr(ClientSlot, "lease", lease_and_remember)
+    patch.setattr(Watch, "fire", fire_and_close_the_client)
+
+
+def _close_from_the_clock(
+    route: Route, client: Any, attempt: AttemptRecord, *, is_async: bool
+) -> None:
+    where = f"{threading.current_thread().name}/loop-timer" if is_async else _here()
+    if is_async:
+        asyncio.get_running_loop().create_task(route.aclose_client(client))
+    else:
+        route.close_client(client)
+    attempt.diagnostics.cleanup.append(
+        CleanupStep(
+            step="close",
+            thread=where,
+            at=now() - attempt.started_at,
+            detail=f"{route.api_mode} client closed by the clock (mutation)",
+        )
+    )
+
+
+MUTATIONS: dict[str, Callable[[pytest.MonkeyPatch], None]] = {
+    "misdirect_cleanup": _misdirect_cleanup,
+    "leak_connection": _leak_connection,
+    "close_on_watchdog": _close_on_watchdog,
+}
+
+
+@contextmanager
+def mutation(name: str) -> Iterator[None]:
+    """Apply one mutation for the duration of a ``with`` block."""
+    if name not in MUTATIONS:
+        raise ValueError(f"unknown mutation {name!r}; one of {tuple(MUTATIONS)}")
+    with pytest.MonkeyPatch.context() as patch:
+        MUTATIONS[name](patch)
+        try:
+            yield
+        finally:
+            LEAKED.clear()
