@@ -28,6 +28,7 @@ from providers.loopback import (
     StallAfterEvents,
     StallAfterHeaders,
     StallBeforeHeaders,
+    TruncateAfterBlocks,
     recordings,
 )
 
@@ -341,6 +342,53 @@ def test_drop_after_events_resets_mid_body(
     assert [r.connection_closed_by for r in server.requests] == ["server_close", "server_close"]
 
 
+@pytest.mark.parametrize("end", ["complete", "cut"])
+def test_truncate_after_blocks_sends_exactly_n_blocks_then_ends_the_body(
+    server: LoopbackServer, end: str
+) -> None:
+    tool_use = recordings.load("anthropic", "tool_use")
+    # Block 13 is the tool's content_block_stop, not a meaningful event: only a count of
+    # raw blocks can cut between the last argument delta (12) and that stop.
+    for n in (0, 12, 13, len(tool_use.blocks)):
+        server.script("t", [TruncateAfterBlocks(n=n, recording="tool_use", end=end)])
+        with connect(server) as sock:
+            sock.sendall(raw_request("/v1/messages", {"stream": True}, {"x-loopback-key": "t"}))
+            reader = sock.makefile("rb")
+            assert int(reader.readline().split()[1]) == 200
+            while reader.readline().strip():
+                pass
+            body = b""
+            ended_cleanly = False
+            try:
+                while size := int(reader.readline().strip() or b"0", 16):
+                    body += reader.read(size)
+                    reader.read(2)
+                ended_cleanly = reader.read(2) == b"\r\n"
+            except ConnectionResetError:
+                pass
+            reader.close()
+        assert body == b"".join(block.raw for block in tool_use.blocks[:n]), n
+        assert ended_cleanly == (end == "complete"), n
+    assert server.wait_idle(2.0)
+    closed_by = "server_close" if end == "cut" else "fin"
+    assert [r.connection_closed_by for r in server.requests] == [closed_by] * 4
+
+
+def test_truncate_after_blocks_gives_a_plain_request_the_completion_so_far(
+    server: LoopbackServer, aclient: anthropic.Anthropic
+) -> None:
+    server.script("t", [TruncateAfterBlocks(n=6, recording="tool_use")])
+    message = aclient.messages.create(
+        model="claude-loopback",
+        max_tokens=64,
+        messages=MESSAGES,  # type: ignore[arg-type]
+        extra_headers={"x-loopback-key": "t"},
+    )
+    # Six blocks hold the text block but not the tool_use block that follows it.
+    assert [block.type for block in message.content] == ["text"]
+    assert message.stop_reason is None
+
+
 @pytest.mark.parametrize("after", [0, 2])
 def test_malformed_event_raises_json_error(
     server: LoopbackServer, aclient: anthropic.Anthropic, oclient: openai.OpenAI, after: int
@@ -542,6 +590,8 @@ def test_faults_print_and_validate() -> None:
         StallAfterEvents(n=-1)
     with pytest.raises(ValueError):
         PingsOnly(interval=0)
+    with pytest.raises(ValueError):
+        TruncateAfterBlocks(n=1, end="stall")
     with pytest.raises(ValueError):
         HttpError(headers=(("x", "a\r\nb"),))
     with pytest.raises(TypeError):

@@ -25,6 +25,7 @@ from ._faults import (
     StallAfterEvents,
     StallAfterHeaders,
     StallBeforeHeaders,
+    TruncateAfterBlocks,
 )
 from ._script import ScriptError, format_fault, format_script, parse_script
 from ._server import (
@@ -53,6 +54,7 @@ __all__ = [
     "StallAfterEvents",
     "StallAfterHeaders",
     "StallBeforeHeaders",
+    "TruncateAfterBlocks",
     "error_body",
     "format_fault",
     "format_script",

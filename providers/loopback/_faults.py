@@ -27,6 +27,7 @@ __all__ = [
     "StallAfterEvents",
     "StallAfterHeaders",
     "StallBeforeHeaders",
+    "TruncateAfterBlocks",
 ]
 
 DEFAULT_RECORDING = "text_basic"
@@ -117,6 +118,30 @@ class DropAfterEvents:
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
+class TruncateAfterBlocks:
+    """Send the recording's first ``n`` SSE blocks, then end the body.
+
+    Unlike the other positions, ``n`` counts every block (pings, ``content_block_stop``,
+    ``response.output_item.done``, the ``[DONE]`` line), so a test can cut at each event
+    boundary, between a tool call's last argument delta and its stop included.
+    ``end="complete"`` terminates the chunked body properly, as a proxy that closes a
+    stream early does: nothing but the missing events tells the client it was cut.
+    ``end="cut"`` resets the TCP connection instead. A non-streaming request gets the
+    completion assembled from those blocks (halved, then reset, for ``"cut"``).
+    """
+
+    n: int = 0
+    recording: str = DEFAULT_RECORDING
+    end: str = "complete"
+
+    def __post_init__(self) -> None:
+        _check_count("n", self.n)
+        _check_recording(self.recording)
+        if self.end not in ("complete", "cut"):
+            raise ValueError(f"end must be 'complete' or 'cut', got {self.end!r}")
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
 class HttpError:
     """Answer with ``status`` and a JSON error body.
 
@@ -192,6 +217,7 @@ Fault: TypeAlias = (
     | StallAfterEvents
     | PingsOnly
     | DropAfterEvents
+    | TruncateAfterBlocks
     | HttpError
     | MalformedEvent
     | RawResponse
@@ -205,6 +231,7 @@ FAULT_TYPES: tuple[type, ...] = (
     StallAfterEvents,
     PingsOnly,
     DropAfterEvents,
+    TruncateAfterBlocks,
     HttpError,
     MalformedEvent,
     RawResponse,

@@ -86,6 +86,10 @@ class Recording:
             return self.blocks[: indexes[0]] if indexes else self.blocks
         return self.blocks[: indexes[n - 1] + 1]
 
+    def truncated(self, blocks: int) -> Recording:
+        """The recording's first ``blocks`` SSE blocks, as a recording of its own."""
+        return Recording(provider=self.provider, name=self.name, blocks=self.blocks[:blocks])
+
     def text(self, choice: int = 0) -> str:
         """The concatenated text deltas: what an SDK consumer should reassemble.
 

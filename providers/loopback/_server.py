@@ -64,6 +64,7 @@ from ._faults import (
     StallAfterEvents,
     StallAfterHeaders,
     StallBeforeHeaders,
+    TruncateAfterBlocks,
 )
 from ._recordings import Provider
 from ._script import ScriptError, format_fault, parse_script
@@ -105,7 +106,14 @@ _MALFORMED = {
     "openai_responses": b"event: response.output_text.delta\n"
     b'data: {"type": "response.output_text.delta", "delta": {\n\n',
 }
-_RECORDING_FAULTS = (Healthy, StallAfterEvents, PingsOnly, DropAfterEvents, MalformedEvent)
+_RECORDING_FAULTS = (
+    Healthy,
+    StallAfterEvents,
+    PingsOnly,
+    DropAfterEvents,
+    TruncateAfterBlocks,
+    MalformedEvent,
+)
 _REQUEST_ID_HEADER = {
     "anthropic": "request-id",
     "openai": "x-request-id",
@@ -282,6 +290,11 @@ def _framed(provider: Provider, name: str) -> tuple[bytes, ...]:
 @functools.cache
 def _completion_body(provider: Provider, name: str) -> bytes:
     return json.dumps(_recordings.load(provider, name).completion()).encode()
+
+
+def _truncated_completion_body(provider: Provider, name: str, blocks: int) -> bytes:
+    recording = _recordings.load(provider, name)
+    return json.dumps(recording.truncated(blocks).completion()).encode()
 
 
 def error_body(provider: Provider, status: int, message: str | None = None) -> dict[str, Any]:
@@ -1107,6 +1120,11 @@ class LoopbackServer:
         elif isinstance(fault, DropAfterEvents):
             await self._send(conn, head + prefix(fault.n))
             await self._drop(conn)
+        elif isinstance(fault, TruncateAfterBlocks):
+            await self._send(conn, head + b"".join(chunks[: fault.n]))
+            if fault.end == "cut":
+                await self._drop(conn)
+            await self._send(conn, _END_CHUNKS)
         elif isinstance(fault, PingsOnly):
             await self._send(conn, head + prefix(fault.after_events))
             ping = _frame(_PING[provider])
@@ -1145,6 +1163,8 @@ class LoopbackServer:
         if isinstance(fault, StallBeforeHeaders):
             await self._stall(conn)
         body = _completion_body(req.provider, recording)
+        if isinstance(fault, TruncateAfterBlocks):
+            body = _truncated_completion_body(req.provider, recording, fault.n)
         if isinstance(fault, MalformedEvent):
             body = body[: len(body) // 2]
         head = _head(
@@ -1162,7 +1182,9 @@ class LoopbackServer:
         if isinstance(fault, StallAfterHeaders | StallAfterEvents | PingsOnly):
             await self._send(conn, head)
             await self._stall(conn)
-        elif isinstance(fault, DropAfterEvents):
+        elif isinstance(fault, DropAfterEvents) or (
+            isinstance(fault, TruncateAfterBlocks) and fault.end == "cut"
+        ):
             await self._send(conn, head + body[: len(body) // 2])
             await self._drop(conn)
         else:
