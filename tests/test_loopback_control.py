@@ -27,6 +27,7 @@ from providers.loopback import (
     StallAfterEvents,
     StallAfterHeaders,
     StallBeforeHeaders,
+    TruncateAfterBlocks,
     format_fault,
     parse_script,
 )
@@ -47,6 +48,8 @@ STEPS: list[tuple[str, Fault]] = [
     ("http:429", HttpError(status=429)),
     ("malformed", MalformedEvent()),
     ("malformed:1", MalformedEvent(after_events=1)),
+    ("truncate_after:12", TruncateAfterBlocks(n=12)),
+    ("truncate_after:3:end=cut", TruncateAfterBlocks(n=3, end="cut")),
 ]
 
 

@@ -19,6 +19,7 @@ step                     fault                       other fields
 ``drop_after[:N]``       ``DropAfterEvents(n=N)``    ``recording``
 ``http[:STATUS]``        ``HttpError(status=S)``     (STATUS defaults to 529)
 ``malformed[:N]``        ``MalformedEvent(after_events=N)``  ``recording``
+``truncate_after[:N]``   ``TruncateAfterBlocks(n=N)``  ``recording``, ``end`` (complete/cut)
 =======================  ==========================  ===============================
 
 Example: ``2*http:529,stall_after:1,healthy``. A script that runs out means ``healthy``.
@@ -41,6 +42,7 @@ from ._faults import (
     StallAfterEvents,
     StallAfterHeaders,
     StallBeforeHeaders,
+    TruncateAfterBlocks,
 )
 
 __all__ = ["ScriptError", "format_fault", "format_script", "parse_script"]
@@ -68,6 +70,7 @@ _STEPS: dict[str, _Step] = {
     "drop_after": _Step(fault_class=DropAfterEvents, positional="n"),
     "http": _Step(fault_class=HttpError, positional="status"),
     "malformed": _Step(fault_class=MalformedEvent, positional="after_events"),
+    "truncate_after": _Step(fault_class=TruncateAfterBlocks, positional="n"),
 }
 _NAMES = {step.fault_class: name for name, step in _STEPS.items()}
 
@@ -78,6 +81,7 @@ _FIELD_TYPES: dict[str, tuple[Callable[[str], Any], str]] = {
     "interval": (float, "a number of seconds"),
     "drip": (float, "a number of seconds"),
     "recording": (str, "a recording name"),
+    "end": (str, "'complete' or 'cut'"),
 }
 """The fields a step can set; ``HttpError.body`` and ``headers`` need the Python API."""
 
