@@ -185,7 +185,9 @@ VERDICTS: Final[tuple[Verdict, ...]] = (
         counts="failure",
         then="fallback",
     ),
-    Verdict(name="completed", cause=Healthy(), outcome="completed", counts="success", then="completed"),
+    Verdict(
+        name="completed", cause=Healthy(), outcome="completed", counts="success", then="completed"
+    ),
 )
 
 RETRY: Final = RetryPolicy(max_attempts=2, initial_backoff=0.0, max_backoff=0.0, jitter=0.0)
@@ -209,9 +211,7 @@ def _ids(rows: tuple[Verdict, ...]) -> list[str]:
 
 
 def test_the_table_has_a_row_per_fault_class() -> None:
-    statuses = sorted(
-        {row.cause.status for row in VERDICTS if isinstance(row.cause, HttpError)}
-    )
+    statuses = sorted({row.cause.status for row in VERDICTS if isinstance(row.cause, HttpError)})
     assert statuses == [400, 401, 402, 403, 404, 408, 409, 413, 422, 429, 500, 502, 503, 504, 529]
     assert len({row.name for row in VERDICTS}) == len(VERDICTS)
 
@@ -290,15 +290,19 @@ def test_the_policy_decides_and_judges_each_fault_class(row: Verdict, api: str) 
         expected_route = 1 if row.then == "fallback" else 0
         assert (then, core.decision.route_index) == (row.then, expected_route), core.decision
         if row.then == "retry":
-            retry_after = dict(row.cause.headers).get("retry-after") if isinstance(
-                row.cause, HttpError
-            ) else None
+            retry_after = (
+                dict(row.cause.headers).get("retry-after")
+                if isinstance(row.cause, HttpError)
+                else None
+            )
             # zero backoff: any delay is the provider's Retry-After
             assert core.decision.delay == (float(retry_after) if retry_after else 0.0)
     else:
         assert core.state == row.then
     fault = None if attempt.outcome == "completed" else core.last_fault
-    verdict = verdict_of(attempt.outcome or "interrupted", fault)
+    verdict = verdict_of(
+        attempt.outcome or "interrupted", fault, clock=attempt.diagnostics.stall_clock
+    )
     assert COUNTS_OF[verdict] == row.counts, (verdict, fault)
 
 
