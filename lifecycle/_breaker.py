@@ -3,9 +3,9 @@
 Rules
 -----
 1. ``closed``: every run may use the route. Attempts that end ``stale`` or ``dropped``
-   by a provider fault (not the caller's 400, not an interrupt) count as consecutive
-   failures; a completed attempt resets the count. ``BreakerPolicy.failures_to_open``
-   consecutive failures open the breaker.
+   by a provider fault (not the caller's 400, an interrupt or ``Timeouts.total``) count
+   as consecutive failures; a completed attempt resets the count.
+   ``BreakerPolicy.failures_to_open`` consecutive failures open the breaker.
 2. ``open``: no run is admitted. The breaker stays open for a cooldown that grows with
    every opening since the last successful probe (``cooldown * cooldown_factor ** n``,
    at most ``max_cooldown``), then becomes ``half_open``.

@@ -176,7 +176,10 @@ class RunBase:
         fault = None if attempt.outcome == "completed" else self._core.last_fault
         probe_id, self._probe_id = self._probe_id, None
         route = self._routes[attempt.route_index]
-        return route.name, verdict_of(attempt.outcome or "interrupted", fault), probe_id
+        verdict = verdict_of(
+            attempt.outcome or "interrupted", fault, clock=attempt.diagnostics.stall_clock
+        )
+        return route.name, verdict, probe_id
 
     # -- shared decisions -----------------------------------------------------------------
     def _continuable(self) -> bool:
