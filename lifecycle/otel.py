@@ -414,17 +414,20 @@ def provider_name(api_mode: str) -> str:
     return PROVIDER_OF_API_MODE.get(api_mode, api_mode)
 
 
-def _gen_ai_request_attributes(run: RunBase, attempt: AttemptRecord) -> dict[str, AttributeValue]:
-    """What is known when the attempt starts: at the span's start, so samplers see it."""
+def _gen_ai_identity(attempt: AttemptRecord) -> dict[str, AttributeValue]:
+    """The operation, provider and requested model: on the span and on every metric."""
     provider = provider_name(attempt.api_mode)
-    attributes: dict[str, AttributeValue] = {
+    return {
         GEN_AI_OPERATION_NAME: OPERATION,
         GEN_AI_PROVIDER_NAME: provider,
         GEN_AI_SYSTEM: provider,
         GEN_AI_REQUEST_MODEL: attempt.model,
     }
-    attributes[GEN_AI_REQUEST_MAX_TOKENS] = run.request.max_tokens
-    return attributes
+
+
+def _gen_ai_request_attributes(run: RunBase, attempt: AttemptRecord) -> dict[str, AttributeValue]:
+    """What is known when the attempt starts: at the span's start, so samplers see it."""
+    return {**_gen_ai_identity(attempt), GEN_AI_REQUEST_MAX_TOKENS: run.request.max_tokens}
 
 
 def _error_type(attempt: AttemptRecord) -> str | None:
@@ -443,13 +446,7 @@ def _error_type(attempt: AttemptRecord) -> str | None:
 def _gen_ai_metric_attributes(attempt: AttemptRecord) -> dict[str, AttributeValue]:
     """The attributes the conventions list for the client metrics (low cardinality)."""
     diag = attempt.diagnostics
-    provider = provider_name(attempt.api_mode)
-    attributes: dict[str, AttributeValue] = {
-        GEN_AI_OPERATION_NAME: OPERATION,
-        GEN_AI_PROVIDER_NAME: provider,
-        GEN_AI_SYSTEM: provider,
-        GEN_AI_REQUEST_MODEL: attempt.model,
-    }
+    attributes = _gen_ai_identity(attempt)
     if diag.response_model:
         attributes[GEN_AI_RESPONSE_MODEL] = diag.response_model
     if diag.server_address:
