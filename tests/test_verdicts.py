@@ -28,7 +28,6 @@ from dataclasses import dataclass
 from typing import Any, Final, Literal
 
 import anthropic
-import httpx2
 import openai
 import pytest
 from conftest import ProviderKit
@@ -60,6 +59,11 @@ from providers.loopback import (
     StallAfterHeaders,
     recordings,
 )
+
+try:  # the SDKs' HTTP library: httpx2 for anthropic 2.x / openai 3.x, httpx before
+    import httpx2 as httpx  # type: ignore[import-not-found]
+except ImportError:
+    import httpx  # type: ignore[no-redef]
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -239,10 +243,10 @@ def core_events(row: Verdict, route: Route, at: float) -> list[LifecycleEvent]:
         )
         return [*started, AttemptFailed(at=end, fault=fault)]
     if cause == REFUSED:
-        refused = httpx2.ConnectError("[Errno 111] Connection refused")
+        refused = httpx.ConnectError("[Errno 111] Connection refused")
         return [*started, AttemptFailed(at=end, fault=route.classify(refused))]
     if isinstance(cause, DropAfterEvents):
-        reset = httpx2.ReadError("[Errno 104] Connection reset by peer")
+        reset = httpx.ReadError("[Errno 104] Connection reset by peer")
         return [*progressed, AttemptFailed(at=end, fault=route.classify(reset))]
     if isinstance(cause, StallAfterHeaders):
         return [*started, StallDetected(at=end, clock="first_token", deadline=end)]
