@@ -173,32 +173,40 @@ def _two_runs_sharing_a_client(server: LoopbackServer, switch: str | None) -> li
     tag = f"-leak-{switch}"
     engine = StreamEngine(
         routes=make_routes(server, "sync", ("anthropic",), tag=tag),
-        timeouts=Timeouts(connect=1, first_token=2 * IDLE_WAIT, stale=2 * IDLE_WAIT, total=40),
+        timeouts=Timeouts(connect=1, first_token=5, stale=5, total=4 * IDLE_WAIT),
         retry=RetryPolicy(max_attempts=2, initial_backoff=0, max_backoff=0),
     )
     found: list[str] = []
     try:
-        # The slow run must outlast the invariant's wait for the server to see the quick
-        # run's connection closed: its nine SSE blocks take 2.25 times IDLE_WAIT.
-        drip = IDLE_WAIT / 4
-        slow = start_run(engine, server, f"slow{tag}", "sync", [Healthy(drip=drip)])
+        # The slow run holds its first event (time in the loop body is not silence) until
+        # the quick run has been checked, so the shared client stays in use for as long as
+        # the invariant waits for the server to see the quick run's connection closed.
+        slow = start_run(engine, server, f"slow{tag}", "sync", [Healthy(drip=0.05)])
         slow.exclusive = False  # the quick run builds clients on its routes meanwhile
-        started = threading.Event()
+        started, checked = threading.Event(), threading.Event()
         holder: dict[str, Any] = {}
 
+        def hold_until_checked(record: Any, event: Any) -> None:
+            if not started.is_set():
+                started.set()
+                checked.wait(3 * IDLE_WAIT)
+
         def stream_slowly() -> None:
-            holder["record"] = drive_sync(slow, lambda rec, ev: started.set())
+            holder["record"] = drive_sync(slow, hold_until_checked)
 
         thread = threading.Thread(target=stream_slowly, name=f"slow-run{tag}")
         thread.start()
-        assert started.wait(5), "the slow run never streamed"
-        with switched(switch):
-            quick = start_run(
-                engine, server, f"quick{tag}", "sync", [HttpError(status=500), Healthy()]
-            )
-            drive_sync(quick)
-            found = [name for name, _ in violations_of(quick)]
-        thread.join(30)
+        try:
+            assert started.wait(10), "the slow run never streamed"
+            with switched(switch):
+                quick = start_run(
+                    engine, server, f"quick{tag}", "sync", [HttpError(status=500), Healthy()]
+                )
+                drive_sync(quick)
+                found = [name for name, _ in violations_of(quick)]
+        finally:
+            checked.set()
+            thread.join(30)
         check_run(holder["record"])
     finally:
         engine.close()
