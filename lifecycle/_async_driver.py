@@ -140,6 +140,7 @@ class AsyncRun(RunBase):
             if self._interrupted:
                 connection.abort(reason="interrupt")
             builder, request = self._attempt_builder_and_request(route)
+            diag.omitted_options = route.omitted_options(request)
             lease: ClientLease | None = None
             stream: AsyncAttemptStream | None = None
             chunks = 0

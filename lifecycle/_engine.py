@@ -14,7 +14,7 @@ from ._errors import MissingCredentials
 from ._health import BreakerStatus, HealthStore, RouteHealth
 from ._hooks import HookDispatcher, LifecycleHooks
 from ._machine import RouteInfo, RunCore
-from ._route import Request, Route
+from ._route import Request, Route, SupportsToDict
 from ._run import Transition, redact
 from ._sync_driver import Run
 
@@ -134,7 +134,7 @@ class StreamEngine:
 
     def _request(
         self,
-        messages: Sequence[Mapping[str, Any]],
+        messages: Sequence[Mapping[str, Any] | SupportsToDict],
         max_tokens: int,
         system: str | None,
         tools: Sequence[Mapping[str, Any]] | None,
@@ -146,13 +146,27 @@ class StreamEngine:
             raise ValueError("messages must be a non-empty list of {'role', 'content'} dicts")
         if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1:
             raise ValueError("max_tokens must be a positive int")
-        return Request(
+        provider_options = options.pop("provider_options", None) or {}
+        if not isinstance(provider_options, Mapping) or not all(
+            isinstance(per_api, Mapping) for per_api in provider_options.values()
+        ):
+            raise ValueError(
+                "provider_options must map an api_mode to keyword arguments, e.g. "
+                '{"anthropic_messages": {"thinking": {...}}}'
+            )
+        request = Request(
             messages=tuple(messages),
             max_tokens=max_tokens,
             system=system,
             tools=tuple(tools or ()),
             options=options,
+            provider_options={api: dict(kw) for api, kw in provider_options.items()},
         )
+        # Every route of the chain, before any request: a fallback route must not be the
+        # first to find out that the history or a keyword cannot go to its API.
+        for route in self.routes:
+            route.check_request(request)
+        return request
 
     def _core(self) -> RunCore:
         return RunCore(
@@ -167,7 +181,7 @@ class StreamEngine:
     def stream(
         self,
         *,
-        messages: Sequence[Mapping[str, Any]],
+        messages: Sequence[Mapping[str, Any] | SupportsToDict],
         max_tokens: int,
         system: str | None = None,
         tools: Sequence[Mapping[str, Any]] | None = None,
@@ -193,7 +207,7 @@ class StreamEngine:
     def astream(
         self,
         *,
-        messages: Sequence[Mapping[str, Any]],
+        messages: Sequence[Mapping[str, Any] | SupportsToDict],
         max_tokens: int,
         system: str | None = None,
         tools: Sequence[Mapping[str, Any]] | None = None,

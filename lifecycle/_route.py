@@ -12,7 +12,7 @@ import inspect
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Protocol, runtime_checkable
 
 from ._abort import Shutdownable
 from ._clients import STREAMS_PER_CLIENT, ClientSlot
@@ -20,20 +20,32 @@ from ._config import Timeouts
 from ._errors import Fault, MissingCredentials
 from ._message import StreamEvent
 
-__all__ = ["AsyncAttemptStream", "AttemptStream", "Request", "Route"]
+__all__ = ["AsyncAttemptStream", "AttemptStream", "Request", "Route", "SupportsToDict"]
+
+
+@runtime_checkable
+class SupportsToDict(Protocol):
+    """A history entry given as an object (``lifecycle.Message``): its ``to_dict()`` is
+    the neutral message dict."""
+
+    def to_dict(self) -> dict[str, Any]: ...
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class Request:
     """A provider-neutral request; each route translates it to its own wire API."""
 
-    messages: Sequence[Mapping[str, Any]]
+    messages: Sequence[Mapping[str, Any] | SupportsToDict]
+    """The neutral history (README, "Conversation history")."""
     max_tokens: int
     system: str | None = None
     tools: Sequence[Mapping[str, Any]] = ()
     """Each: {"name", "description", "input_schema"} (JSON schema of the arguments)."""
     options: Mapping[str, Any] = field(default_factory=dict)
-    """Other keyword arguments, passed through to the SDK call unchanged."""
+    """Other keyword arguments: the neutral ones each route translates, the rest passed
+    through to the SDK call unchanged."""
+    provider_options: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    """api_mode -> keyword arguments for the routes of that api_mode only."""
 
 
 class AttemptStream(ABC):
@@ -170,6 +182,18 @@ class Route(ABC):
         return self.prepare_client(client)
 
     # -- the adapter contract ---------------------------------------------------------
+    def check_request(self, request: Request) -> None:
+        """Raise ``ValueError`` if this route could never send ``request`` (a history or
+        a keyword its wire API refuses). The engine calls it for every route of the
+        chain at ``stream()``/``astream()``, before any request, so a fallback route
+        never fails on what was known from the start."""
+        return None
+
+    def omitted_options(self, request: Request) -> tuple[str, ...]:
+        """The caller's per-call options this route leaves out of ``request`` (its wire
+        API has no such parameter); the attempt's diagnostics list them."""
+        return ()
+
     def client_classes(self) -> tuple[type, ...]:
         """The SDK client classes this route accepts (sync and async); () accepts any."""
         return ()

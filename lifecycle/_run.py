@@ -90,6 +90,8 @@ class Diagnostics:
     server_address: str | None = None
     """Host of the base URL the attempt's client sent to (telemetry's server.address)."""
     server_port: int | None = None
+    omitted_options: tuple[str, ...] = ()
+    """The caller's per-call options the route could not send (its wire API has none)."""
 
     def as_dict(self) -> dict[str, Any]:
         return {

@@ -169,6 +169,7 @@ class Run(RunBase):
             connection.abort(reason="interrupt")
         watch = self._watch
         builder, request = self._attempt_builder_and_request(route)
+        diag.omitted_options = route.omitted_options(request)
         lease: ClientLease | None = None
         stream: AttemptStream | None = None
         chunks = 0

@@ -8,11 +8,15 @@ The wire API (request shape, event translation, classification) stays in the ada
 
 from __future__ import annotations
 
+import functools
+import inspect
+from collections.abc import Callable, Mapping
 from typing import Any, ClassVar
 
-from lifecycle import Fault, MissingCredentials, Route, Timeouts
+from lifecycle import Fault, MissingCredentials, Request, Route, Timeouts
 from lifecycle._run import redact
 
+from ._history import NEUTRAL_OPTIONS, WireOptions, check_tool_choice, normalize
 from ._sockets import install_connection_tagging
 
 NO_CREDENTIALS = "Could not resolve authentication method"
@@ -32,6 +36,79 @@ class SdkRoute(Route):
     """What the user sets so this SDK's client can authenticate."""
     credentials_env: ClassVar[str]
     """The environment variable of the SDK's API key, which its own errors name."""
+    create_method: ClassVar[Callable[..., Any]]
+    """The SDK resource method a request goes to: its signature says which keywords
+    the installed SDK accepts (the SDK versions this project supports differ)."""
+
+    @classmethod
+    def wire_options(cls, neutral: Mapping[str, Any], *, has_tools: bool) -> WireOptions:
+        """The neutral per-call options as this wire API's keywords."""
+        raise NotImplementedError
+
+    # -- per-call options ---------------------------------------------------------------
+    @classmethod
+    def create_parameters(cls) -> frozenset[str]:
+        return _parameters_of(cls.create_method)
+
+    def _where(self) -> str:
+        method = self.create_method
+        sdk = method.__module__.split(".")[0]
+        version = getattr(__import__(sdk), "__version__", "?")
+        return f"{sdk} {version} {method.__qualname__}()"
+
+    def _wire_options(self, request: Request) -> tuple[WireOptions, list[str]]:
+        """The neutral options this route sends, and the neutral ones it omits."""
+        neutral = {
+            name: request.options[name] for name in NEUTRAL_OPTIONS if name in request.options
+        }
+        wire = self.wire_options(neutral, has_tools=bool(request.tools))
+        omitted = list(wire.omitted)
+        accepted = self.create_parameters()
+        for keyword in [k for k in wire.kwargs if k not in accepted]:
+            del wire.kwargs[keyword]
+            omitted.extend(wire.sources[keyword])
+        return wire, [name for name in NEUTRAL_OPTIONS if name in omitted]
+
+    def check_request(self, request: Request) -> None:
+        normalize(request.messages)
+        if "tool_choice" in request.options:
+            check_tool_choice(request.options["tool_choice"])
+        accepted = self.create_parameters()
+        for keyword in request.options:
+            if keyword not in NEUTRAL_OPTIONS and keyword not in accepted:
+                raise ValueError(
+                    f"keyword {keyword!r} is not accepted by route {self.name} "
+                    f"({self._where()} has no such parameter): pass it for one wire API "
+                    f"as provider_options={{{self.api_mode!r}: {{{keyword!r}: ...}}}}"
+                )
+        for keyword in request.provider_options.get(self.api_mode, {}):
+            if keyword not in accepted:
+                raise ValueError(
+                    f"provider_options[{self.api_mode!r}] keyword {keyword!r} is not "
+                    f"accepted by route {self.name} ({self._where()} has no such parameter)"
+                )
+
+    def omitted_options(self, request: Request) -> tuple[str, ...]:
+        return tuple(self._wire_options(request)[1])
+
+    def apply_options(self, kwargs: dict[str, Any], request: Request) -> dict[str, Any]:
+        """Add the options to a request's keywords: the neutral ones translated, then the
+        route's, then this api_mode's ``provider_options`` (its ``tools``, the provider's
+        native tools, join the function tools), then the other per-call keywords."""
+        wire, _ = self._wire_options(request)
+        kwargs.update(wire.kwargs)
+        kwargs.update(self.options)
+        own = dict(request.provider_options.get(self.api_mode, {}))
+        native_tools = own.pop("tools", None)
+        if native_tools:
+            kwargs["tools"] = [*kwargs.get("tools", ()), *native_tools]
+        kwargs.update(own)
+        kwargs.update(
+            (keyword, value)
+            for keyword, value in request.options.items()
+            if keyword not in NEUTRAL_OPTIONS
+        )
+        return kwargs
 
     def client_classes(self) -> tuple[type, ...]:
         return (self.sync_client_class, self.async_client_class)
@@ -124,6 +201,11 @@ class SdkRoute(Route):
 
     async def aclose_client(self, client: Any) -> None:
         await client.close()
+
+
+@functools.cache
+def _parameters_of(method: Callable[..., Any]) -> frozenset[str]:
+    return frozenset(inspect.signature(method).parameters) - {"self"}
 
 
 def _dotted(cls: type) -> str:

@@ -18,10 +18,11 @@ carrying the error body; it is classified by its error type (``overloaded_error`
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from typing import Any, ClassVar, Final
 
 import anthropic
+import anthropic.resources.messages
 from anthropic._models import FinalRequestOptions
 
 from lifecycle import (
@@ -35,7 +36,9 @@ from lifecycle import (
     Usage,
 )
 
+from . import _wire_anthropic
 from ._classify import SHAPE_ERRORS, classify_with_table, schema_violation
+from ._history import normalize
 from ._sdk_route import SdkRoute
 from ._sockets import socket_of_response
 
@@ -67,30 +70,25 @@ class AnthropicMessages(SdkRoute):
         "or pass api_key= to the client in the route's factory"
     )
 
+    create_method: ClassVar[Callable[..., Any]] = anthropic.resources.messages.Messages.create
+    wire_options = staticmethod(_wire_anthropic.options)
+
     def request_kwargs(self, request: Request, timeouts: Timeouts) -> dict[str, Any]:
+        messages, system = _wire_anthropic.messages_and_system(
+            normalize(request.messages), request.system
+        )
         kwargs: dict[str, Any] = {
             "model": self.model,
-            "messages": list(request.messages),
+            "messages": messages,
             "max_tokens": request.max_tokens,
             "stream": True,
             "timeout": self.sdk_timeout(timeouts),
         }
-        if request.system is not None:
-            kwargs["system"] = request.system
+        if system is not None:
+            kwargs["system"] = system
         if request.tools:
-            kwargs["tools"] = [
-                {
-                    "name": tool["name"],
-                    "description": tool.get("description", ""),
-                    "input_schema": tool.get("input_schema")
-                    or tool.get("parameters")
-                    or {"type": "object"},
-                }
-                for tool in request.tools
-            ]
-        kwargs.update(self.options)
-        kwargs.update(request.options)
-        return kwargs
+            kwargs["tools"] = _wire_anthropic.tools(request.tools)
+        return self.apply_options(kwargs, request)
 
     def open(self, client: Any, request: Request, timeouts: Timeouts) -> AttemptStream:
         stream = client.messages.create(**self.request_kwargs(request, timeouts))

@@ -18,11 +18,12 @@ is classified by its type/code like the HTTP status it stands for.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from dataclasses import replace
 from typing import Any, ClassVar, Final
 
 import openai
+import openai.resources.chat.completions
 from openai._models import FinalRequestOptions
 
 from lifecycle import (
@@ -36,12 +37,14 @@ from lifecycle import (
     Usage,
 )
 
+from . import _wire_chat
 from ._classify import (
     SHAPE_ERRORS,
     ProviderErrorEvent,
     classify_with_table,
     schema_violation,
 )
+from ._history import normalize
 from ._sdk_route import SdkRoute
 from ._sockets import socket_of_response
 
@@ -75,14 +78,15 @@ class OpenAIChatCompletions(SdkRoute):
     credentials_env: ClassVar[str] = "OPENAI_API_KEY"
     credentials_hint: ClassVar[str] = OPENAI_CREDENTIALS_HINT
 
+    create_method: ClassVar[Callable[..., Any]] = (
+        openai.resources.chat.completions.Completions.create
+    )
+    wire_options = staticmethod(_wire_chat.options)
+
     def request_kwargs(self, request: Request, timeouts: Timeouts) -> dict[str, Any]:
-        messages: list[Any] = []
-        if request.system is not None:
-            messages.append({"role": "system", "content": request.system})
-        messages.extend(request.messages)
         kwargs: dict[str, Any] = {
             "model": self.model,
-            "messages": messages,
+            "messages": _wire_chat.messages(normalize(request.messages), request.system),
             "max_tokens": request.max_tokens,
             "stream": True,
             "timeout": self.sdk_timeout(timeouts),
@@ -90,22 +94,8 @@ class OpenAIChatCompletions(SdkRoute):
         if not self.without_stream_options:
             kwargs["stream_options"] = {"include_usage": True}
         if request.tools:
-            kwargs["tools"] = [
-                {
-                    "type": "function",
-                    "function": {
-                        "name": tool["name"],
-                        "description": tool.get("description", ""),
-                        "parameters": tool.get("input_schema")
-                        or tool.get("parameters")
-                        or {"type": "object"},
-                    },
-                }
-                for tool in request.tools
-            ]
-        kwargs.update(self.options)
-        kwargs.update(request.options)
-        return kwargs
+            kwargs["tools"] = _wire_chat.tools(request.tools)
+        return self.apply_options(kwargs, request)
 
     def open(self, client: Any, request: Request, timeouts: Timeouts) -> AttemptStream:
         stream = client.chat.completions.create(**self.request_kwargs(request, timeouts))

@@ -19,10 +19,11 @@ The tool-call index is the item's ``output_index``; the id given to the caller i
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from typing import Any, ClassVar
 
 import openai
+import openai.resources.responses
 from openai._models import FinalRequestOptions
 
 from lifecycle import (
@@ -36,7 +37,9 @@ from lifecycle import (
     Usage,
 )
 
+from . import _wire_responses
 from ._classify import SHAPE_ERRORS, classify_with_table, schema_violation
+from ._history import normalize
 from ._sdk_route import SdkRoute
 from ._sockets import socket_of_response
 from .openai_chat_completions import EXCEPTION_TABLE, OPENAI_CREDENTIALS_HINT
@@ -61,31 +64,25 @@ class OpenAIResponses(SdkRoute):
     credentials_env: ClassVar[str] = "OPENAI_API_KEY"
     credentials_hint: ClassVar[str] = OPENAI_CREDENTIALS_HINT
 
+    create_method: ClassVar[Callable[..., Any]] = openai.resources.responses.Responses.create
+    wire_options = staticmethod(_wire_responses.options)
+
     def request_kwargs(self, request: Request, timeouts: Timeouts) -> dict[str, Any]:
+        items, instructions = _wire_responses.input_and_instructions(
+            normalize(request.messages), request.system
+        )
         kwargs: dict[str, Any] = {
             "model": self.model,
-            "input": list(request.messages),
+            "input": items,
             "max_output_tokens": request.max_tokens,
             "stream": True,
             "timeout": self.sdk_timeout(timeouts),
         }
-        if request.system is not None:
-            kwargs["instructions"] = request.system
+        if instructions is not None:
+            kwargs["instructions"] = instructions
         if request.tools:
-            kwargs["tools"] = [
-                {
-                    "type": "function",
-                    "name": tool["name"],
-                    "description": tool.get("description", ""),
-                    "parameters": tool.get("input_schema")
-                    or tool.get("parameters")
-                    or {"type": "object"},
-                }
-                for tool in request.tools
-            ]
-        kwargs.update(self.options)
-        kwargs.update(request.options)
-        return kwargs
+            kwargs["tools"] = _wire_responses.tools(request.tools)
+        return self.apply_options(kwargs, request)
 
     def open(self, client: Any, request: Request, timeouts: Timeouts) -> AttemptStream:
         stream = client.responses.create(**self.request_kwargs(request, timeouts))
