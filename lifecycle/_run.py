@@ -107,6 +107,7 @@ class Diagnostics:
             "headers": dict(self.headers),
             "cleanup": [(s.step, s.thread, round(s.at, 6), s.detail) for s in self.cleanup],
             "stall_clock": self.stall_clock,
+            "omitted_options": list(self.omitted_options),
         }
 
 
