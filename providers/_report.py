@@ -118,6 +118,7 @@ def _attempt(record: dict[str, Any]) -> AttemptRecord:
             for s in record.get("cleanup") or ()
         ],
         stall_clock=record.get("stall_clock"),
+        omitted_options=tuple(record.get("omitted_options") or ()),
     )
     return AttemptRecord(
         number=int(record["attempt"]),
