@@ -20,7 +20,7 @@ from conftest import unique_model
 
 from lifecycle import RetryPolicy, Route, StreamEngine, Timeouts
 from providers import AnthropicMessages, OpenAIChatCompletions, OpenAIResponses
-from providers.loopback import HttpError, LoopbackServer
+from providers.loopback import Healthy, HttpError, LoopbackServer
 
 ROUTE_CLASSES: dict[str, type[Route]] = {
     "anthropic": AnthropicMessages,
@@ -118,15 +118,19 @@ def send(
     kinds: Sequence[str],
     *,
     failing: int = 0,
+    recording: str | None = None,
     **request: Any,
 ) -> tuple[Any, list[list[dict[str, Any]]]]:
-    """One run over ``kinds`` (its first ``failing`` routes answer 529); the run and
-    each route's bodies."""
+    """One run over ``kinds`` (its first ``failing`` routes answer 529, the others replay
+    ``recording`` if given); the run and each route's bodies."""
     is_async = driver == "async"
     captured = [Captured() for _ in kinds]
     models = [model_for(kind) for kind in kinds]
     for model in models[:failing]:
         server.script(model, [HttpError(status=529)])
+    if recording is not None:
+        for model in models[failing:]:
+            server.script(model, [Healthy(recording=recording)])
     routes = [
         make_route(kind, server, model, capture, is_async=is_async)
         for kind, model, capture in zip(kinds, models, captured, strict=True)
@@ -197,6 +201,42 @@ def test_parallel_calls_reach_anthropic_as_one_turn_each_in_call_order(
             "input_schema": TOOLS[0]["input_schema"],
         }
     ]
+
+
+def test_parallel_calls_streamed_by_chat_go_to_anthropic_paired(
+    server: LoopbackServer, driver: str
+) -> None:
+    question = {"role": "user", "content": "Weather in Paris and Rome?"}
+    turn, _ = send(
+        server, driver, ["chat"], recording="tool_calls_parallel", messages=[question], tools=TOOLS
+    )
+    calls = turn.message.tool_calls
+    assert len(calls) >= 2
+    history = [
+        question,
+        {
+            "role": "assistant",
+            "content": turn.message.text or None,
+            "tool_calls": [
+                {
+                    "id": c.id,
+                    "type": "function",
+                    "function": {"name": c.name, "arguments": c.arguments},
+                }
+                for c in calls
+            ],
+        },
+        *({"role": "tool", "tool_call_id": c.id, "content": f"result {c.id}"} for c in calls),
+    ]
+    _, (bodies,) = send(server, driver, ["anthropic"], messages=history, tools=TOOLS)
+    _, assistant, results = only_body(bodies)["messages"]
+    uses = [block for block in assistant["content"] if block["type"] == "tool_use"]
+    assert [(u["name"], u["input"]) for u in uses] == [
+        (c.name, json.loads(c.arguments)) for c in calls
+    ]
+    assert [r["type"] for r in results["content"]] == ["tool_result"] * len(calls)
+    assert [r["tool_use_id"] for r in results["content"]] == [u["id"] for u in uses]
+    assert [r["content"] for r in results["content"]] == [f"result {c.id}" for c in calls]
 
 
 def test_chat_receives_the_history_as_is_without_artifacts(
