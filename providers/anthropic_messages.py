@@ -128,6 +128,8 @@ EXCEPTION_TABLE: Final[Mapping[str, str]] = {
     "InternalServerError": "by_status",
     "OverloadedError": "by_status",
     "ServiceUnavailableError": "by_status",
+    # anthropic 2.16: a 503 subclass for a workspace still connecting to its storage.
+    "StorageNotReadyError": "by_status",
     "GatewayTimeoutError": "by_status",
     "DeadlineExceededError": "by_status",
     "RequestTimeoutError": "by_status",
