@@ -13,6 +13,7 @@ from typing import Any, ClassVar
 from lifecycle import Fault, MissingCredentials, Route, Timeouts
 from lifecycle._run import redact
 
+from ._credentials import guard_credentials, register_client_secrets
 from ._sockets import install_connection_tagging
 
 NO_CREDENTIALS = "Could not resolve authentication method"
@@ -55,8 +56,11 @@ class SdkRoute(Route):
         # own backoff and re-send from a foreign code path.
         sdk_client: Any = client  # (isinstance against a tuple of types narrows to object)
         prepared = sdk_client.with_options(max_retries=0)
+        # Known before the first request, so that even a refusal to build names no key.
+        register_client_secrets(prepared)
         self.check_credentials(prepared)
         install_connection_tagging(prepared)
+        guard_credentials(prepared, is_async=self.is_async_client(prepared))
         return prepared
 
     def check_credentials(self, client: Any) -> None:
