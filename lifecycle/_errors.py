@@ -88,12 +88,17 @@ class StreamFailed(LifecycleError):
     ) -> None:
         super().__init__(message)
         self.attempts = tuple(attempts)
-        if fault is not None and fault.headers:
+        if fault is not None:
             # Imported here: _shared imports this module. Raw response headers may echo
             # cookies or credentials; the error keeps what the records keep.
+            from ._run import redact
             from ._shared import header_subset
 
-            fault = dataclasses.replace(fault, headers=header_subset(fault.headers))
+            fault = dataclasses.replace(
+                fault,
+                headers=header_subset(fault.headers) if fault.headers else fault.headers,
+                request_id=redact(fault.request_id) if fault.request_id else fault.request_id,
+            )
         self.fault = fault
         self.partial_message = partial_message
         if fault is not None:

@@ -130,7 +130,7 @@ def status_fault(
         reason=redact(f"HTTP {status}: {message}")[:300],
         http_status=status,
         retry_after=retry_after,
-        request_id=request_id,
+        request_id=redact(request_id)[:200] if request_id else None,
         error_type=error_type,
         api_mode=api_mode,
         headers=header_subset(headers) if headers else None,

@@ -71,6 +71,10 @@ class SdkRoute(Route):
         build_headers = getattr(client, "_build_headers", None)
         if build_headers is None:
             return  # an SDK without it: credentials_fault still catches it per request
+        if getattr(client, "_api_key_provider", None) is not None:
+            # A callable api_key is asked for the key per request, after this dry run
+            # would build headers: its answer is the first request's to judge.
+            return
         try:
             build_headers(self.request_options_class(method="post", url="/"))
         except TypeError as exc:
