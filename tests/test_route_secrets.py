@@ -88,6 +88,8 @@ def stream_error(kind: str, key: str) -> RawResponse:
     elif kind == "chat_completions":
         block = f"data: {json.dumps({'error': {'message': message, 'type': 'server_error'}})}\n\n"
     else:
+        # Without an ``event:`` line: openai 1.78 hands an ``event: error`` block to the
+        # adapter as an unknown event (the stream then ends truncated, the key unseen).
         data = {
             "type": "error",
             "code": "server_error",
@@ -95,7 +97,7 @@ def stream_error(kind: str, key: str) -> RawResponse:
             "param": None,
             "sequence_number": 0,
         }
-        block = f"event: error\ndata: {json.dumps(data)}\n\n"
+        block = f"data: {json.dumps(data)}\n\n"
     return RawResponse(headers=SSE, body=block.encode())
 
 
@@ -294,8 +296,11 @@ def test_secrets_filter_redacts_the_sdks_debug_logs(
         r for r in caplog.records if r.name.split(".")[0] in ("anthropic", "openai", "httpx")
     ]
     logged = "\n".join(r.getMessage() for r in sdk_records)
-    # Both SDKs log the response's request id at DEBUG (anthropic: every header).
-    assert "req-[redacted]" in logged, logged
+    assert sdk_records, "the SDKs logged nothing at DEBUG"
+    # The SDKs log the response's request id (anthropic: every header) at DEBUG, except
+    # anthropic 0.40's async client, which logs only the request line.
+    if "req_loopback" in logged:
+        assert "req-[redacted]" in logged, logged
     assert_no_piece([r.getMessage() for r in caplog.records], key)
     assert_no_piece([json.dumps(vars(r), default=str) for r in caplog.records], key)
 
