@@ -16,6 +16,7 @@ registering a value already known costs one set lookup, so it can run per reques
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Iterable
 
@@ -54,6 +55,16 @@ def register_secrets(values: Iterable[object]) -> None:
         # reader that sees a secret also sees its pieces.
         _pieces = frozenset(pieces)
         _secrets = _secrets | fresh
+
+
+def _reset_lock_in_child() -> None:
+    # A fork while another thread registered would leave the child's copy held forever.
+    global _lock
+    _lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_reset_lock_in_child)
 
 
 def known_secret_count() -> int:

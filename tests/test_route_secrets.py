@@ -442,3 +442,30 @@ def test_a_redirect_within_the_origin_is_still_followed(
     out = run_once([route], driver, retry=RetryPolicy(max_attempts=1))
     assert out.run.state == "completed", [(a.outcome, a.reason) for a in out.run.attempts]
     assert len(out.run.attempts) == 1
+
+
+def test_any_long_enough_piece_of_a_known_secret_is_redacted() -> None:
+    from lifecycle._secrets import register_secrets
+
+    key = "opaque" + secrets.token_hex(16)
+    short = secrets.token_hex(3)  # 6 characters: not a secret worth mangling text for
+    register_secrets([key, f"Bearer {key[::-1]}", short])
+    assert redact(f"got {key}!") == "got [redacted]!"
+    assert redact(f"cut ...{key[5:13]}... and {key[-9:]}") == "cut ...[redacted]... and [redacted]"
+    assert redact(f"reversed {key[::-1]}") == "reversed [redacted]"
+    assert redact(f"a 7-char piece {key[:7]} stays") == f"a 7-char piece {key[:7]} stays"
+    assert redact(f"short {short}") == f"short {short}"
+
+
+def test_stream_failed_keeps_only_allowed_headers_of_its_fault() -> None:
+    fault = lifecycle.Fault(
+        outcome="error",
+        retryable=False,
+        fallback_eligible=True,
+        reason="HTTP 401",
+        headers={"Set-Cookie": "session=abc", "Request-Id": "req_1", "X-Echo": "x"},
+        request_id="req_1 sk-ant-" + secrets.token_hex(8),
+    )
+    error = StreamFailed("failed", attempts=(), fault=fault)
+    assert error.fault is not None and error.fault.headers == {"request-id": "req_1"}
+    assert error.request_id == error.fault.request_id == "req_1 [redacted]"
