@@ -14,6 +14,7 @@ from ._engine import StreamEngine
 from ._errors import Fault, Interrupted, LifecycleError, MissingCredentials, StreamFailed
 from ._health import BreakerStatus, HealthStore, LocalHealthStore, RouteHealth
 from ._hooks import LifecycleHooks
+from ._log_filter import SecretsFilter
 from ._machine import FINAL_STATES, STATES, TRANSITIONS
 from ._message import (
     IncompleteToolCall,
@@ -65,6 +66,7 @@ __all__ = [
     "Route",
     "RouteHealth",
     "Run",
+    "SecretsFilter",
     "Shutdownable",
     "StreamEngine",
     "StreamEvent",

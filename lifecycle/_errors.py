@@ -22,6 +22,7 @@ wrapped or swallowed: it propagates after a bounded cleanup.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
@@ -59,7 +60,8 @@ class Fault:
     error_type: str | None = None
     api_mode: str | None = None
     headers: Mapping[str, str] | None = None
-    """Response headers of the error, if any (filtered by the allowlist when recorded)."""
+    """Response headers of the error, if any: only those of the diagnostics' allowlist,
+    redacted (the adapters filter them; ``StreamFailed`` filters any other)."""
 
 
 class LifecycleError(Exception):
@@ -86,6 +88,17 @@ class StreamFailed(LifecycleError):
     ) -> None:
         super().__init__(message)
         self.attempts = tuple(attempts)
+        if fault is not None:
+            # Imported here: _shared imports this module. Raw response headers may echo
+            # cookies or credentials; the error keeps what the records keep.
+            from ._run import redact
+            from ._shared import header_subset
+
+            fault = dataclasses.replace(
+                fault,
+                headers=header_subset(fault.headers) if fault.headers else fault.headers,
+                request_id=redact(fault.request_id) if fault.request_id else fault.request_id,
+            )
         self.fault = fault
         self.partial_message = partial_message
         if fault is not None:

@@ -26,6 +26,7 @@ from typing import Protocol, TypeVar
 from ._breaker import Admission, BreakerChange, BreakerCore, Verdict
 from ._config import BreakerPolicy
 from ._errors import Fault
+from ._run import redact
 
 __all__ = ["BreakerStatus", "HealthStore", "LocalHealthStore", "RouteHealth", "verdict_of"]
 
@@ -213,7 +214,7 @@ class RouteHealth:
                 "breakers until it answers again",
                 type(self.store).__name__,
                 type(exc).__name__,
-                exc,
+                redact(str(exc)),
             )
 
     def _apply(self, route: str, change: Callable[[BreakerCore], T]) -> T:

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ._errors import Outcome
+from ._secrets import REDACTED, scrub
 
 __all__ = ["AttemptRecord", "CleanupStep", "Diagnostics", "Transition", "redact"]
 
@@ -35,14 +36,24 @@ HEADER_ALLOWLIST = frozenset(
 )
 
 _KEY_SHAPED = re.compile(
-    r"(sk-(?:ant-)?[A-Za-z0-9_\-]{8,}|Bearer\s+[A-Za-z0-9._\-]{8,}|"
-    r"(?i:x-api-key|authorization)\s*[:=]\s*\S+)"
+    r"(?P<header>(?i:x-api-key|api-key|authorization)\s*[:=]\s*)"
+    r"(?P<scheme>(?i:bearer|basic|token)\s+)?\S+"
+    r"|(?P<bearer>Bearer\s+)[A-Za-z0-9._\-~+/=]{8,}"
+    r"|sk-(?:ant-)?[A-Za-z0-9_\-]{8,}"
 )
 
 
+def _redacted_match(match: re.Match[str]) -> str:
+    # The header name and the auth scheme say what was there; only the token goes.
+    kept = (match["header"] or "") + (match["scheme"] or "") + (match["bearer"] or "")
+    return kept + REDACTED
+
+
 def redact(text: str) -> str:
-    """Replace anything shaped like an API key or an auth header value with ``[redacted]``."""
-    return _KEY_SHAPED.sub("[redacted]", text)
+    """Remove the routes' known secrets (any piece of them, whatever their shape) and
+    anything shaped like an API key or an auth header value, each replaced by
+    ``[redacted]``; an auth header's name and scheme (``Bearer``) are kept."""
+    return _KEY_SHAPED.sub(_redacted_match, scrub(text))
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

@@ -26,6 +26,9 @@ from typing import Any
 
 from lifecycle import Fault
 from lifecycle._run import redact
+from lifecycle._shared import header_subset
+
+from ._credentials import CrossOriginRedirect
 
 __all__ = [
     "REQUEST_ERRORS",
@@ -34,6 +37,7 @@ __all__ = [
     "SchemaViolation",
     "malformed_fault",
     "parse_retry_after",
+    "redirect_fault",
     "status_fault",
     "transport_fault",
 ]
@@ -126,10 +130,24 @@ def status_fault(
         reason=redact(f"HTTP {status}: {message}")[:300],
         http_status=status,
         retry_after=retry_after,
-        request_id=request_id,
+        request_id=redact(request_id)[:200] if request_id else None,
         error_type=error_type,
         api_mode=api_mode,
-        headers=dict(headers) if headers else None,
+        headers=header_subset(headers) if headers else None,
+    )
+
+
+def redirect_fault(redirect: CrossOriginRedirect, *, api_mode: str) -> Fault:
+    """A redirect to another origin, refused: this route's endpoint sends its requests
+    elsewhere, every attempt would be sent there again, another route may work."""
+    return Fault(
+        outcome="error",
+        retryable=False,
+        fallback_eligible=True,
+        reason=redact(str(redirect))[:300],
+        http_status=redirect.status,
+        error_type=CrossOriginRedirect.__name__,
+        api_mode=api_mode,
     )
 
 
@@ -292,6 +310,9 @@ def classify_with_table(
             break
     name = type(exc).__name__
     text = redact(str(exc))[:200]
+    redirect = next((link for link in _chain(exc) if isinstance(link, CrossOriginRedirect)), None)
+    if redirect is not None:
+        return redirect_fault(redirect, api_mode=api_mode)
     if category is None:
         if isinstance(exc, ProviderErrorEvent):
             return status_fault(
@@ -348,7 +369,7 @@ def classify_with_table(
         http_status=status,
         error_type=kind or name,
         api_mode=api_mode,
-        headers=dict(headers) if headers else None,
+        headers=header_subset(headers) if headers else None,
     )
 
 

@@ -16,6 +16,7 @@ from typing import Any, ClassVar
 from lifecycle import Fault, MissingCredentials, Request, Route, Timeouts
 from lifecycle._run import redact
 
+from ._credentials import guard_credentials, register_client_secrets
 from ._history import NEUTRAL_OPTIONS, WireOptions, check_tool_choice, normalize
 from ._sockets import install_connection_tagging
 
@@ -132,8 +133,11 @@ class SdkRoute(Route):
         # own backoff and re-send from a foreign code path.
         sdk_client: Any = client  # (isinstance against a tuple of types narrows to object)
         prepared = sdk_client.with_options(max_retries=0)
+        # Known before the first request, so that even a refusal to build names no key.
+        register_client_secrets(prepared)
         self.check_credentials(prepared)
         install_connection_tagging(prepared)
+        guard_credentials(prepared, is_async=self.is_async_client(prepared))
         return prepared
 
     def check_credentials(self, client: Any) -> None:
@@ -144,6 +148,10 @@ class SdkRoute(Route):
         build_headers = getattr(client, "_build_headers", None)
         if build_headers is None:
             return  # an SDK without it: credentials_fault still catches it per request
+        if getattr(client, "_api_key_provider", None) is not None:
+            # A callable api_key is asked for the key per request, after this dry run
+            # would build headers: its answer is the first request's to judge.
+            return
         try:
             build_headers(self.request_options_class(method="post", url="/"))
         except TypeError as exc:
