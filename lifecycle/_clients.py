@@ -62,7 +62,7 @@ STREAMS_PER_CLIENT = 256
 """Default: concurrent streams one client carries before the slot builds another."""
 
 
-@dataclass(slots=True, weakref_slot=True)
+@dataclass(slots=True, weakref_slot=True, eq=False)
 class ClientSlot:
     build: Callable[[], Any]
     streams_per_client: int = STREAMS_PER_CLIENT
