@@ -50,7 +50,11 @@ class SocketCloses:
 @pytest.fixture
 def socket_closes(monkeypatch: pytest.MonkeyPatch) -> Iterator[SocketCloses]:
     seen = SocketCloses()
-    connect, connect_ex, close = socket.socket.connect, socket.socket.connect_ex, socket.socket.close
+    connect, connect_ex, close = (
+        socket.socket.connect,
+        socket.socket.connect_ex,
+        socket.socket.close,
+    )
 
     def note(sock: socket.socket) -> None:
         with seen.lock:
