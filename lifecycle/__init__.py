@@ -11,7 +11,14 @@ from ._async_driver import AsyncRun
 from ._breaker import BREAKER_STATES, BREAKER_TRANSITIONS, Admission, BreakerChange, BreakerCore
 from ._config import BreakerPolicy, RetryPolicy, Timeouts
 from ._engine import StreamEngine
-from ._errors import Fault, Interrupted, LifecycleError, MissingCredentials, StreamFailed
+from ._errors import (
+    EngineClosed,
+    Fault,
+    Interrupted,
+    LifecycleError,
+    MissingCredentials,
+    StreamFailed,
+)
 from ._health import BreakerStatus, HealthStore, LocalHealthStore, RouteHealth
 from ._hooks import LifecycleHooks
 from ._log_filter import SecretsFilter
@@ -49,6 +56,7 @@ __all__ = [
     "BreakerStatus",
     "CleanupStep",
     "Diagnostics",
+    "EngineClosed",
     "Fault",
     "HealthStore",
     "IncompleteToolCall",

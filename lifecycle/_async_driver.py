@@ -14,6 +14,7 @@ loop) is never swallowed: the cleanup runs shielded and bounded in time, the run
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from types import TracebackType
@@ -85,7 +86,9 @@ class AsyncRun(RunBase):
         if running is loop:
             wake.set()
         elif not loop.is_closed():
-            loop.call_soon_threadsafe(wake.set)
+            # The loop may close between the check and the call: then nobody waits.
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(wake.set)
 
     def __aiter__(self) -> AsyncIterator[StreamEvent]:
         if self._iterator is None:
@@ -138,7 +141,7 @@ class AsyncRun(RunBase):
             connection.byte_budget = self._max_event_bytes
             self._connection = connection
             if self._interrupted:
-                connection.abort(reason="interrupt")
+                connection.abort(reason="engine_closed" if self._engine_closed else "interrupt")
             builder, request = self._attempt_builder_and_request(route)
             diag.omitted_options = route.omitted_options(request)
             lease: ClientLease | None = None
@@ -148,7 +151,7 @@ class AsyncRun(RunBase):
             token = active_connection.set(connection)
             try:
                 try:
-                    lease = route.async_clients.lease()
+                    lease = route.async_slot(loop).lease()
                 except Exception as exc:
                     diag.error_type = type(exc).__name__
                     diag.cause_chain = cause_chain(exc)
@@ -331,12 +334,13 @@ class AsyncRun(RunBase):
         if stream is not None:
             error, leaving = await _settle(stream.aclose(), leaving)
             self._cleanup_stream_closed(plan, error)
-        to_close = self._cleanup_retire(plan, lease, route.async_clients)
+        loop = asyncio.get_running_loop()
+        to_close = self._cleanup_retire(plan, lease, route.async_slot(loop))
         if to_close is not None:
             error, leaving = await _settle(route.aclose_client(to_close), leaving)
             self._cleanup_closed(plan, lease, error)
         self._leaving = leaving is not None
-        self._cleanup_rebuild(plan, route.async_clients)
+        self._cleanup_rebuild(plan, route.async_slot(loop))
         return leaving
 
     def _clean_up_after_close(self, connection: AttemptConnection, lease: ClientLease) -> None:
@@ -349,7 +353,7 @@ class AsyncRun(RunBase):
         self._cleanup_stream_closed(plan, None)
         self._cleanup_closed(plan, lease, None)
         self._leaving = True
-        self._cleanup_rebuild(plan, route.async_clients)
+        self._cleanup_rebuild(plan, route.async_slot(asyncio.get_running_loop()))
 
 
 async def _settle_idempotent(make: Callable[[], Awaitable[object]]) -> BaseException | None:

@@ -11,11 +11,21 @@ alone, and whichever run releases it last closes it, on its own thread or task.
 
 The slot does no I/O itself: ``release`` and ``retire`` hand back the client that must
 be closed now, and the driver closes it in the right way for its flavour.
+
+After ``os.fork()`` the child must not use a client of the parent: its pooled
+keep-alive connections are the parent's sockets (a request from the child would
+interleave with the parent's on the same connection). So in the child every slot
+forgets its clients, abandoned without closing them: closing would close the child's
+copies of the parent's file descriptors, and the HTTP libraries' close may also shut
+or write to them. They stay referenced, so no finalizer ever runs on them either.
 """
 
 from __future__ import annotations
 
+import asyncio
+import os
 import threading
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -52,7 +62,7 @@ STREAMS_PER_CLIENT = 256
 """Default: concurrent streams one client carries before the slot builds another."""
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, weakref_slot=True, eq=False)
 class ClientSlot:
     build: Callable[[], Any]
     streams_per_client: int = STREAMS_PER_CLIENT
@@ -63,6 +73,13 @@ class ClientSlot:
     _built: int = 0
     builds_log: list[str] = field(default_factory=list)
     """Name of the thread that built each generation, in order (for verification)."""
+    loop: asyncio.AbstractEventLoop | None = None
+    """The event loop whose runs use this slot's (async) clients: an async client's
+    connections belong to the loop it first ran on. None for sync clients, and for an
+    async slot no run has used yet."""
+
+    def __post_init__(self) -> None:
+        _ALL_SLOTS.add(self)
 
     @property
     def built_count(self) -> int:
@@ -152,6 +169,30 @@ class ClientSlot:
                 return generation.client, 0
             return None, generation.users
 
+    def take_idle(self) -> list[Any]:
+        """For the engine's close(): every client nobody streams on, to close now; a
+        client still in use is retired instead, and closed by its last user (on that
+        user's thread or task). The slot hands out nothing it had before."""
+        with self._lock:
+            clients = []
+            for generation in self._live:
+                generation.retired = True
+                if generation.users == 0:
+                    generation.closed = True
+                    clients.append(generation.client)
+                else:
+                    self._retired.append(generation)
+            self._live.clear()
+            return clients
+
+    def forget_after_fork(self) -> None:
+        """In a forked child: drop every client of the parent without closing it."""
+        self._lock = threading.Lock()  # the parent's may have been held by another thread
+        _ABANDONED_IN_CHILD.extend(g.client for g in (*self._live, *self._retired))
+        self._live = []
+        self._retired = []
+        self.loop = None
+
     def take_all(self) -> list[Any]:
         """Every client not yet closed, for the engine's close(); the slot is empty after."""
         with self._lock:
@@ -164,3 +205,16 @@ class ClientSlot:
                 clients.append(g.client)
             self._live.clear()
             return clients
+
+
+_ALL_SLOTS: weakref.WeakSet[ClientSlot] = weakref.WeakSet()
+_ABANDONED_IN_CHILD: list[Any] = []
+"""The parent's clients, kept alive in a forked child so that nothing closes them."""
+
+
+def _forget_clients_in_child() -> None:
+    for slot in list(_ALL_SLOTS):
+        slot.forget_after_fork()
+
+
+os.register_at_fork(after_in_child=_forget_clients_in_child)

@@ -2,25 +2,36 @@
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
+import contextlib
+import os
 import random
+import threading
 import time
+import weakref
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from types import TracebackType
-from typing import Any
+from typing import Any, Final
 
 from ._async_driver import AsyncRun
+from ._clients import ClientSlot
 from ._config import BreakerPolicy, RetryPolicy, Timeouts
-from ._errors import MissingCredentials
+from ._errors import EngineClosed, MissingCredentials
 from ._health import BreakerStatus, HealthStore, RouteHealth
 from ._hooks import HookDispatcher, LifecycleHooks
 from ._machine import RouteInfo, RunCore
 from ._route import Request, Route, SupportsToDict
 from ._run import Transition, redact
+from ._run_base import RunBase
 from ._sync_driver import Run
 
 __all__ = ["StreamEngine"]
 
 _DEFAULT_BREAKER = BreakerPolicy()
+CLOSE_ON_LOOP_BOUND: Final = 5.0
+"""Seconds ``close()`` waits for async clients to close on their own loop, when that
+loop runs on another thread."""
 
 
 class StreamEngine:
@@ -85,6 +96,11 @@ class StreamEngine:
         if check_factories:
             self._check_factories(routes)
         self._closed = False
+        self._runs: weakref.WeakSet[RunBase] = weakref.WeakSet()
+        """Runs started from this engine that may still be in flight: close() ends them."""
+        self._runs_lock = threading.Lock()
+        self._closing_tasks: set[asyncio.Task[None]] = set()
+        _ALL_ENGINES.add(self)
         self._listeners = (on_transition,) if on_transition is not None else ()
         if isinstance(hooks, LifecycleHooks) or not isinstance(hooks, Iterable):
             raise TypeError("StreamEngine(hooks=...) must be a list of LifecycleHooks")
@@ -141,7 +157,7 @@ class StreamEngine:
         options: dict[str, Any],
     ) -> Request:
         if self._closed:
-            raise RuntimeError("this StreamEngine is closed")
+            raise EngineClosed("this StreamEngine is closed")
         if not isinstance(messages, Sequence) or isinstance(messages, str) or not messages:
             raise ValueError("messages must be a non-empty list of {'role', 'content'} dicts")
         if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1:
@@ -202,7 +218,24 @@ class StreamEngine:
         )
         if self.hooks:
             core.listeners += (self.hooks.listener(run, core),)
+        self._track(run)
         return run
+
+    def _track(self, run: RunBase) -> None:
+        with self._runs_lock:
+            self._runs.add(run)
+        if self._closed:  # close() ran on another thread while this run was made
+            run.end_by_engine_close()
+
+    def _end_runs(self) -> None:
+        """Abort every run in flight, from this (the closing) thread: a socket shutdown
+        only, as ``interrupt()`` does; each run's own thread or task cleans up, and the
+        last run off a client closes it."""
+        with self._runs_lock:
+            runs = list(self._runs)
+        for run in runs:
+            if run.state not in ("completed", "failed", "cancelled"):
+                run.end_by_engine_close()
 
     def astream(
         self,
@@ -230,13 +263,22 @@ class StreamEngine:
         )
         if self.hooks:
             core.listeners += (self.hooks.listener(run, core),)
+        self._track(run)
         return run
 
     async def aclose(self) -> None:
-        """Close every client this engine's routes built, async ones included."""
+        """``close()``, awaiting the close of this loop's async clients here."""
+        self._closed = True
+        self._end_runs()
+        loop = asyncio.get_running_loop()
         for route in self.routes:
-            for client in route.async_clients.take_all():
-                await route.aclose_client(client)
+            for slot in route.async_slots():
+                clients = slot.take_idle()
+                if clients and slot.loop in (None, loop):
+                    for client in clients:
+                        await route.aclose_client(client)
+                elif clients:
+                    await asyncio.to_thread(self._close_on_own_loop, route, slot, clients)
         self.close()
 
     async def __aenter__(self) -> StreamEngine:
@@ -251,11 +293,59 @@ class StreamEngine:
         await self.aclose()
 
     def close(self) -> None:
-        """Close every sync client this engine's routes built."""
+        """End the runs in flight with ``EngineClosed`` and close every client this
+        engine's routes built: at once if nobody streams on it, else by its last run.
+        Async clients are closed on their own event loop (abandoned if it is closed)."""
         self._closed = True
+        self._end_runs()
         for route in self.routes:
-            for client in route.sync_clients.take_all():
+            for client in route.sync_clients.take_idle():
                 route.close_client(client)
+            for slot in route.async_slots():
+                clients = slot.take_idle()
+                if clients:
+                    self._close_on_own_loop(route, slot, clients)
+
+    def _close_on_own_loop(self, route: Route, slot: ClientSlot, clients: list[Any]) -> None:
+        """Close async ``clients`` on the loop they belong to: their connections and
+        locks are that loop's, and closing them on another one fails."""
+        loop = slot.loop
+
+        async def close_all() -> None:
+            for client in clients:
+                with contextlib.suppress(Exception):
+                    await route.aclose_client(client)
+
+        try:
+            running: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if loop is None:  # never used on a loop: no connection yet
+            loop = running
+        if loop is None:
+            asyncio.run(close_all())
+        elif loop.is_closed():
+            return  # its connections cannot be closed any more: abandoned
+        elif loop is running:
+            # close() called from a task of that loop: the closes run as a task of it.
+            task = loop.create_task(close_all())
+            self._closing_tasks.add(task)
+            task.add_done_callback(self._closing_tasks.discard)
+        elif loop.is_running():
+            future = asyncio.run_coroutine_threadsafe(close_all(), loop)
+            with contextlib.suppress(concurrent.futures.TimeoutError):
+                future.result(timeout=CLOSE_ON_LOOP_BOUND)
+        elif running is None:
+            loop.run_until_complete(close_all())
+        # else: that loop is idle but another one runs on this thread, so it cannot be
+        # run from here; its clients are abandoned.
+
+    def _forget_runs_after_fork(self) -> None:
+        # The parent's runs are not this process's: closing the engine in the child
+        # must never shut down their sockets.
+        self._runs = weakref.WeakSet()
+        self._runs_lock = threading.Lock()
+        self._closing_tasks = set()
 
     def __enter__(self) -> StreamEngine:
         return self
@@ -267,3 +357,14 @@ class StreamEngine:
         tb: TracebackType | None,
     ) -> None:
         self.close()
+
+
+_ALL_ENGINES: weakref.WeakSet[StreamEngine] = weakref.WeakSet()
+
+
+def _forget_runs_in_child() -> None:
+    for engine in list(_ALL_ENGINES):
+        engine._forget_runs_after_fork()
+
+
+os.register_at_fork(after_in_child=_forget_runs_in_child)

@@ -9,6 +9,8 @@
     │                              .partial_message and the last .fault; chained
     │                              (``__cause__``) to the last attempt's exception
     ├── Interrupted                run.interrupt() was called; the run ended "cancelled"
+    │   └── EngineClosed           engine.close() ended the run (also a RuntimeError:
+    │                              engine.stream() on a closed engine raises it)
     └── MissingCredentials         a route's client has no credentials (also a
                                    ValueError): StreamEngine(check_factories=True)
                                    raises it; in a run it is a route fault (fallback)
@@ -31,7 +33,14 @@ if TYPE_CHECKING:
     from ._message import Message
     from ._run import AttemptRecord
 
-__all__ = ["Fault", "Interrupted", "LifecycleError", "MissingCredentials", "StreamFailed"]
+__all__ = [
+    "EngineClosed",
+    "Fault",
+    "Interrupted",
+    "LifecycleError",
+    "MissingCredentials",
+    "StreamFailed",
+]
 
 Outcome = Literal["completed", "stale", "dropped", "error", "interrupted"]
 
@@ -118,6 +127,17 @@ class Interrupted(LifecycleError):
     ) -> None:
         super().__init__(message)
         self.attempts = tuple(attempts)
+
+
+class EngineClosed(Interrupted, RuntimeError):
+    """The run's engine was closed (``engine.close()`` or ``aclose()``): in-flight runs
+    are aborted like an interrupt (a socket shutdown, no retry), and runs started after
+    the close never send a request. The run's state is ``cancelled``."""
+
+    def __init__(
+        self, message: str = "the engine was closed", *, attempts: Sequence[AttemptRecord] = ()
+    ) -> None:
+        super().__init__(message, attempts=attempts)
 
 
 class MissingCredentials(LifecycleError, ValueError):

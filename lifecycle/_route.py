@@ -8,7 +8,11 @@ records, logs and diagrams. ``providers`` implements one ``Route`` per wire API.
 
 from __future__ import annotations
 
+import asyncio
 import inspect
+import os
+import threading
+import weakref
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -146,9 +150,51 @@ class Route(ABC):
         self.async_clients = ClientSlot(
             build=self._build_async_client, streams_per_client=streams_per_client
         )
+        """The async clients of the first event loop that runs this route; another loop
+        running at the same time gets a slot of its own (``async_slot``)."""
+        self._loop_slots: dict[asyncio.AbstractEventLoop, ClientSlot] = {}
+        self._loop_slots_lock = threading.Lock()
+        _ALL_ROUTES.add(self)
 
     def __repr__(self) -> str:
         return self.name
+
+    # -- async clients per event loop --------------------------------------------------
+    def async_slot(self, loop: asyncio.AbstractEventLoop) -> ClientSlot:
+        """The async clients of ``loop``: an async client's connections and locks belong
+        to the loop it first ran on, and fail on any other ("Event loop is closed"), so
+        each loop gets its own, built lazily by the first run on that loop. Once a loop
+        is closed its clients cannot be closed any more: they are dropped (abandoned)."""
+        with self._loop_slots_lock:
+            for gone in [other for other in self._loop_slots if other.is_closed()]:
+                self._loop_slots.pop(gone).take_all()
+            first = self.async_clients
+            if first.loop is not None and first.loop is not loop and first.loop.is_closed():
+                first.take_all()
+                first.loop = None
+            if first.loop is None or first.loop is loop:
+                first.loop = loop
+                return first
+            slot = self._loop_slots.get(loop)
+            if slot is None:
+                slot = ClientSlot(
+                    build=self._build_async_client,
+                    streams_per_client=first.streams_per_client,
+                    loop=loop,
+                )
+                self._loop_slots[loop] = slot
+            return slot
+
+    def async_slots(self) -> tuple[ClientSlot, ...]:
+        """Every slot of async clients, one per event loop that ran this route."""
+        with self._loop_slots_lock:
+            return (self.async_clients, *self._loop_slots.values())
+
+    def _forget_loops_after_fork(self) -> None:
+        self._loop_slots_lock = threading.Lock()
+        for slot in self._loop_slots.values():
+            slot.forget_after_fork()
+        self._loop_slots = {}
 
     # -- client construction (lifecycle calls these through the slots) -----------------
     def _call_factory(self) -> Any:
@@ -234,6 +280,17 @@ class Route(ABC):
     @abstractmethod
     def classify(self, exc: BaseException) -> Fault:
         """Turn any exception of this adapter's SDK (or transport) into a Fault."""
+
+
+_ALL_ROUTES: weakref.WeakSet[Route] = weakref.WeakSet()
+
+
+def _forget_loops_in_child() -> None:
+    for route in list(_ALL_ROUTES):
+        route._forget_loops_after_fork()
+
+
+os.register_at_fork(after_in_child=_forget_loops_in_child)
 
 
 def _discard(client: Any) -> None:

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from ._abort import AttemptConnection, OversizedEvent
 from ._clients import ClientLease, ClientSlot
-from ._errors import Fault, Interrupted, StreamFailed
+from ._errors import EngineClosed, Fault, Interrupted, StreamFailed
 from ._events import (
     AttemptFailed,
     InterruptRequested,
@@ -93,6 +93,8 @@ class RunBase:
         self._routes = routes
         self._request = request
         self._interrupted = False
+        self._engine_closed = False
+        """The engine was closed: the interrupt is its, and so is the error raised."""
         self._leaving = False
         """The caller's task is leaving (async: cancelled during a cleanup)."""
         self._connection: AttemptConnection | None = None
@@ -138,10 +140,19 @@ class RunBase:
 
         return run_diagram(self._core.history, self._core.attempts)
 
+    def interrupt(self) -> None:
+        raise NotImplementedError  # each driver wakes its own kind of wait
+
+    def end_by_engine_close(self) -> None:
+        """``engine.close()``: stop the run as ``interrupt()`` does (from the closing
+        thread, by a socket shutdown only), ending it with ``EngineClosed``."""
+        self._engine_closed = True
+        self.interrupt()
+
     def _abort_active(self) -> None:
         connection = self._connection
         if connection is not None:
-            connection.abort(reason="interrupt")
+            connection.abort(reason="engine_closed" if self._engine_closed else "interrupt")
 
     # -- route health: the breakers around each attempt -----------------------------------
     def _admitted(self, index: int, probe_id: str, admission: Admission) -> bool:
@@ -291,6 +302,8 @@ class RunBase:
         return error
 
     def _interrupted_error(self) -> Interrupted:
+        if self._engine_closed:
+            return EngineClosed(attempts=self._core.attempts)
         return Interrupted(attempts=self._core.attempts)
 
     # -- logs: fields as LogRecord attributes, the names of the recording's attempt_end ------

@@ -166,7 +166,7 @@ class Run(RunBase):
         connection.byte_budget = self._max_event_bytes
         self._connection = connection
         if self._interrupted:
-            connection.abort(reason="interrupt")
+            connection.abort(reason="engine_closed" if self._engine_closed else "interrupt")
         watch = self._watch
         builder, request = self._attempt_builder_and_request(route)
         diag.omitted_options = route.omitted_options(request)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import heapq
 import itertools
+import os
 import threading
 import time
 from typing import Final
@@ -207,9 +208,21 @@ class Watchdog:
                 return
             heapq.heappush(self._heap, (due, next(self._seq), generation, watch))
 
+    def forget_after_fork(self) -> None:
+        """In a forked child: the parent's watches belong to the parent's runs (their
+        threads do not exist here) and their sockets are the parent's; firing one would
+        shut down the parent's healthy stream. Start empty; the thread starts again with
+        the child's first armed watch."""
+        self._cond = threading.Condition(threading.Lock())
+        self._heap = []
+        self._seq = itertools.count()
+        self._thread = None
+        self.fired_count = 0
+
 
 watchdog = Watchdog()
 """The process-wide watchdog (its thread starts with the first armed watch)."""
+os.register_at_fork(after_in_child=watchdog.forget_after_fork)
 
 
 # -- asyncio: one timer per run on the loop's own heap ------------------------------------

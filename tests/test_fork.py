@@ -1,0 +1,229 @@
+"""``os.fork()`` while the parent streams (gunicorn and celery preloading), with the real
+SDKs over HTTP to the loopback server; a real fork, and ``multiprocessing`` with the
+fork start method.
+
+The child inherits the parent's engine: its watchdog starts with no inherited watch (an
+inherited one comes due in the child and shuts down the parent's socket), its first
+request goes out on a connection of its own (never on the parent's pooled keep-alive
+one), and the parent's stream runs on unaffected: one attempt, completed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import multiprocessing
+import os
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+from conftest import REQUEST
+
+from lifecycle import RetryPolicy, StreamEngine, Timeouts
+from lifecycle._watchdog import watchdog
+from providers.loopback import Healthy
+
+pytestmark = pytest.mark.timeout(60)
+
+# A stale clock shorter than the streams: a parent's watch inherited by the child comes
+# due there while both streams still run.
+TIMEOUTS = Timeouts(connect=5, first_token=10, stale=1.0, total=30)
+RETRY = RetryPolicy(max_attempts=3, initial_backoff=0.0, max_backoff=0.0)
+DRIP = 0.3
+"""Seconds between SSE blocks: each stream lasts a few seconds, longer than the stale
+clock, so parent and child stream at the same time."""
+
+
+@dataclass
+class ParentStream:
+    """The parent's runs, iterated on a thread of the parent (sync), or as tasks of an
+    event loop running on that thread (async): a finished run first, which leaves a
+    pooled keep-alive connection, then one that streams while the child runs."""
+
+    engine: StreamEngine
+    use_async: bool
+    first_event: threading.Event = field(default_factory=threading.Event)
+    run: Any = None
+    error: BaseException | None = None
+
+    def start(self) -> threading.Thread:
+        thread = threading.Thread(target=self._main, name="parent-stream")
+        thread.start()
+        assert self.first_event.wait(10), f"the parent's run never started: {self.error!r}"
+        return thread
+
+    def _main(self) -> None:
+        try:
+            if self.use_async:
+                asyncio.run(self._async_main())
+            else:
+                self._sync_main()
+        except BaseException as exc:
+            self.error = exc
+            self.first_event.set()
+
+    def _sync_main(self) -> None:
+        with self.engine.stream(**REQUEST) as run:
+            for _ in run:
+                pass
+        with self.engine.stream(**REQUEST) as run:
+            self.run = run
+            for _ in run:
+                self.first_event.set()
+
+    async def _async_main(self) -> None:
+        async with self.engine.astream(**REQUEST) as run:
+            async for _ in run:
+                pass
+        async with self.engine.astream(**REQUEST) as run:
+            self.run = run
+            async for _ in run:
+                self.first_event.set()
+        # This loop ends with the thread: its clients are closed on it, now.
+        await self.engine.aclose()
+
+
+def child_key(engine: StreamEngine) -> str:
+    """The script key (``x-loopback-key``) of the child's requests: the server's log
+    tells them from the parent's."""
+    return f"child-{engine.routes[0].model}"
+
+
+def child_run(engine: StreamEngine, *, use_async: bool) -> dict[str, Any]:
+    """What the child reports of one run on the engine it inherited."""
+    request = REQUEST | {"extra_headers": {"x-loopback-key": child_key(engine)}}
+    inherited_heap = len(watchdog._heap)
+    if use_async:
+
+        async def main() -> tuple[str, list[str | None]]:
+            async with engine.astream(**request) as run:
+                async for _ in run:
+                    pass
+            await engine.aclose()
+            return run.state, [a.outcome for a in run.attempts]
+
+        state, outcomes = asyncio.run(main())
+    else:
+        with engine.stream(**request) as run:
+            for _ in run:
+                pass
+        engine.close()
+        state, outcomes = run.state, [a.outcome for a in run.attempts]
+    return {"state": state, "outcomes": outcomes, "inherited_heap": inherited_heap}
+
+
+def in_forked_child(work: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    """Run ``work`` in a child made by ``os.fork()``; returns what it reported."""
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: report through the pipe, never return into pytest
+        code = 1
+        try:
+            os.close(read_end)
+            try:
+                report = work()
+            except BaseException as exc:
+                report = {"error": repr(exc)}
+            os.write(write_end, json.dumps(report).encode())
+            code = 0
+        finally:
+            os._exit(code)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as reader:
+        data = reader.read()
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0, data
+    result: dict[str, Any] = json.loads(data)
+    return result
+
+
+def fork_context_child(engine: StreamEngine, use_async: bool, results: Any) -> None:
+    try:
+        results.put(child_run(engine, use_async=use_async))
+    except BaseException as exc:
+        results.put({"error": repr(exc)})
+
+
+def in_multiprocessing_child(engine: StreamEngine, *, use_async: bool) -> dict[str, Any]:
+    context = multiprocessing.get_context("fork")
+    results = context.SimpleQueue()
+    process = context.Process(target=fork_context_child, args=(engine, use_async, results))
+    process.start()
+    process.join(30)
+    assert process.exitcode == 0, process.exitcode
+    result: dict[str, Any] = results.get()
+    results.close()
+    return result
+
+
+def engine_of(provider: Any) -> StreamEngine:
+    provider.script([Healthy(), Healthy(drip=DRIP)])
+    engine: StreamEngine = provider.make_engine(
+        [provider.route(), provider.other_route()], timeouts=TIMEOUTS, retry=RETRY
+    )
+    provider.server.script(child_key(engine), [Healthy(drip=DRIP)])
+    return engine
+
+
+def check_fork(provider: Any, engine: StreamEngine, fork: Callable[[], dict[str, Any]]) -> None:
+    parent = ParentStream(engine, use_async=provider.is_async)
+    thread = parent.start()
+    before_fork = [r.connection_id for r in provider.requests()]
+    assert len(before_fork) == 2
+    report = fork()
+    thread.join(20)
+    # The parent's stream ran on, untouched: one attempt, completed, nothing retried.
+    assert parent.error is None, repr(parent.error)
+    assert parent.run.state == "completed"
+    assert [a.outcome for a in parent.run.attempts] == ["completed"]
+    assert "error" not in report, report["error"]
+    assert report["state"] == "completed" and report["outcomes"] == ["completed"], report
+    assert report["inherited_heap"] == 0, "the child's watchdog inherited the parent's watches"
+    key = child_key(engine)
+    assert len([r for r in provider.requests() if r.key != key]) == 2
+    # The child sent its request on a connection of its own.
+    child_requests = [r for r in provider.server.requests if r.key == key]
+    assert len(child_requests) == 1, child_requests
+    assert child_requests[0].connection_id not in before_fork
+
+
+def test_os_fork_while_the_parent_streams(provider: Any) -> None:
+    engine = engine_of(provider)
+    use_async = provider.is_async
+    check_fork(
+        provider, engine, lambda: in_forked_child(lambda: child_run(engine, use_async=use_async))
+    )
+
+
+def test_multiprocessing_fork_while_the_parent_streams(provider: Any) -> None:
+    engine = engine_of(provider)
+    check_fork(
+        provider, engine, lambda: in_multiprocessing_child(engine, use_async=provider.is_async)
+    )
+
+
+@pytest.mark.parametrize("driver", ["sync"])
+def test_the_child_starts_with_no_client_of_the_parent(provider: Any) -> None:
+    """The parent's clients are abandoned in the child, not closed: the child's slot is
+    empty, while in the parent the client and its pooled connection live on."""
+    engine = engine_of(provider)
+    with engine.stream(**REQUEST) as run:
+        for _ in run:
+            pass
+    route = provider.route()
+    parent_client = route.sync_clients.current_client
+    assert parent_client is not None
+
+    def inspect_child() -> dict[str, Any]:
+        return {
+            "live": route.sync_clients.live_clients,
+            "parent_client_closed": parent_client.is_closed(),
+        }
+
+    report = in_forked_child(inspect_child)
+    assert report == {"live": 0, "parent_client_closed": False}
+    assert route.sync_clients.current_client is parent_client
+    assert not parent_client.is_closed()
