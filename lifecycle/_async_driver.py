@@ -144,7 +144,6 @@ class AsyncRun(RunBase):
             stream: AsyncAttemptStream | None = None
             chunks = 0
             caller_left: BaseException | None = None
-            token = active_connection.set(connection)
             try:
                 try:
                     lease = route.async_clients.lease()
@@ -171,7 +170,13 @@ class AsyncRun(RunBase):
                         total_due=core.deadline,
                     )
                     try:
-                        stream = await route.aopen(lease.client, request, timeouts)
+                        # Set only while the request is written, and reset in the same
+                        # context: each step may be awaited in a task of its own.
+                        token = active_connection.set(connection)
+                        try:
+                            stream = await route.aopen(lease.client, request, timeouts)
+                        finally:
+                            active_connection.reset(token)
                         diag.http_status = stream.http_status
                         diag.headers = header_subset(stream.headers)
                         connection.attach(stream.socket)
@@ -249,7 +254,6 @@ class AsyncRun(RunBase):
                             core.feed(InterruptRequested(at=now()))
                             self._clean_up_after_close(connection, lease)
             finally:
-                active_connection.reset(token)
                 self._connection = None
             caller_left = await self._report_to_breaker(caller_left)
             interrupted = self._interrupted or caller_left is not None

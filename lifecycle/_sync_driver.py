@@ -12,7 +12,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Generator, Iterator
 from types import TracebackType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ._abort import AttemptConnection, active_connection
 from ._clients import ClientLease
@@ -172,7 +172,6 @@ class Run(RunBase):
         lease: ClientLease | None = None
         stream: AttemptStream | None = None
         chunks = 0
-        token = active_connection.set(connection)
         try:
             try:
                 lease = route.sync_clients.lease()
@@ -196,7 +195,7 @@ class Run(RunBase):
                 total_due=core.deadline,
             )
             try:
-                stream = route.open(lease.client, request, core.timeouts)
+                stream = self._open(route, lease.client, request, connection)
                 diag.http_status = stream.http_status
                 diag.headers = header_subset(stream.headers)
                 connection.attach(stream.socket)
@@ -254,8 +253,20 @@ class Run(RunBase):
             core.feed(StreamFinished(at=at))
             return True
         finally:
-            active_connection.reset(token)
             self._connection = None
+
+    def _open(
+        self, route: Route, client: Any, request: Request, connection: AttemptConnection
+    ) -> AttemptStream:
+        """Open the attempt's request with ``connection`` as the active one. Only while
+        the request is written: each step of a run may run on another thread, in another
+        context (a web server's worker pool), so the variable is set and reset here, in
+        one context, and never held across a ``yield``."""
+        token = active_connection.set(connection)
+        try:
+            return route.open(client, request, self._core.timeouts)
+        finally:
+            active_connection.reset(token)
 
     def _clean_up(
         self,
