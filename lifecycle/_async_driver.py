@@ -120,6 +120,8 @@ class AsyncRun(RunBase):
         self._wake = asyncio.Event()
         task = asyncio.current_task()
         self.owner = f"{threading.current_thread().name}/{task.get_name() if task else '?'}"
+        if core.state == "cancelled":  # closed before it was iterated (`with run: pass`)
+            raise self._interrupted_error()
         watch = self._watch
         timeouts = core.timeouts
         route_index = 0

@@ -98,6 +98,8 @@ class Run(RunBase):
     def _drive(self) -> Generator[StreamEvent, None, None]:
         core = self._core
         self.owner = threading.current_thread().name
+        if core.state == "cancelled":  # closed before it was iterated (`with run: pass`)
+            raise self._interrupted_error()
         route_index = 0
         while True:
             if self._interrupted:
