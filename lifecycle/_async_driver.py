@@ -14,6 +14,7 @@ loop) is never swallowed: the cleanup runs shielded and bounded in time, the run
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from types import TracebackType
@@ -33,7 +34,7 @@ from ._events import (
 from ._message import StreamEvent
 from ._route import AsyncAttemptStream, Request, Route
 from ._run import cause_chain, kept_exception
-from ._run_base import InterruptedHere, RunBase, Truncated, now
+from ._run_base import AFTER_STOP_DRAIN, InterruptedHere, RunBase, Truncated, now
 from ._shared import client_build_fault, header_subset, server_of
 from ._watchdog import arm_on_loop, disarm_on_loop, progressed_on_loop
 
@@ -182,7 +183,8 @@ class AsyncRun(RunBase):
                         diag.http_status = stream.http_status
                         diag.headers = header_subset(stream.headers)
                         connection.attach(stream.socket)
-                        async for event in stream.events():
+                        events = stream.events()
+                        async for event in events:
                             if chunks == 0:
                                 at = now()
                                 diag.ttft = at - sent_at
@@ -205,6 +207,9 @@ class AsyncRun(RunBase):
                             watch.holding = False
                             if self._interrupted:
                                 raise InterruptedHere
+                            if event.type == "stop":
+                                await self._drain_after_stop(loop, events, connection)
+                                break
                         if builder.stop_reason is None:
                             raise Truncated
                     except BaseException as exc:
@@ -289,6 +294,37 @@ class AsyncRun(RunBase):
                 core.feed(DeadlinePassed(at=now()))
                 raise self._failure()
             route_index = decision.route_index
+
+    async def _drain_after_stop(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        events: AsyncIterator[StreamEvent],
+        connection: AttemptConnection,
+    ) -> None:
+        """The answer is complete: read what is left of the body for at most
+        ``AFTER_STOP_DRAIN`` (the loop's timer shuts the socket then), never retrying."""
+        watch = self._watch
+        progress_at = watch.progress_at
+        arm_on_loop(
+            loop,
+            watch,
+            connection,
+            sent_at=now(),
+            first_token=AFTER_STOP_DRAIN,
+            stale=AFTER_STOP_DRAIN,
+            total_due=self._core.deadline,
+        )
+        try:
+            # The shutdown, or anything else after the stop: the answer stands.
+            with contextlib.suppress(Exception):
+                async for _ in events:
+                    pass
+        finally:
+            # Released first: a body that ended handed its connection back to the pool.
+            connection.release()
+            disarm_on_loop(watch)
+            watch.fired = None
+            watch.progress_at = progress_at
 
     async def _admit_route(self, start: int) -> int:
         """The first route from ``start`` on whose breaker admits the attempt."""

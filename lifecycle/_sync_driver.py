@@ -9,6 +9,7 @@ the owning thread then reads why it was woken and reports it to the machine.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections.abc import Generator, Iterator
 from types import TracebackType
@@ -28,9 +29,9 @@ from ._events import (
 from ._message import StreamEvent
 from ._route import AttemptStream, Request, Route
 from ._run import AttemptRecord, cause_chain, kept_exception
-from ._run_base import InterruptedHere, RunBase, Truncated, now
+from ._run_base import AFTER_STOP_DRAIN, InterruptedHere, RunBase, Truncated, now
 from ._shared import client_build_fault, header_subset, server_of
-from ._watchdog import watchdog
+from ._watchdog import Watch, watchdog
 
 if TYPE_CHECKING:
     from ._health import RouteHealth
@@ -201,7 +202,8 @@ class Run(RunBase):
                 diag.http_status = stream.http_status
                 diag.headers = header_subset(stream.headers)
                 connection.attach(stream.socket)
-                for event in stream.events():
+                events = stream.events()
+                for event in events:
                     if chunks == 0:
                         at = now()
                         diag.ttft = at - sent_at
@@ -225,6 +227,9 @@ class Run(RunBase):
                     watch.holding = False
                     if self._interrupted:
                         raise InterruptedHere
+                    if event.type == "stop":
+                        self._drain_after_stop(events, connection, watch)
+                        break
                 if builder.stop_reason is None:
                     raise Truncated
             except BaseException as exc:
@@ -256,6 +261,32 @@ class Run(RunBase):
             return True
         finally:
             self._connection = None
+
+    def _drain_after_stop(
+        self, events: Iterator[StreamEvent], connection: AttemptConnection, watch: Watch
+    ) -> None:
+        """The answer is complete: read what is left of the body for at most
+        ``AFTER_STOP_DRAIN`` (the watchdog shuts the socket then), never retrying."""
+        progress_at = watch.progress_at
+        watchdog.arm(
+            watch,
+            connection,
+            sent_at=now(),
+            first_token=AFTER_STOP_DRAIN,
+            stale=AFTER_STOP_DRAIN,
+            total_due=self._core.deadline,
+        )
+        try:
+            # The shutdown, or anything else after the stop: the answer stands.
+            with contextlib.suppress(Exception):
+                for _ in events:
+                    pass
+        finally:
+            # Released first: a body that ended handed its connection back to the pool.
+            connection.release()
+            watchdog.disarm(watch)
+            watch.fired = None
+            watch.progress_at = progress_at
 
     def _open(
         self, route: Route, client: Any, request: Request, connection: AttemptConnection

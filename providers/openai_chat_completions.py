@@ -230,6 +230,11 @@ class _Translator:
                     raise ProviderErrorEvent("finish_reason 'error' in the stream", status=500)
                 self.finish_reason = choice.finish_reason
 
+    def is_last(self, chunk: Any) -> bool:
+        """The usage chunk ``include_usage`` asks for comes after every choice finished:
+        the answer's last chunk, whether or not the server sends ``[DONE]`` after it."""
+        return self.finish_reason is not None and chunk.usage is not None and not chunk.choices
+
     def stop(self) -> StreamEvent | None:
         if self.finish_reason is None:
             return None
@@ -248,15 +253,20 @@ class _ChatStream(AttemptStream):
     def events(self) -> Iterator[StreamEvent]:
         translator = self._translator
         translate = translator.translate
+        stopped = False
         for chunk in self._stream:
+            if stopped:
+                continue  # after the answer's last chunk: the engine is draining the body
             try:
                 events = list(translate(chunk))
             except SHAPE_ERRORS as exc:
                 raise schema_violation(chunk, exc) from exc
             yield from events
-        stop = translator.stop()
-        if stop is not None:
-            yield stop
+            if translator.is_last(chunk):
+                stopped = True
+                yield from _optional(translator.stop())
+        if not stopped:
+            yield from _optional(translator.stop())
 
     def close(self) -> None:
         self.response_id = self._translator.response_id
@@ -276,18 +286,28 @@ class _AsyncChatStream(AsyncAttemptStream):
     async def events(self) -> AsyncIterator[StreamEvent]:
         translator = self._translator
         translate = translator.translate
+        stopped = False
         async for chunk in self._stream:
+            if stopped:
+                continue  # after the answer's last chunk: the engine is draining the body
             try:
                 events = list(translate(chunk))
             except SHAPE_ERRORS as exc:
                 raise schema_violation(chunk, exc) from exc
+            if translator.is_last(chunk):
+                stopped = True
+                events.extend(_optional(translator.stop()))
             for event in events:
                 yield event
-        stop = translator.stop()
-        if stop is not None:
-            yield stop
+        if not stopped:
+            for event in _optional(translator.stop()):
+                yield event
 
     async def aclose(self) -> None:
         self.response_id = self._translator.response_id
         self.response_model = self._translator.response_model
         await self._stream.close()
+
+
+def _optional(event: StreamEvent | None) -> tuple[StreamEvent, ...]:
+    return () if event is None else (event,)
