@@ -8,12 +8,16 @@ Chunks and what they become (only meaningful events reach the engine):
 | choices[0].delta.content / .refusal             | ``text``                    |
 | choices[0].delta.reasoning_content (compatible) | ``thinking``                |
 | choices[0].delta.tool_calls[i]                  | ``tool_call``               |
-| choices[0].finish_reason, then end of stream    | ``stop`` (with usage)       |
-| role-only delta, usage-only chunk, SSE comments | nothing: bytes, not progress|
+| choices[0].finish_reason, then the usage chunk  | ``stop`` (with usage)       |
+| (or the end of the stream if no usage comes)    |                             |
+| role-only delta, SSE comments                   | nothing: bytes, not progress|
 
 Only choice 0 is followed (``n > 1`` is not a streaming use the engine serves). An
 error object inside a 200 stream surfaces from the SDK as ``APIError`` with a body and
 is classified by its type/code like the HTTP status it stands for.
+
+The usage chunk (``include_usage``) is the answer's last: the stop is yielded there, so
+a body that is held open after it, with or without ``[DONE]``, is not waited for.
 """
 
 from __future__ import annotations
