@@ -146,6 +146,7 @@ class AsyncRun(RunBase):
             lease: ClientLease | None = None
             stream: AsyncAttemptStream | None = None
             chunks = 0
+            left_at_stop = False
             caller_left: BaseException | None = None
             try:
                 try:
@@ -202,10 +203,16 @@ class AsyncRun(RunBase):
                             connection.bytes_at_progress = connection.bytes_read
                             chunks += 1
                             watch.holding = True
-                            yield event
+                            try:
+                                yield event
+                            except GeneratorExit:
+                                if event.type != "stop":
+                                    raise
+                                # The caller left at the stop (`break`): the answer is whole.
+                                left_at_stop = True
                             watch.progress_at = now()
                             watch.holding = False
-                            if self._interrupted:
+                            if self._interrupted and not left_at_stop:
                                 raise InterruptedHere
                             if event.type == "stop":
                                 await self._drain_after_stop(loop, events, connection)

@@ -175,6 +175,7 @@ class Run(RunBase):
         lease: ClientLease | None = None
         stream: AttemptStream | None = None
         chunks = 0
+        left_at_stop = False
         try:
             try:
                 lease = route.sync_clients.lease()
@@ -221,11 +222,17 @@ class Run(RunBase):
                     connection.bytes_at_progress = connection.bytes_read
                     chunks += 1
                     watch.holding = True
-                    yield event
+                    try:
+                        yield event
+                    except GeneratorExit:
+                        if event.type != "stop":
+                            raise
+                        # The caller left at the stop (`break`): the answer is whole.
+                        left_at_stop = True
                     # The caller's time inside its loop body is not the provider's silence.
                     watch.progress_at = now()
                     watch.holding = False
-                    if self._interrupted:
+                    if self._interrupted and not left_at_stop:
                         raise InterruptedHere
                     if event.type == "stop":
                         self._drain_after_stop(events, connection, watch)

@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 from bounds import PROMPT
+from conftest import BREAK
 
 from lifecycle import Timeouts
 from lifecycle._run_base import AFTER_STOP_DRAIN
@@ -100,3 +101,19 @@ def test_a_body_that_ends_is_read_to_its_end(provider: Any) -> None:
         assert seen.error is None and run.state == "completed"
     first, second = provider.requests()
     assert first.connection_id == second.connection_id
+
+
+@pytest.mark.parametrize("fault", [Healthy(), *HELD_OPEN], ids=["ended", *HELD_OPEN_IDS])
+def test_leaving_the_loop_at_the_stop_completes_the_run(provider: Any, fault: Any) -> None:
+    """``if event.type == "stop": break`` leaves a finished answer: the run completes
+    (its client is kept), it is not cancelled."""
+    engine = provider.engine(timeouts=TIMEOUTS, with_other=False)
+    provider.script([fault, Healthy()])
+    run, seen = provider.run_to_end(engine, lambda event: BREAK if event.type == "stop" else None)
+    assert seen.error is None, repr(seen.error)
+    assert seen.types[-1] == "stop" and "restart" not in seen.types
+    assert run.state == "completed", [a.as_dict() for a in run.attempts]
+    assert [a.outcome for a in run.attempts] == ["completed"]
+    assert run.message is not None and run.message.text == provider.text()
+    assert provider.clients().built_count == 1
+    assert len(provider.requests()) == 1
