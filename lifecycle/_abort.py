@@ -12,7 +12,9 @@ Adapters tell the connection which socket it is: through the HTTP client's netwo
 backend when the request is written (so a request stuck before response headers can
 be aborted too), and through the response's ``network_stream`` once headers arrived.
 ``active_connection`` is how the backend, deep inside the SDK, finds the attempt that
-is writing: it is set by the driver around each attempt, on the run's thread or task.
+is writing: the driver sets it only around the call that opens the attempt's request,
+and resets it in that same context (a run may be stepped from a worker pool, each step
+in another thread's context).
 """
 
 from __future__ import annotations

@@ -34,7 +34,7 @@ from ._events import (
 from ._message import StreamEvent
 from ._route import AsyncAttemptStream, Request, Route
 from ._run import cause_chain, kept_exception
-from ._run_base import InterruptedHere, RunBase, Truncated, now
+from ._run_base import AFTER_STOP_DRAIN, InterruptedHere, RunBase, Truncated, now
 from ._shared import client_build_fault, header_subset, server_of
 from ._watchdog import arm_on_loop, disarm_on_loop, progressed_on_loop
 
@@ -123,6 +123,8 @@ class AsyncRun(RunBase):
         self._wake = asyncio.Event()
         task = asyncio.current_task()
         self.owner = f"{threading.current_thread().name}/{task.get_name() if task else '?'}"
+        if core.state == "cancelled":  # closed before it was iterated (`with run: pass`)
+            raise self._interrupted_error()
         watch = self._watch
         timeouts = core.timeouts
         route_index = 0
@@ -147,8 +149,8 @@ class AsyncRun(RunBase):
             lease: ClientLease | None = None
             stream: AsyncAttemptStream | None = None
             chunks = 0
+            left_at_stop = False
             caller_left: BaseException | None = None
-            token = active_connection.set(connection)
             try:
                 try:
                     lease = route.async_slot(loop).lease()
@@ -175,11 +177,18 @@ class AsyncRun(RunBase):
                         total_due=core.deadline,
                     )
                     try:
-                        stream = await route.aopen(lease.client, request, timeouts)
+                        # Set only while the request is written, and reset in the same
+                        # context: each step may be awaited in a task of its own.
+                        token = active_connection.set(connection)
+                        try:
+                            stream = await route.aopen(lease.client, request, timeouts)
+                        finally:
+                            active_connection.reset(token)
                         diag.http_status = stream.http_status
                         diag.headers = header_subset(stream.headers)
                         connection.attach(stream.socket)
-                        async for event in stream.events():
+                        events = stream.events()
+                        async for event in events:
                             if chunks == 0:
                                 at = now()
                                 diag.ttft = at - sent_at
@@ -197,11 +206,20 @@ class AsyncRun(RunBase):
                             connection.bytes_at_progress = connection.bytes_read
                             chunks += 1
                             watch.holding = True
-                            yield event
+                            try:
+                                yield event
+                            except GeneratorExit:
+                                if event.type != "stop":
+                                    raise
+                                # The caller left at the stop (`break`): the answer is whole.
+                                left_at_stop = True
                             watch.progress_at = now()
                             watch.holding = False
-                            if self._interrupted:
+                            if self._interrupted and not left_at_stop:
                                 raise InterruptedHere
+                            if event.type == "stop":
+                                await self._drain_after_stop(loop, events, connection)
+                                break
                         if builder.stop_reason is None:
                             raise Truncated
                     except BaseException as exc:
@@ -253,7 +271,6 @@ class AsyncRun(RunBase):
                             core.feed(InterruptRequested(at=now()))
                             self._clean_up_after_close(connection, lease)
             finally:
-                active_connection.reset(token)
                 self._connection = None
             caller_left = await self._report_to_breaker(caller_left)
             interrupted = self._interrupted or caller_left is not None
@@ -287,6 +304,37 @@ class AsyncRun(RunBase):
                 core.feed(DeadlinePassed(at=now()))
                 raise self._failure()
             route_index = decision.route_index
+
+    async def _drain_after_stop(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        events: AsyncIterator[StreamEvent],
+        connection: AttemptConnection,
+    ) -> None:
+        """The answer is complete: read what is left of the body for at most
+        ``AFTER_STOP_DRAIN`` (the loop's timer shuts the socket then), never retrying."""
+        watch = self._watch
+        progress_at = watch.progress_at
+        arm_on_loop(
+            loop,
+            watch,
+            connection,
+            sent_at=now(),
+            first_token=AFTER_STOP_DRAIN,
+            stale=AFTER_STOP_DRAIN,
+            total_due=self._core.deadline,
+        )
+        try:
+            # The shutdown, or anything else after the stop: the answer stands.
+            with contextlib.suppress(Exception):
+                async for _ in events:
+                    pass
+        finally:
+            # Released first: a body that ended handed its connection back to the pool.
+            connection.release()
+            disarm_on_loop(watch)
+            watch.fired = None
+            watch.progress_at = progress_at
 
     async def _admit_route(self, start: int) -> int:
         """The first route from ``start`` on whose breaker admits the attempt."""

@@ -52,6 +52,12 @@ logger = logging.getLogger("lifecycle")
 logger.addHandler(logging.NullHandler())
 now = time.monotonic
 
+AFTER_STOP_DRAIN = 0.2
+"""Seconds the rest of a body may take once the stop event was delivered. A provider
+ends its body right after the stop, and reading that end lets the keep-alive connection
+serve the next run; a body held open past this (silent, or keep-alives) is shut and
+closed, and the answer is complete all the same."""
+
 
 class InterruptedHere(Exception):
     """Internal: interrupt() was seen between two events on the owning thread or task."""

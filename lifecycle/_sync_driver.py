@@ -9,10 +9,11 @@ the owning thread then reads why it was woken and reports it to the machine.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections.abc import Generator, Iterator
 from types import TracebackType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ._abort import AttemptConnection, active_connection
 from ._clients import ClientLease
@@ -28,9 +29,9 @@ from ._events import (
 from ._message import StreamEvent
 from ._route import AttemptStream, Request, Route
 from ._run import AttemptRecord, cause_chain, kept_exception
-from ._run_base import InterruptedHere, RunBase, Truncated, now
+from ._run_base import AFTER_STOP_DRAIN, InterruptedHere, RunBase, Truncated, now
 from ._shared import client_build_fault, header_subset, server_of
-from ._watchdog import watchdog
+from ._watchdog import Watch, watchdog
 
 if TYPE_CHECKING:
     from ._health import RouteHealth
@@ -98,6 +99,8 @@ class Run(RunBase):
     def _drive(self) -> Generator[StreamEvent, None, None]:
         core = self._core
         self.owner = threading.current_thread().name
+        if core.state == "cancelled":  # closed before it was iterated (`with run: pass`)
+            raise self._interrupted_error()
         route_index = 0
         while True:
             if self._interrupted:
@@ -173,7 +176,7 @@ class Run(RunBase):
         lease: ClientLease | None = None
         stream: AttemptStream | None = None
         chunks = 0
-        token = active_connection.set(connection)
+        left_at_stop = False
         try:
             try:
                 lease = route.sync_clients.lease()
@@ -197,11 +200,12 @@ class Run(RunBase):
                 total_due=core.deadline,
             )
             try:
-                stream = route.open(lease.client, request, core.timeouts)
+                stream = self._open(route, lease.client, request, connection)
                 diag.http_status = stream.http_status
                 diag.headers = header_subset(stream.headers)
                 connection.attach(stream.socket)
-                for event in stream.events():
+                events = stream.events()
+                for event in events:
                     if chunks == 0:
                         at = now()
                         diag.ttft = at - sent_at
@@ -219,12 +223,21 @@ class Run(RunBase):
                     connection.bytes_at_progress = connection.bytes_read
                     chunks += 1
                     watch.holding = True
-                    yield event
+                    try:
+                        yield event
+                    except GeneratorExit:
+                        if event.type != "stop":
+                            raise
+                        # The caller left at the stop (`break`): the answer is whole.
+                        left_at_stop = True
                     # The caller's time inside its loop body is not the provider's silence.
                     watch.progress_at = now()
                     watch.holding = False
-                    if self._interrupted:
+                    if self._interrupted and not left_at_stop:
                         raise InterruptedHere
+                    if event.type == "stop":
+                        self._drain_after_stop(events, connection, watch)
+                        break
                 if builder.stop_reason is None:
                     raise Truncated
             except BaseException as exc:
@@ -255,8 +268,46 @@ class Run(RunBase):
             core.feed(StreamFinished(at=at))
             return True
         finally:
-            active_connection.reset(token)
             self._connection = None
+
+    def _drain_after_stop(
+        self, events: Iterator[StreamEvent], connection: AttemptConnection, watch: Watch
+    ) -> None:
+        """The answer is complete: read what is left of the body for at most
+        ``AFTER_STOP_DRAIN`` (the watchdog shuts the socket then), never retrying."""
+        progress_at = watch.progress_at
+        watchdog.arm(
+            watch,
+            connection,
+            sent_at=now(),
+            first_token=AFTER_STOP_DRAIN,
+            stale=AFTER_STOP_DRAIN,
+            total_due=self._core.deadline,
+        )
+        try:
+            # The shutdown, or anything else after the stop: the answer stands.
+            with contextlib.suppress(Exception):
+                for _ in events:
+                    pass
+        finally:
+            # Released first: a body that ended handed its connection back to the pool.
+            connection.release()
+            watchdog.disarm(watch)
+            watch.fired = None
+            watch.progress_at = progress_at
+
+    def _open(
+        self, route: Route, client: Any, request: Request, connection: AttemptConnection
+    ) -> AttemptStream:
+        """Open the attempt's request with ``connection`` as the active one. Only while
+        the request is written: each step of a run may run on another thread, in another
+        context (a web server's worker pool), so the variable is set and reset here, in
+        one context, and never held across a ``yield``."""
+        token = active_connection.set(connection)
+        try:
+            return route.open(client, request, self._core.timeouts)
+        finally:
+            active_connection.reset(token)
 
     def _clean_up(
         self,

@@ -19,6 +19,7 @@ import email.utils
 import errno
 import functools
 import json
+import math
 import time
 import urllib.parse
 from collections.abc import Iterator, Mapping
@@ -88,7 +89,7 @@ def parse_retry_after(
             value = float(raw_ms) / 1000.0
         except ValueError:
             value = -1.0
-        if value >= 0:
+        if 0 <= value < math.inf:
             return value
     raw = headers.get("retry-after")
     if not raw:
@@ -96,11 +97,15 @@ def parse_retry_after(
     try:
         value = float(raw)
     except ValueError:
-        parsed = email.utils.parsedate_to_datetime(raw) if raw else None
-        if parsed is None:
+        try:
+            parsed = email.utils.parsedate_to_datetime(raw)
+        except (TypeError, ValueError, IndexError, OverflowError):
+            # ``soon``, ``120s``, a broken date: no usable header, as if none was sent.
             return None
-        value = parsed.timestamp() - (now if now is not None else time.time())
-    return max(0.0, value)
+        # A date already past means "now".
+        return max(0.0, parsed.timestamp() - (now if now is not None else time.time()))
+    # A negative or non-finite delay says nothing either (``nan`` would compare false).
+    return value if 0 <= value < math.inf else None
 
 
 def status_fault(

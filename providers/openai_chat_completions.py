@@ -8,12 +8,16 @@ Chunks and what they become (only meaningful events reach the engine):
 | choices[0].delta.content / .refusal             | ``text``                    |
 | choices[0].delta.reasoning_content (compatible) | ``thinking``                |
 | choices[0].delta.tool_calls[i]                  | ``tool_call``               |
-| choices[0].finish_reason, then end of stream    | ``stop`` (with usage)       |
-| role-only delta, usage-only chunk, SSE comments | nothing: bytes, not progress|
+| choices[0].finish_reason, then the usage chunk  | ``stop`` (with usage)       |
+| (or the end of the stream if no usage comes)    |                             |
+| role-only delta, SSE comments                   | nothing: bytes, not progress|
 
 Only choice 0 is followed (``n > 1`` is not a streaming use the engine serves). An
 error object inside a 200 stream surfaces from the SDK as ``APIError`` with a body and
 is classified by its type/code like the HTTP status it stands for.
+
+The usage chunk (``include_usage``) is the answer's last: the stop is yielded there, so
+a body that is held open after it, with or without ``[DONE]``, is not waited for.
 """
 
 from __future__ import annotations
@@ -220,6 +224,11 @@ class _Translator:
                     raise ProviderErrorEvent("finish_reason 'error' in the stream", status=500)
                 self.finish_reason = choice.finish_reason
 
+    def is_last(self, chunk: Any) -> bool:
+        """The usage chunk ``include_usage`` asks for comes after every choice finished:
+        the answer's last chunk, whether or not the server sends ``[DONE]`` after it."""
+        return self.finish_reason is not None and chunk.usage is not None and not chunk.choices
+
     def stop(self) -> StreamEvent | None:
         if self.finish_reason is None:
             return None
@@ -238,15 +247,20 @@ class _ChatStream(AttemptStream):
     def events(self) -> Iterator[StreamEvent]:
         translator = self._translator
         translate = translator.translate
+        stopped = False
         for chunk in self._stream:
+            if stopped:
+                continue  # after the answer's last chunk: the engine is draining the body
             try:
                 events = list(translate(chunk))
             except SHAPE_ERRORS as exc:
                 raise schema_violation(chunk, exc) from exc
             yield from events
-        stop = translator.stop()
-        if stop is not None:
-            yield stop
+            if translator.is_last(chunk):
+                stopped = True
+                yield from _optional(translator.stop())
+        if not stopped:
+            yield from _optional(translator.stop())
 
     def close(self) -> None:
         self.response_id = self._translator.response_id
@@ -266,18 +280,28 @@ class _AsyncChatStream(AsyncAttemptStream):
     async def events(self) -> AsyncIterator[StreamEvent]:
         translator = self._translator
         translate = translator.translate
+        stopped = False
         async for chunk in self._stream:
+            if stopped:
+                continue  # after the answer's last chunk: the engine is draining the body
             try:
                 events = list(translate(chunk))
             except SHAPE_ERRORS as exc:
                 raise schema_violation(chunk, exc) from exc
+            if translator.is_last(chunk):
+                stopped = True
+                events.extend(_optional(translator.stop()))
             for event in events:
                 yield event
-        stop = translator.stop()
-        if stop is not None:
-            yield stop
+        if not stopped:
+            for event in _optional(translator.stop()):
+                yield event
 
     async def aclose(self) -> None:
         self.response_id = self._translator.response_id
         self.response_model = self._translator.response_model
         await self._stream.close()
+
+
+def _optional(event: StreamEvent | None) -> tuple[StreamEvent, ...]:
+    return () if event is None else (event,)
