@@ -137,6 +137,7 @@ class AsyncRun(RunBase):
             core.feed(AttemptStarted(at=now(), route_index=route_index))
             attempt = core.active_attempt
             attempt.probe = self._probe_id is not None
+            attempt.panic = self._panic
             route = self._routes[route_index]
             diag = attempt.diagnostics
             connection = AttemptConnection()
@@ -341,12 +342,13 @@ class AsyncRun(RunBase):
         health = self._health
         assert health is not None
         self._refusals = []
+        self._panic = False
         for index in range(start, len(self._routes)):
             probe_id = health.new_probe_id()
             admission = await health.aadmit(self._routes[index].name, probe_id)
             if self._admitted(index, probe_id, admission):
                 return index
-        raise self._exhausted()
+        return self._none_admitted()
 
     async def _report_to_breaker(self, leaving: BaseException | None) -> BaseException | None:
         """Tell the breaker how the attempt ended; shielded like a cleanup step, since a

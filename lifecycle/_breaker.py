@@ -3,12 +3,19 @@
 Rules
 -----
 1. ``closed``: every run may use the route. Attempts that end ``stale`` or ``dropped``
-   by a provider fault (not the caller's 400, an interrupt or ``Timeouts.total``) count
-   as consecutive failures; a completed attempt resets the count.
-   ``BreakerPolicy.failures_to_open`` consecutive failures open the breaker.
+   by a provider fault (not the caller's 400, an interrupt or ``Timeouts.total``) are
+   failures; a completed attempt resets the count. Failures count by incident: a
+   failure of an attempt admitted before the last counted failure was reported was in
+   flight with it, so it is the same incident (a wave of stalls detected together is
+   one fault of the provider, not hundreds) and is tallied (``stale``, ``dropped``) but
+   not counted again. ``BreakerPolicy.failures_to_open`` consecutive incidents open
+   the breaker.
 2. ``open``: no run is admitted. The breaker stays open for a cooldown that grows with
    every opening since the last successful probe (``cooldown * cooldown_factor ** n``,
-   at most ``max_cooldown``), then becomes ``half_open``.
+   at most ``max_cooldown``), then becomes ``half_open``. (A refusal is advice: when
+   every route of a run refuses it, the run goes ahead on the route that failed least
+   recently, panic mode, unless ``fail_fast_when_all_open``; such an attempt is not a
+   probe and its report moves nothing, like a straggler's.)
 3. ``half_open``: the next admission is the probe and moves the breaker to ``probing``;
    every other admission is refused while the probe is out. So a half-open breaker
    admits exactly one probe at a time.
@@ -78,6 +85,11 @@ class Admission:
     """The breaker's state after the admission."""
     reopen_at: float | None = None
     """For a refusal by an open breaker: when the next probe will be allowed."""
+    at: float = 0.0
+    """The breaker's time of the admission: the attempt's report hands it back, so the
+    breaker knows which failures were in flight together (rule 1)."""
+    failed_at: float | None = None
+    """For a refusal: when the route last failed (panic mode picks the least recent)."""
 
 
 def consecutive_failures_reached(ev: EventData) -> bool:
@@ -179,6 +191,8 @@ _FIELDS: Final = (
     "reopen_at",
     "probe_id",
     "probe_expires_at",
+    "incident_at",
+    "failed_at",
 )
 
 
@@ -192,7 +206,8 @@ class BreakerCore:
         self.policy = policy
         self.state = "closed"
         self.failures = 0
-        """Consecutive provider faults (stale or dropped) since the last success."""
+        """Consecutive incidents of provider faults (stale or dropped) since the last
+        success (rule 1)."""
         self.stale = 0
         self.dropped = 0
         self.openings = 0
@@ -200,6 +215,11 @@ class BreakerCore:
         self.reopen_at: float | None = None
         self.probe_id: str | None = None
         self.probe_expires_at: float | None = None
+        self.incident_at: float | None = None
+        """When the last counted failure was reported: failures of attempts admitted
+        before it belong to its incident."""
+        self.failed_at: float | None = None
+        """When the last failure (counted or not) was reported."""
         self.changes: list[BreakerChange] = []
         """Transitions taken since the store loaded this core (not persisted)."""
 
@@ -218,7 +238,7 @@ class BreakerCore:
         core.state = state if state in BREAKER_STATES else "closed"
         for name in ("failures", "stale", "dropped", "openings"):
             setattr(core, name, int(fields.get(name) or 0))
-        for name in ("reopen_at", "probe_expires_at"):
+        for name in ("reopen_at", "probe_expires_at", "incident_at", "failed_at"):
             raw = fields.get(name) or ""
             setattr(core, name, float(raw) if raw else None)
         core.probe_id = fields.get("probe_id") or None
@@ -242,18 +262,36 @@ class BreakerCore:
         becomes the half-open breaker's one probe."""
         self.advance(at)
         if self.state == "closed":
-            return Admission(kind="pass", state=self.state)
+            return Admission(kind="pass", state=self.state, at=at)
         if self.state == "half_open":
             self._pull("admit_probe", at=at, probe_id=probe_id)
-            return Admission(kind="probe", state=self.state)
+            return Admission(kind="probe", state=self.state, at=at)
         reopen = self.reopen_at if self.state == "open" else self.probe_expires_at
-        return Admission(kind="refuse", state=self.state, reopen_at=reopen)
+        return Admission(
+            kind="refuse", state=self.state, reopen_at=reopen, at=at, failed_at=self.failed_at
+        )
 
-    def report(self, at: float, verdict: Verdict, *, probe_id: str | None) -> None:
-        """An admitted attempt ended. Only the probe's verdict moves a probing breaker."""
+    def report(
+        self,
+        at: float,
+        verdict: Verdict,
+        *,
+        probe_id: str | None,
+        admitted_at: float | None = None,
+    ) -> None:
+        """An admitted attempt ended. Only the probe's verdict moves a probing breaker.
+        ``admitted_at`` is its ``Admission.at`` (None: an incident of its own)."""
         self.advance(at)
         if verdict in ("stale", "dropped"):
-            self.failures += 1
+            in_flight_with_last = (
+                admitted_at is not None
+                and self.incident_at is not None
+                and admitted_at < self.incident_at
+            )
+            if not in_flight_with_last:
+                self.failures += 1
+                self.incident_at = at
+            self.failed_at = at
             if verdict == "stale":
                 self.stale += 1
             else:

@@ -131,6 +131,11 @@ class BreakerPolicy:
       and less often, but always again: a breaker never latches.
     - ``probe_timeout``: a probe that has not reported after this long (its process
       died) no longer holds the half-open slot.
+    - ``fail_fast_when_all_open``: when every route a run may still use refuses it,
+      fail the run at once ("no route admits the run"). Off by default: the run then
+      tries the route that failed least recently anyway (panic mode,
+      ``AttemptRecord.panic``), so a breaker never makes a run worse off than no
+      breaker would.
     """
 
     failures_to_open: int = 5
@@ -138,6 +143,7 @@ class BreakerPolicy:
     cooldown_factor: float = 2.0
     max_cooldown: float = 600.0
     probe_timeout: float = 900.0
+    fail_fast_when_all_open: bool = False
 
     def __post_init__(self) -> None:
         count = self.failures_to_open
@@ -154,3 +160,5 @@ class BreakerPolicy:
             raise ValueError(f"BreakerPolicy.cooldown_factor must be >= 1, got {factor!r}")
         if self.max_cooldown < self.cooldown:
             raise ValueError("BreakerPolicy.max_cooldown must be >= BreakerPolicy.cooldown")
+        if not isinstance(self.fail_fast_when_all_open, bool):
+            raise TypeError("BreakerPolicy.fail_fast_when_all_open must be a bool")

@@ -42,7 +42,7 @@ __all__ = [
     "StreamFailed",
 ]
 
-Outcome = Literal["completed", "stale", "dropped", "error", "interrupted"]
+Outcome = Literal["completed", "stale", "dropped", "error", "interrupted", "deadline"]
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -52,7 +52,8 @@ class Fault:
     ``outcome`` is what the attempt record shows: ``stale`` (no meaningful event in
     time), ``dropped`` (connection lost, malformed or truncated stream, client could
     not be built), ``error`` (the provider answered with an error status or an error
-    event), ``interrupted`` (the caller asked to stop).
+    event), ``interrupted`` (the caller asked to stop), ``deadline`` (the run's
+    ``Timeouts.total`` ran out while the attempt was still in time by its own clocks).
     ``retryable``: the same route may succeed on another attempt.
     ``fallback_eligible``: another route may succeed where this one cannot
     (authentication, permission, unknown model): skip this route's remaining attempts.

@@ -105,10 +105,12 @@ def verdict_of(outcome: str, fault: Fault | None, *, clock: str | None = None) -
     """What an attempt's end tells its route's breaker. Stalls count against the route,
     and so do provider faults worth retrying or falling back from (5xx, 529, 429, a
     dropped connection, bad credentials); the caller's own errors (400), interrupts and
-    its ``Timeouts.total`` judge nothing. ``clock`` is the clock that ended a stale
-    attempt (``Diagnostics.stall_clock``)."""
+    its ``Timeouts.total`` (outcome ``deadline``) judge nothing. ``clock`` is the clock
+    that ended a stale attempt (``Diagnostics.stall_clock``)."""
     if outcome == "completed":
         return "success"
+    if outcome == "deadline":
+        return "neutral"
     if outcome == "stale":
         # total is the caller's budget, and it runs on while the caller holds an event:
         # its end says nothing of the provider. first_token and stale are the provider's.
@@ -162,13 +164,33 @@ class RouteHealth:
         at = self._clock()
         return await self._aapply(route, lambda core: core.admit(at, probe_id=probe_id))
 
-    def report(self, route: str, verdict: Verdict, probe_id: str | None) -> None:
+    def report(
+        self,
+        route: str,
+        verdict: Verdict,
+        probe_id: str | None,
+        admitted_at: float | None = None,
+    ) -> None:
+        """``admitted_at``: the attempt's ``Admission.at`` (failures of attempts in flight
+        together are one incident); None counts the failure as an incident of its own."""
         at = self._clock()
-        self._apply(route, lambda core: core.report(at, verdict, probe_id=probe_id))
+        self._apply(
+            route,
+            lambda core: core.report(at, verdict, probe_id=probe_id, admitted_at=admitted_at),
+        )
 
-    async def areport(self, route: str, verdict: Verdict, probe_id: str | None) -> None:
+    async def areport(
+        self,
+        route: str,
+        verdict: Verdict,
+        probe_id: str | None,
+        admitted_at: float | None = None,
+    ) -> None:
         at = self._clock()
-        await self._aapply(route, lambda core: core.report(at, verdict, probe_id=probe_id))
+        await self._aapply(
+            route,
+            lambda core: core.report(at, verdict, probe_id=probe_id, admitted_at=admitted_at),
+        )
 
     def status(self, routes: tuple[str, ...]) -> dict[str, BreakerStatus]:
         """Every route's breaker now, for dashboards (``lifecycle demo --watch``)."""

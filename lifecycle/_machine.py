@@ -291,18 +291,22 @@ class RunCore:
         elif isinstance(event, InterruptRequested):
             self.interrupt_requested = True
         elif isinstance(event, StallDetected):
+            deadline = event.clock == "total"
             self._close_attempt(
                 Fault(
-                    outcome="stale",
+                    outcome="deadline" if deadline else "stale",
                     retryable=True,
                     fallback_eligible=True,
-                    reason=f"no meaningful event within Timeouts.{event.clock}",
+                    reason="Timeouts.total ran out before the answer ended"
+                    if deadline
+                    else f"no meaningful event within Timeouts.{event.clock}",
                     api_mode=self.active_attempt.api_mode if self.attempts else None,
                 ),
                 event.at,
             )
-            self.total_expired = event.clock == "total"
-            self.stale_per_route[self.active_attempt.route_index] += 1
+            self.total_expired = deadline
+            if not deadline:
+                self.stale_per_route[self.active_attempt.route_index] += 1
             self.active_attempt.diagnostics.stall_clock = event.clock
         elif isinstance(event, AttemptFailed):
             self._close_attempt(event.fault, event.at)

@@ -48,7 +48,8 @@ OUTCOMES: Final[Mapping[Outcome, OutcomeTerm]] = MappingProxyType(
             word="stale",
             state="stale",
             trigger="stall",
-            meaning="no meaningful event before a clock ran out (first_token, stale, total)",
+            meaning="no meaningful event before a clock of the provider ran out "
+            "(first_token, stale)",
         ),
         "dropped": OutcomeTerm(
             word="dropped",
@@ -68,6 +69,15 @@ OUTCOMES: Final[Mapping[Outcome, OutcomeTerm]] = MappingProxyType(
             state="interrupted",
             trigger="interrupt",
             meaning="the caller asked the run to stop",
+        ),
+        # The caller's budget, not the provider's pace: events may still have been
+        # arriving. It passes through the state ``stale`` by ``stall`` (the watchdog's
+        # clock fired), and judges no route.
+        "deadline": OutcomeTerm(
+            word="deadline",
+            state="stale",
+            trigger="stall",
+            meaning="Timeouts.total, the run's whole budget, ran out before the answer ended",
         ),
     }
 )

@@ -134,6 +134,9 @@ class AttemptRecord:
     reason: str | None = None
     probe: bool = False
     """The attempt was its route's half-open breaker's one probe."""
+    panic: bool = False
+    """Every route the run could still use refused it, and the attempt went ahead on the
+    one that failed least recently (panic mode; ``BreakerPolicy.fail_fast_when_all_open``)."""
     diagnostics: Diagnostics = field(default_factory=Diagnostics)
     exception: BaseException | None = field(default=None, repr=False, compare=False)
     """What ended the attempt (the SDK's exception, the transport's after a stall), with
@@ -148,6 +151,7 @@ class AttemptRecord:
             "outcome": self.outcome,
             "reason": self.reason,
             "probe": self.probe,
+            "panic": self.panic,
             **self.diagnostics.as_dict(),
         }
 

@@ -87,8 +87,13 @@ class RunBase:
         self._health = health
         self._probe_id: str | None = None
         """The active attempt's id with its breaker, if it is the route's probe."""
-        self._refusals: list[str] = []
-        """Why each route of the current admission sweep refused the run."""
+        self._refusals: list[tuple[int, str, float | None]] = []
+        """Each route of the current admission sweep that refused the run: (index, why,
+        when it last failed)."""
+        self._admitted_at: float | None = None
+        """The breaker's time of the active attempt's admission (``Admission.at``)."""
+        self._panic = False
+        """The active attempt goes ahead although its route refused it (panic mode)."""
         self.id = uuid.uuid4().hex[:16]
         """Identifies the run in hooks, telemetry and recordings."""
         self.started_at = time.time() - (time.monotonic() - core.started_at)
@@ -163,10 +168,12 @@ class RunBase:
     # -- route health: the breakers around each attempt -----------------------------------
     def _admitted(self, index: int, probe_id: str, admission: Admission) -> bool:
         """Apply one breaker answer: True if the attempt may use route ``index`` (the
-        drivers then start it). A refused route is skipped when a later one is left;
-        the last one's refusal is kept for ``_exhausted``."""
+        drivers then start it, after the refused routes before it are skipped). A
+        refusal is kept for ``_none_admitted``."""
+        self._admitted_at = admission.at
         if admission.kind != "refuse":
             self._probe_id = probe_id if admission.kind == "probe" else None
+            self._skip_refused(before=index)
             return True
         route = self._routes[index]
         if admission.state == "open" and admission.reopen_at is not None:
@@ -174,18 +181,38 @@ class RunBase:
             why = f"{route.name}: breaker open, next probe in {wait:.1f}s"
         else:
             why = f"{route.name}: breaker half-open, its one probe is out"
-        self._refusals.append(why)
-        if index + 1 < len(self._routes):
-            self._core.feed(RouteSkipped(at=now(), route_index=index, reason=why))
+        self._refusals.append((index, why, admission.failed_at))
         return False
 
-    def _exhausted(self) -> StreamFailed:
-        """No route from the sweep's first onward admitted the run."""
-        reasons = "; ".join(self._refusals)
-        self._core.feed(RoutesExhausted(at=now(), reason=f"no route admits the run ({reasons})"))
-        return self._failure()
+    def _skip_refused(self, *, before: int) -> None:
+        for index, why, _ in self._refusals:
+            if index < before:
+                self._core.feed(RouteSkipped(at=now(), route_index=index, reason=why))
+        self._refusals = []
 
-    def _verdict(self) -> tuple[str, Verdict, str | None] | None:
+    def _none_admitted(self) -> int:
+        """No route from the sweep's first onward admitted the run. Panic mode: the run
+        still tries the one that failed least recently (the likeliest to have
+        recovered), since refusing every run would be worse than having no breaker;
+        with ``fail_fast_when_all_open`` it fails at once instead."""
+        assert self._health is not None and self._refusals
+        if self._health.policy.fail_fast_when_all_open:
+            last = self._refusals[-1][0]
+            reasons = "; ".join(why for _, why, _ in self._refusals)
+            self._skip_refused(before=last)
+            self._core.feed(
+                RoutesExhausted(at=now(), reason=f"no route admits the run ({reasons})")
+            )
+            raise self._failure()
+        index, _, _ = min(
+            self._refusals, key=lambda refusal: (refusal[2] or float("-inf"), refusal[0])
+        )
+        self._skip_refused(before=index)
+        self._probe_id = None
+        self._panic = True
+        return index
+
+    def _verdict(self) -> tuple[str, Verdict, str | None, float | None] | None:
         """What to tell the active attempt's route's breaker, once the attempt ended."""
         if self._health is None or not self._core.attempts:
             return None
@@ -196,7 +223,7 @@ class RunBase:
         verdict = verdict_of(
             attempt.outcome or "interrupted", fault, clock=attempt.diagnostics.stall_clock
         )
-        return route.name, verdict, probe_id
+        return route.name, verdict, probe_id, self._admitted_at
 
     # -- shared decisions -----------------------------------------------------------------
     def _continuable(self) -> bool:

@@ -110,6 +110,7 @@ class Run(RunBase):
                 route_index = self._admit_route(route_index)
             core.feed(AttemptStarted(at=now(), route_index=route_index))
             core.active_attempt.probe = self._probe_id is not None
+            core.active_attempt.panic = self._panic
             caller_left: BaseException | None = None
             try:
                 completed = yield from self._attempt(core.active_attempt)
@@ -149,11 +150,12 @@ class Run(RunBase):
         health = self._health
         assert health is not None
         self._refusals = []
+        self._panic = False
         for index in range(start, len(self._routes)):
             probe_id = health.new_probe_id()
             if self._admitted(index, probe_id, health.admit(self._routes[index].name, probe_id)):
                 return index
-        raise self._exhausted()
+        return self._none_admitted()
 
     def _report_to_breaker(self) -> None:
         verdict = self._verdict()

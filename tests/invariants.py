@@ -104,7 +104,7 @@ server (seen 3 s late beside two other suites on two cores) is not taken for a l
 ROWS: Final = frozenset((r["trigger"], r["source"], r["dest"]) for r in TRANSITIONS)
 _OUTCOMES: Final = {
     "completed": ("completed",),
-    "stale": ("stale",),
+    "stale": ("stale", "deadline"),
     "dropped": ("dropped", "error"),
     "interrupted": ("interrupted",),
 }

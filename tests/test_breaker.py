@@ -64,6 +64,7 @@ class Reference:
         self.reopen_at = 0.0
         self.probe: str | None = None
         self.probe_until = 0.0
+        self.incident_at: float | None = None
 
     def _open(self, at: float) -> None:
         self.openings += 1
@@ -89,10 +90,15 @@ class Reference:
             return "probe"
         return "refuse"
 
-    def report(self, at: float, verdict: str, probe_id: str | None) -> None:
+    def report(self, at: float, verdict: str, probe_id: str | None, admitted_at: float) -> None:
         self.tick(at)
-        if verdict in ("stale", "dropped"):
+        # One incident: the failures of attempts admitted before the last counted one
+        # was reported (they were in flight with it) count once.
+        if verdict in ("stale", "dropped") and (
+            self.incident_at is None or admitted_at >= self.incident_at
+        ):
             self.failures += 1
+            self.incident_at = at
         elif verdict == "success" and self.state == "closed":
             self.failures = 0
         if self.state == "probing" and probe_id is not None and probe_id == self.probe:
@@ -129,8 +135,8 @@ class BreakerRules(RuleBasedStateMachine):
         self.t = 1_000_000.0
         self.core = BreakerCore(route="r", policy=policy)
         self.ref = Reference(policy)
-        self.out: list[tuple[str, bool]] = []
-        """Admitted attempts that have not reported: (id, is the probe)."""
+        self.out: list[tuple[str, bool, float]] = []
+        """Admitted attempts that have not reported: (id, is the probe, admitted at)."""
         self.serial = 0
         self.opened_at: float | None = None
 
@@ -155,10 +161,11 @@ class BreakerRules(RuleBasedStateMachine):
         if admission.kind == "probe":
             COUNTS["probes"] += 1
             # Exactly one probe at a time: no other admitted probe is still out.
-            live = [a for a, is_probe in self.out if is_probe and a == self.core.probe_id]
+            live = [a for a, is_probe, _ in self.out if is_probe and a == self.core.probe_id]
             assert live == [], "a second probe was admitted while one is out"
+        assert admission.at == self.t
         if admission.kind != "refuse":
-            self.out.append((probe_id, admission.kind == "probe"))
+            self.out.append((probe_id, admission.kind == "probe", admission.at))
         self._reload()
 
     @rule(data=st.data(), verdict=st.sampled_from(["success", "stale", "dropped", "neutral"]))
@@ -166,10 +173,15 @@ class BreakerRules(RuleBasedStateMachine):
     def report(self, data: st.DataObject, verdict: str) -> None:
         COUNTS["steps"] += 1
         index = data.draw(st.integers(0, len(self.out) - 1))
-        attempt, is_probe = self.out.pop(index)
+        attempt, is_probe, admitted_at = self.out.pop(index)
         was_open = self.core.openings
-        self.core.report(self.t, verdict, probe_id=attempt if is_probe else None)  # type: ignore[arg-type]
-        self.ref.report(self.t, verdict, attempt if is_probe else None)
+        self.core.report(
+            self.t,
+            verdict,  # type: ignore[arg-type]
+            probe_id=attempt if is_probe else None,
+            admitted_at=admitted_at,
+        )
+        self.ref.report(self.t, verdict, attempt if is_probe else None, admitted_at)
         if self.core.openings > was_open:
             COUNTS["openings"] += 1
             expected = min(
@@ -431,7 +443,13 @@ def test_every_breaker_row_keeps_the_invariants(
         routes=routes,
         timeouts=TIMEOUTS,
         retry=RetryPolicy(max_attempts=2, initial_backoff=0.0, max_backoff=0.0),
-        breaker=BreakerPolicy(failures_to_open=failures_to_open, cooldown=60),
+        # Without fail-fast a run that every route refuses goes ahead (panic mode,
+        # tests/test_breaker_panic.py): the ``failed`` rows are the opt-in's.
+        breaker=BreakerPolicy(
+            failures_to_open=failures_to_open,
+            cooldown=60,
+            fail_fast_when_all_open=dest == "failed",
+        ),
     )
     assert engine.health is not None
     for index in open_before:

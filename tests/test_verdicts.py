@@ -69,7 +69,7 @@ pytestmark = pytest.mark.timeout(60)
 
 Counts = Literal["failure", "success", "nothing"]
 Then = Literal["retry", "fallback", "fail", "cancelled", "completed"]
-Outcome = Literal["completed", "stale", "dropped", "error", "interrupted"]
+Outcome = Literal["completed", "stale", "dropped", "error", "interrupted", "deadline"]
 
 # Causes that are not one loopback fault script: what the test does instead.
 REFUSED: Final = "connect to a closed port"
@@ -173,7 +173,7 @@ VERDICTS: Final[tuple[Verdict, ...]] = (
     Verdict(
         name="Timeouts.total deadline",
         cause=HOLD_PAST_TOTAL,
-        outcome="stale",
+        outcome="deadline",
         counts="nothing",
         then="fail",
         timeouts=SHORT_TOTAL,
