@@ -457,16 +457,19 @@ class RunBase:
         )
 
     def _cleanup_rebuild(self, plan: CleanupPlan, slot: ClientSlot) -> None:
-        if self._core.interrupt_requested or self._interrupted or self._leaving:
+        cancelled = self._core.interrupt_requested or self._interrupted or self._leaving
+        out_of_time = self._core.total_expired or now() >= self._core.deadline
+        if cancelled or out_of_time:
             # The run is ending: building a client (~20-40 ms of TLS set-up) would only
             # delay the caller. The slot is empty, so the next run on this route builds
             # a fresh client on its own thread.
+            why = "this one is cancelled" if cancelled else "Timeouts.total ran out"
             plan.attempt.diagnostics.cleanup.append(
                 CleanupStep(
                     step="rebuild",
                     thread=_here(),
                     at=now() - plan.attempt.started_at,
-                    detail=f"{plan.api_mode}: deferred to the next run (this one is cancelled)",
+                    detail=f"{plan.api_mode}: deferred to the next run ({why})",
                 )
             )
             return

@@ -20,7 +20,15 @@ Both httpx 0.28 (httpcore 1.x) and httpx2 (httpcore2) have the same shape here.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import errno
 import logging
+import os
+import selectors
+import socket
+import ssl
+import sys
 import time
 from collections.abc import Iterable
 from typing import Any
@@ -160,28 +168,161 @@ class _TaggedStream:
     def start_tls(
         self, ssl_context: Any, server_hostname: str | None = None, timeout: float | None = None
     ) -> _TaggedStream:
-        return _TaggedStream(
-            self._inner.start_tls(ssl_context, server_hostname, timeout), self._owner
-        )
+        owner = self._owner
+        if owner is not None and isinstance(ssl_context, ssl.SSLContext):
+            # The handshake runs on a new socket object (the plain one gives up its file
+            # descriptor to it): the attempt must hold that one while it handshakes.
+            ssl_context = _AttachingContext(ssl_context, owner)
+        return _TaggedStream(self._inner.start_tls(ssl_context, server_hostname, timeout), owner)
 
     def get_extra_info(self, info: str) -> Any:
         return self._inner.get_extra_info(info)
 
 
+class _AttachingContext:
+    """An ``ssl.SSLContext`` whose ``wrap_socket`` attaches the TLS socket to the attempt
+    before the handshake, which it then runs (everything else goes to the context)."""
+
+    def __init__(self, context: ssl.SSLContext, owner: AttemptConnection) -> None:
+        self._context = context
+        self._owner = owner
+
+    def wrap_socket(self, sock: socket.socket, **kwargs: Any) -> ssl.SSLSocket:
+        handshake = kwargs.pop("do_handshake_on_connect", True)
+        tls = self._context.wrap_socket(sock, do_handshake_on_connect=False, **kwargs)
+        self._owner.attach(tls)
+        try:
+            if self._owner.aborted:
+                raise ConnectionAbortedError("the attempt was aborted before its TLS handshake")
+            if handshake:
+                tls.do_handshake()
+        except BaseException:
+            self._owner.detach(tls)
+            tls.close()
+            raise
+        return tls
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._context, name)
+
+
 class _TaggingBackend:
-    __slots__ = ("_inner",)
+    """Wraps httpcore's sync backend: its own TCP connect, so that the socket is known
+    to the attempt from the connect's start (a thread blocked in ``connect()`` or in the
+    TLS handshake is woken only by a shutdown of that very socket)."""
+
+    __slots__ = ("_connect_error", "_connect_timeout", "_inner", "_stream_class")
 
     def __init__(self, inner: Any) -> None:
         self._inner = inner
+        self._stream_class, self._connect_error, self._connect_timeout = _sync_parts_of(inner)
 
-    def connect_tcp(self, *args: Any, **kwargs: Any) -> _TaggedStream:
-        return _TaggedStream(self._inner.connect_tcp(*args, **kwargs))
+    def connect_tcp(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,
+        local_address: str | None = None,
+        socket_options: Iterable[Any] | None = None,
+    ) -> _TaggedStream:
+        connection = active_connection.get()
+        if connection is None or self._stream_class is None:
+            return _TaggedStream(
+                self._inner.connect_tcp(host, port, timeout, local_address, socket_options)
+            )
+        try:
+            sock = _connect_abortably(connection, host, port, timeout, local_address)
+        except TimeoutError as exc:
+            raise self._connect_timeout(exc) from exc
+        except OSError as exc:
+            raise self._connect_error(exc) from exc
+        try:
+            for option in socket_options or ():
+                sock.setsockopt(*option)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError as exc:
+            connection.detach(sock)
+            sock.close()
+            raise self._connect_error(exc) from exc
+        return _TaggedStream(self._stream_class(sock), connection)
 
     def connect_unix_socket(self, *args: Any, **kwargs: Any) -> _TaggedStream:
         return _TaggedStream(self._inner.connect_unix_socket(*args, **kwargs))
 
     def sleep(self, seconds: float) -> None:
         self._inner.sleep(seconds)
+
+
+def _sync_parts_of(backend: Any) -> tuple[Any, Any, Any]:
+    """httpcore's (or httpcore2's) stream class and connect errors, for a backend of its
+    own; ``(None, ...)`` for a backend of the caller's, which connects its own way."""
+    if type(backend).__name__ != "SyncBackend":
+        return None, None, None
+    # The names its own connect_tcp uses (httpcore re-labels its classes' __module__).
+    names = getattr(type(backend).connect_tcp, "__globals__", {})
+    parts = (names.get("SyncStream"), names.get("ConnectError"), names.get("ConnectTimeout"))
+    if None in parts:
+        raise ConnectionTaggingUnavailable(
+            f"{type(backend).__module__}.SyncBackend.connect_tcp no longer uses SyncStream, "
+            "ConnectError and ConnectTimeout: httpcore moved them; update providers/_sockets.py"
+        )
+    return parts
+
+
+def _connect_abortably(
+    connection: AttemptConnection,
+    host: str,
+    port: int,
+    timeout: float | None,
+    local_address: str | None,
+) -> socket.socket:
+    """``socket.create_connection``, with each socket attached to the attempt before its
+    connect starts. The connect is non-blocking: once it is under way (SYN_SENT), an
+    abort's shutdown resets it and wakes the wait below; an abort before that is seen by
+    the check that follows the start."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    last_error: OSError | None = None
+    for family, kind, proto, _, address in socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM):
+        sock = socket.socket(family, kind, proto)
+        connection.attach(sock)
+        try:
+            if local_address is not None:
+                sock.bind((local_address, 0))
+            sock.setblocking(False)
+            code = sock.connect_ex(address)
+            if code in (errno.EINPROGRESS, errno.EAGAIN):
+                _wait_writable(connection, sock, deadline)
+                code = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+            if connection.aborted:
+                raise ConnectionAbortedError(
+                    f"the attempt was aborted while connecting ({connection.abort_reason})"
+                )
+            if code:
+                raise OSError(code, os.strerror(code))
+            sock.settimeout(timeout)  # as create_connection leaves it
+            return sock
+        except BaseException as exc:
+            connection.detach(sock)
+            sock.close()
+            if isinstance(exc, TimeoutError | ConnectionAbortedError) or not isinstance(
+                exc, OSError
+            ):
+                raise
+            last_error = exc
+    raise last_error or OSError(f"getaddrinfo returned no address for {host}:{port}")
+
+
+def _wait_writable(
+    connection: AttemptConnection, sock: socket.socket, deadline: float | None
+) -> None:
+    with selectors.DefaultSelector() as selector:
+        selector.register(sock, selectors.EVENT_WRITE)
+        while not connection.aborted:
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                raise TimeoutError("timed out")
+            if selector.select(remaining):
+                return
 
 
 class _AsyncTaggedStream:
@@ -219,16 +360,63 @@ class _AsyncTaggedStream:
 
 
 class _AsyncTaggingBackend:
-    __slots__ = ("_inner",)
+    """Wraps httpcore's async backend: the connect runs as a task of its own, which an
+    abort cancels (asyncio makes the socket inside ``create_connection``, out of
+    reach); the socket is attached as soon as the connect returns, so a TLS handshake
+    that hangs is shut down like any read."""
+
+    __slots__ = ("_connect_error", "_inner")
 
     def __init__(self, inner: Any) -> None:
         self._inner = inner
+        package = sys.modules[type(inner).__module__.partition(".")[0]]
+        self._connect_error: Any = getattr(package, "ConnectError", None)
 
     async def connect_tcp(self, *args: Any, **kwargs: Any) -> _AsyncTaggedStream:
-        return _AsyncTaggedStream(await self._inner.connect_tcp(*args, **kwargs))
+        connection = active_connection.get()
+        if connection is None or self._connect_error is None:
+            return _AsyncTaggedStream(await self._inner.connect_tcp(*args, **kwargs))
+        loop = asyncio.get_running_loop()
+        connect = loop.create_task(self._inner.connect_tcp(*args, **kwargs))
+        pending = _PendingConnect(loop, connect)
+        connection.attach(pending)
+        try:
+            try:
+                await asyncio.wait((connect,))
+            except asyncio.CancelledError:
+                connect.cancel()  # the caller's own cancellation: the connect goes with it
+                raise
+        finally:
+            connection.detach(pending)
+        if connect.cancelled() or connection.aborted:
+            if not connect.cancelled() and connect.exception() is None:
+                await connect.result().aclose()
+            raise self._connect_error(
+                f"the attempt was aborted while connecting ({connection.abort_reason})"
+            )
+        stream = _AsyncTaggedStream(connect.result(), connection)
+        sock = stream.get_extra_info("socket")
+        if hasattr(sock, "shutdown"):
+            connection.attach(sock)
+        return stream
 
     async def connect_unix_socket(self, *args: Any, **kwargs: Any) -> _AsyncTaggedStream:
         return _AsyncTaggedStream(await self._inner.connect_unix_socket(*args, **kwargs))
 
     async def sleep(self, seconds: float) -> None:
         await self._inner.sleep(seconds)
+
+
+class _PendingConnect:
+    """What an attempt holds while asyncio connects: its "shutdown" cancels the connect's
+    task, from any thread (an abort may come from the watchdog or a caller's thread)."""
+
+    __slots__ = ("_loop", "_task")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, task: asyncio.Task[Any]) -> None:
+        self._loop = loop
+        self._task = task
+
+    def shutdown(self, how: int, /) -> None:
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nothing is pending
+            self._loop.call_soon_threadsafe(self._task.cancel)
