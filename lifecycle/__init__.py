@@ -16,9 +16,12 @@ from ._health import BreakerStatus, HealthStore, LocalHealthStore, RouteHealth
 from ._hooks import LifecycleHooks
 from ._machine import FINAL_STATES, STATES, TRANSITIONS
 from ._message import (
+    STOP_REASONS,
     IncompleteToolCall,
     Message,
+    ProviderArtifact,
     Restart,
+    StopReason,
     StreamEvent,
     ToolCall,
     ToolCallDelta,
@@ -35,6 +38,7 @@ __all__ = [
     "FINAL_STATES",
     "OUTCOMES",
     "STATES",
+    "STOP_REASONS",
     "TRANSITIONS",
     "Admission",
     "AsyncAttemptStream",
@@ -59,6 +63,7 @@ __all__ = [
     "MissingCredentials",
     "OutcomeTerm",
     "OversizedEvent",
+    "ProviderArtifact",
     "Request",
     "Restart",
     "RetryPolicy",
@@ -66,6 +71,7 @@ __all__ = [
     "RouteHealth",
     "Run",
     "Shutdownable",
+    "StopReason",
     "StreamEngine",
     "StreamEvent",
     "StreamFailed",

@@ -689,6 +689,10 @@ def test_names_are_the_semantic_conventions() -> None:
     assert otel.GEN_AI_RESPONSE_FINISH_REASONS == ga.GEN_AI_RESPONSE_FINISH_REASONS
     assert otel.GEN_AI_USAGE_INPUT_TOKENS == ga.GEN_AI_USAGE_INPUT_TOKENS
     assert otel.GEN_AI_USAGE_OUTPUT_TOKENS == ga.GEN_AI_USAGE_OUTPUT_TOKENS
+    assert otel.GEN_AI_USAGE_CACHE_READ_INPUT_TOKENS == ga.GEN_AI_USAGE_CACHE_READ_INPUT_TOKENS
+    assert (
+        otel.GEN_AI_USAGE_CACHE_CREATION_INPUT_TOKENS == ga.GEN_AI_USAGE_CACHE_CREATION_INPUT_TOKENS
+    )
     assert otel.GEN_AI_TOKEN_TYPE == ga.GEN_AI_TOKEN_TYPE
     assert otel.SERVER_ADDRESS == server_attributes.SERVER_ADDRESS
     assert otel.SERVER_PORT == server_attributes.SERVER_PORT
