@@ -24,9 +24,12 @@ from ._hooks import LifecycleHooks
 from ._log_filter import SecretsFilter
 from ._machine import FINAL_STATES, STATES, TRANSITIONS
 from ._message import (
+    STOP_REASONS,
     IncompleteToolCall,
     Message,
+    ProviderArtifact,
     Restart,
+    StopReason,
     StreamEvent,
     ToolCall,
     ToolCallDelta,
@@ -43,6 +46,7 @@ __all__ = [
     "FINAL_STATES",
     "OUTCOMES",
     "STATES",
+    "STOP_REASONS",
     "TRANSITIONS",
     "Admission",
     "AsyncAttemptStream",
@@ -68,6 +72,7 @@ __all__ = [
     "MissingCredentials",
     "OutcomeTerm",
     "OversizedEvent",
+    "ProviderArtifact",
     "Request",
     "Restart",
     "RetryPolicy",
@@ -76,6 +81,7 @@ __all__ = [
     "Run",
     "SecretsFilter",
     "Shutdownable",
+    "StopReason",
     "StreamEngine",
     "StreamEvent",
     "StreamFailed",

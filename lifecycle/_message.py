@@ -7,15 +7,20 @@ ping, a message_start or a role-only chunk is progress of bytes, not of the answ
 
 from __future__ import annotations
 
+import copy
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Final, Literal
 
 __all__ = [
+    "STOP_REASONS",
     "IncompleteToolCall",
     "Message",
     "MessageBuilder",
+    "ProviderArtifact",
     "Restart",
+    "StopReason",
     "StreamEvent",
     "ToolCall",
     "ToolCallDelta",
@@ -23,6 +28,17 @@ __all__ = [
 ]
 
 EventType = Literal["text", "thinking", "tool_call", "restart", "stop"]
+
+StopReason = Literal["stop", "length", "tool_calls", "content_filter", "pause"]
+STOP_REASONS: Final[tuple[StopReason, ...]] = (
+    "stop",
+    "length",
+    "tool_calls",
+    "content_filter",
+    "pause",
+)
+"""``Message.stop_reason`` on every route: an agent loop tests one word whichever route
+answered; the provider's own word is ``Message.provider_stop_reason``."""
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -44,8 +60,30 @@ class ToolCallDelta:
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class Usage:
+    """Token counts with one meaning on every route; None where the provider did not say."""
+
     input_tokens: int | None = None
+    """All input, cached included (Anthropic reports the cached part separately; it is
+    added back here so a bill or a context budget reads the same on every route)."""
     output_tokens: int | None = None
+    cache_read_tokens: int | None = None
+    """Input served from the provider's prompt cache (part of ``input_tokens``)."""
+    cache_write_tokens: int | None = None
+    """Input written to the provider's prompt cache (part of ``input_tokens``)."""
+    reasoning_tokens: int | None = None
+    """Output spent on thinking or reasoning (part of ``output_tokens``)."""
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class ProviderArtifact:
+    """Something the provider issued that only it may be sent back: a signed Anthropic
+    thinking block, a redacted_thinking block, an OpenAI Responses reasoning item.
+
+    ``item`` is exactly what goes back on the wire to a route of ``api_mode``; it is
+    never sent to another wire API."""
+
+    api_mode: str
+    item: Mapping[str, Any]
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -65,8 +103,14 @@ class StreamEvent:
     text: str = ""
     tool_call: ToolCallDelta | None = None
     stop_reason: str | None = None
+    """On ``stop``: one of ``STOP_REASONS``."""
+    provider_stop_reason: str | None = None
+    """On ``stop``: the provider's own word for why it stopped."""
     usage: Usage | None = None
     restart: Restart | None = None
+    provider_artifacts: tuple[ProviderArtifact, ...] = ()
+    """On ``stop``: the attempt's artifacts in stream order. They travel on the stop, not
+    as events of their own, because a stream cut before its stop has no turn to hand back."""
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -98,9 +142,35 @@ class Message:
     incomplete_tool_calls: tuple[IncompleteToolCall, ...] = ()
     """Calls cut off mid-stream, kept for diagnosis; ``tool_calls`` never holds them."""
     stop_reason: str | None = None
+    """One of ``STOP_REASONS``, the same word on every route; None if the stream was cut."""
     usage: Usage | None = None
     api_mode: str | None = None
     model: str | None = None
+    provider_stop_reason: str | None = None
+    """The provider's own word, e.g. Anthropic's ``end_turn`` or ``pause_turn``."""
+    provider_artifacts: tuple[ProviderArtifact, ...] = ()
+    """What the issuing provider needs back in the next turn, in stream order."""
+
+    def to_dict(self) -> dict[str, Any]:
+        """The assistant turn in the neutral (Chat Completions-shaped) history, ready to be
+        appended to ``messages`` for the next turn on any route."""
+        turn: dict[str, Any] = {"role": "assistant", "content": self.text or None}
+        if self.tool_calls:
+            turn["tool_calls"] = [
+                {
+                    "id": call.id,
+                    "type": "function",
+                    "function": {"name": call.name, "arguments": call.arguments},
+                }
+                for call in self.tool_calls
+            ]
+        if self.provider_artifacts:
+            # Copies: the caller may edit its history without changing this message.
+            turn["provider_artifacts"] = [
+                {"api_mode": artifact.api_mode, "item": copy.deepcopy(dict(artifact.item))}
+                for artifact in self.provider_artifacts
+            ]
+        return turn
 
 
 @dataclass(slots=True)
@@ -113,13 +183,25 @@ class _ToolCallParts:
 class MessageBuilder:
     """Accumulates one attempt's events; cheap enough to run on every event."""
 
-    __slots__ = ("_text", "_thinking", "_tools", "api_mode", "model", "stop_reason", "usage")
+    __slots__ = (
+        "_artifacts",
+        "_text",
+        "_thinking",
+        "_tools",
+        "api_mode",
+        "model",
+        "provider_stop_reason",
+        "stop_reason",
+        "usage",
+    )
 
     def __init__(self, *, api_mode: str, model: str) -> None:
         self._text: list[str] = []
         self._thinking: list[str] = []
         self._tools: dict[int, _ToolCallParts] = {}
+        self._artifacts: tuple[ProviderArtifact, ...] = ()
         self.stop_reason: str | None = None
+        self.provider_stop_reason: str | None = None
         self.usage: Usage | None = None
         self.api_mode = api_mode
         self.model = model
@@ -143,6 +225,8 @@ class MessageBuilder:
                 parts.arguments.append(delta.arguments_delta)
         elif kind == "stop":
             self.stop_reason = event.stop_reason
+            self.provider_stop_reason = event.provider_stop_reason
+            self._artifacts = event.provider_artifacts
             if event.usage is not None:
                 self.usage = event.usage
 
@@ -155,7 +239,9 @@ class MessageBuilder:
             arguments = "".join(parts.arguments)
             reason: str | None = cut_reason or "the stream ended before the provider's stop"
             if self.stop_reason is not None:
-                reason = _unusable_arguments(arguments, self.stop_reason)
+                reason = _unusable_arguments(
+                    arguments, self.provider_stop_reason or self.stop_reason
+                )
             if reason is None:
                 calls.append(ToolCall(id=parts.id, name=parts.name, arguments=arguments or "{}"))
             else:
@@ -173,6 +259,8 @@ class MessageBuilder:
             usage=self.usage,
             api_mode=self.api_mode,
             model=self.model,
+            provider_stop_reason=self.provider_stop_reason,
+            provider_artifacts=self._artifacts,
         )
 
 

@@ -83,6 +83,8 @@ GEN_AI_RESPONSE_MODEL: Final = "gen_ai.response.model"
 GEN_AI_RESPONSE_FINISH_REASONS: Final = "gen_ai.response.finish_reasons"
 GEN_AI_USAGE_INPUT_TOKENS: Final = "gen_ai.usage.input_tokens"
 GEN_AI_USAGE_OUTPUT_TOKENS: Final = "gen_ai.usage.output_tokens"
+GEN_AI_USAGE_CACHE_READ_INPUT_TOKENS: Final = "gen_ai.usage.cache_read.input_tokens"
+GEN_AI_USAGE_CACHE_CREATION_INPUT_TOKENS: Final = "gen_ai.usage.cache_creation.input_tokens"
 GEN_AI_TOKEN_TYPE: Final = "gen_ai.token.type"
 SERVER_ADDRESS: Final = "server.address"
 SERVER_PORT: Final = "server.port"
@@ -473,14 +475,21 @@ def _gen_ai_span_attributes(run: RunBase, attempt: AttemptRecord) -> dict[str, A
     if diag.response_id:
         attributes[GEN_AI_RESPONSE_ID] = diag.response_id
     message = run.message
-    if attempt.outcome == "completed" and message is not None and message.stop_reason:
-        attributes[GEN_AI_RESPONSE_FINISH_REASONS] = (message.stop_reason,)
+    if attempt.outcome == "completed" and message is not None:
+        # The conventions ask for the provider's own word, not the neutral one.
+        finish_reason = message.provider_stop_reason or message.stop_reason
+        if finish_reason:
+            attributes[GEN_AI_RESPONSE_FINISH_REASONS] = (finish_reason,)
     usage = _usage_of(run, attempt)
     if usage is not None:
-        if usage.input_tokens is not None:
-            attributes[GEN_AI_USAGE_INPUT_TOKENS] = usage.input_tokens
-        if usage.output_tokens is not None:
-            attributes[GEN_AI_USAGE_OUTPUT_TOKENS] = usage.output_tokens
+        for name, count in (
+            (GEN_AI_USAGE_INPUT_TOKENS, usage.input_tokens),
+            (GEN_AI_USAGE_OUTPUT_TOKENS, usage.output_tokens),
+            (GEN_AI_USAGE_CACHE_READ_INPUT_TOKENS, usage.cache_read_tokens),
+            (GEN_AI_USAGE_CACHE_CREATION_INPUT_TOKENS, usage.cache_write_tokens),
+        ):
+            if count is not None:
+                attributes[name] = count
     return attributes
 
 

@@ -12,6 +12,10 @@ Wire events and what they become (only meaningful events reach the engine):
 | message_start, content_block_stop, ping,    | nothing: bytes, not progress |
 | signature_delta, message_delta              |                              |
 
+Thinking blocks (their text and ``signature_delta``) and ``redacted_thinking`` blocks are
+kept as provider artifacts on the ``stop``, in stream order: Anthropic requires them back,
+byte-identical, in front of the assistant's tool_use on the next turn.
+
 An ``event: error`` inside a 200 stream surfaces from the SDK as ``APIStatusError``
 carrying the error body; it is classified by its error type (``overloaded_error`` is a 529).
 """
@@ -29,6 +33,7 @@ from lifecycle import (
     AsyncAttemptStream,
     AttemptStream,
     Fault,
+    ProviderArtifact,
     Request,
     StreamEvent,
     Timeouts,
@@ -38,6 +43,7 @@ from lifecycle import (
 
 from . import _wire_anthropic
 from ._classify import SHAPE_ERRORS, classify_with_table, schema_violation
+from ._fields import field_of, int_field
 from ._history import normalize
 from ._sdk_route import SdkRoute
 from ._sockets import socket_of_response
@@ -172,16 +178,40 @@ def classify(exc: BaseException) -> Fault:
     )
 
 
+# Anthropic's stop reasons in the neutral vocabulary (lifecycle.STOP_REASONS).
+STOP_REASON_MAP: Final[Mapping[str, str]] = {
+    "end_turn": "stop",
+    "stop_sequence": "stop",
+    "max_tokens": "length",
+    "model_context_window_exceeded": "length",
+    "tool_use": "tool_calls",
+    "refusal": "content_filter",
+    "pause_turn": "pause",
+}
+
+# Usage fields Anthropic reports, cumulative on message_delta (newer API versions repeat
+# the input counts there; older ones send them on message_start only).
+_USAGE_FIELDS: Final = (
+    "input_tokens",
+    "output_tokens",
+    "cache_read_input_tokens",
+    "cache_creation_input_tokens",
+)
+
+
 class _Translator:
-    """Folds Anthropic's raw events into neutral ones; state is the stop reason and usage."""
+    """Folds Anthropic's raw events into neutral ones; state is the stop reason, usage and
+    the thinking blocks being streamed."""
 
     __slots__ = (
-        "input_tokens",
-        "output_tokens",
+        "artifacts",
         "response_id",
         "response_model",
         "stop_reason",
+        "thinking_tokens",
+        "tool_use_seen",
         "unknown_events",
+        "usage",
     )
 
     KNOWN: ClassVar[frozenset[str]] = frozenset(
@@ -191,10 +221,13 @@ class _Translator:
     def __init__(self) -> None:
         self.unknown_events = 0
         self.stop_reason: str | None = None
-        self.input_tokens: int | None = None
-        self.output_tokens: int | None = None
+        self.usage: dict[str, int] = {}
+        self.thinking_tokens: int | None = None
+        self.tool_use_seen = False
         self.response_id: str | None = None
         self.response_model: str | None = None
+        # Content block index -> the artifact's wire fields, growing with its deltas.
+        self.artifacts: dict[int, dict[str, Any]] = {}
 
     def translate(self, event: Any) -> StreamEvent | None:
         kind = event.type
@@ -209,39 +242,97 @@ class _Translator:
                     tool_call=ToolCallDelta(index=event.index, arguments_delta=delta.partial_json),
                 )
             if delta_kind == "thinking_delta":
-                return StreamEvent(type="thinking", text=delta.thinking)
+                text = delta.thinking
+                block = self.artifacts.get(event.index)
+                if block is not None and block["type"] == "thinking":
+                    block["thinking"] += text
+                return StreamEvent(type="thinking", text=text)
+            if delta_kind == "signature_delta":
+                block = self.artifacts.get(event.index)
+                if block is not None and block["type"] == "thinking":
+                    block["signature"] += _text(delta.signature, "signature")
             return None
         if kind == "content_block_start":
             block = event.content_block
-            if block.type == "tool_use":
+            block_kind = block.type
+            if block_kind == "tool_use":
+                self.tool_use_seen = True
                 return StreamEvent(
                     type="tool_call",
                     tool_call=ToolCallDelta(index=event.index, id=block.id, name=block.name),
                 )
+            if block_kind == "thinking":
+                self.artifacts[event.index] = {
+                    "type": "thinking",
+                    "thinking": _text(field_of(block, "thinking") or "", "thinking"),
+                    "signature": _text(field_of(block, "signature") or "", "signature"),
+                }
+            elif block_kind == "redacted_thinking":
+                self.artifacts[event.index] = {
+                    "type": "redacted_thinking",
+                    "data": _text(field_of(block, "data"), "data"),
+                }
             return None
         if kind == "message_delta":
             self.stop_reason = event.delta.stop_reason or self.stop_reason
-            usage = getattr(event, "usage", None)
-            if usage is not None:
-                self.output_tokens = getattr(usage, "output_tokens", None)
+            self._count(getattr(event, "usage", None))
+            thinking = int_field(event, "usage", "output_tokens_details", "thinking_tokens")
+            if thinking is not None:
+                self.thinking_tokens = thinking
             return None
         if kind == "message_start":
             message = event.message
             self.response_id = getattr(message, "id", None)
             self.response_model = getattr(message, "model", None)
-            usage = getattr(message, "usage", None)
-            if usage is not None:
-                self.input_tokens = getattr(usage, "input_tokens", None)
+            self._count(getattr(message, "usage", None))
             return None
         if kind == "message_stop":
+            provider_reason = self.stop_reason or "end_turn"
             return StreamEvent(
                 type="stop",
-                stop_reason=self.stop_reason or "end_turn",
-                usage=Usage(input_tokens=self.input_tokens, output_tokens=self.output_tokens),
+                stop_reason=STOP_REASON_MAP.get(
+                    provider_reason, "tool_calls" if self.tool_use_seen else "stop"
+                ),
+                provider_stop_reason=provider_reason,
+                usage=self._usage(),
+                provider_artifacts=tuple(
+                    ProviderArtifact(api_mode=AnthropicMessages.api_mode, item=item)
+                    for _, item in sorted(self.artifacts.items())
+                ),
             )
         if kind not in self.KNOWN:
             self.unknown_events += 1  # ignored, and counted in the attempt's diagnostics
         return None
+
+    def _count(self, usage: Any) -> None:
+        for name in _USAGE_FIELDS:
+            value = int_field(usage, name)
+            if value is not None:
+                self.usage[name] = value
+
+    def _usage(self) -> Usage:
+        usage = self.usage
+        uncached = usage.get("input_tokens")
+        cache_read = usage.get("cache_read_input_tokens")
+        cache_write = usage.get("cache_creation_input_tokens")
+        # Anthropic's input_tokens is the uncached part only; every route counts all input.
+        total_input = (
+            None if uncached is None else uncached + (cache_read or 0) + (cache_write or 0)
+        )
+        return Usage(
+            input_tokens=total_input,
+            output_tokens=usage.get("output_tokens"),
+            cache_read_tokens=cache_read,
+            cache_write_tokens=cache_write,
+            reasoning_tokens=self.thinking_tokens,
+        )
+
+
+def _text(value: Any, name: str) -> str:
+    # Wire data decides this; a TypeError is turned into a malformed stream by the caller.
+    if not isinstance(value, str):
+        raise TypeError(f"{name} must be text, got {value!r}")
+    return value
 
 
 class _AnthropicStream(AttemptStream):

@@ -48,6 +48,7 @@ from ._classify import (
     classify_with_table,
     schema_violation,
 )
+from ._fields import int_field
 from ._history import normalize
 from ._sdk_route import SdkRoute
 from ._sockets import socket_of_response
@@ -170,11 +171,23 @@ def classify(exc: BaseException) -> Fault:
     )
 
 
+# Chat Completions' finish reasons in the neutral vocabulary (lifecycle.STOP_REASONS);
+# function_call is the deprecated single-function form of tool_calls.
+FINISH_REASON_MAP: Final[Mapping[str, str]] = {
+    "stop": "stop",
+    "length": "length",
+    "tool_calls": "tool_calls",
+    "function_call": "tool_calls",
+    "content_filter": "content_filter",
+}
+
+
 class _Translator:
-    __slots__ = ("finish_reason", "response_id", "response_model", "usage")
+    __slots__ = ("finish_reason", "response_id", "response_model", "tool_call_seen", "usage")
 
     def __init__(self) -> None:
         self.finish_reason: str | None = None
+        self.tool_call_seen = False
         self.usage: Usage | None = None
         self.response_id: str | None = None
         self.response_model: str | None = None
@@ -185,9 +198,14 @@ class _Translator:
             self.response_model = getattr(chunk, "model", None)
         usage = chunk.usage
         if usage is not None:
+            # prompt_tokens already counts the cached part. cache_write_tokens is not
+            # OpenAI's: some OpenAI-compatible gateways report it there.
             self.usage = Usage(
-                input_tokens=getattr(usage, "prompt_tokens", None),
-                output_tokens=getattr(usage, "completion_tokens", None),
+                input_tokens=int_field(usage, "prompt_tokens"),
+                output_tokens=int_field(usage, "completion_tokens"),
+                cache_read_tokens=int_field(usage, "prompt_tokens_details", "cached_tokens"),
+                cache_write_tokens=int_field(usage, "prompt_tokens_details", "cache_write_tokens"),
+                reasoning_tokens=int_field(usage, "completion_tokens_details", "reasoning_tokens"),
             )
         for choice in chunk.choices:
             if choice.index != 0:
@@ -205,6 +223,7 @@ class _Translator:
                     if isinstance(reasoning, str) and reasoning:
                         yield StreamEvent(type="thinking", text=reasoning)
                 if delta.tool_calls:
+                    self.tool_call_seen = True
                     for call in delta.tool_calls:
                         function = call.function
                         yield StreamEvent(
@@ -230,9 +249,18 @@ class _Translator:
         return self.finish_reason is not None and chunk.usage is not None and not chunk.choices
 
     def stop(self) -> StreamEvent | None:
-        if self.finish_reason is None:
+        reason = self.finish_reason
+        if reason is None:
             return None
-        return StreamEvent(type="stop", stop_reason=self.finish_reason, usage=self.usage)
+        return StreamEvent(
+            type="stop",
+            # An OpenAI-compatible server's own word (e.g. "eos") means it simply stopped.
+            stop_reason=FINISH_REASON_MAP.get(
+                reason, "tool_calls" if self.tool_call_seen else "stop"
+            ),
+            provider_stop_reason=reason,
+            usage=self.usage,
+        )
 
 
 class _ChatStream(AttemptStream):

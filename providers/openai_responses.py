@@ -10,17 +10,20 @@ Events and what they become (only meaningful events reach the engine):
 | response.output_item.added (function_call)        | ``tool_call`` (id, name)    |
 | response.function_call_arguments.delta            | ``tool_call`` (arguments)   |
 | response.completed / response.incomplete          | ``stop`` (reason, usage)    |
+| response.output_item.done (reasoning)             | an artifact on the ``stop`` |
 | response.failed, error                            | raised: classified by code  |
 | created, in_progress, *.added / *.done bookkeeping| nothing: bytes, not progress |
 
 The tool-call index is the item's ``output_index``; the id given to the caller is the
-``call_id`` the API expects back with the function's output.
+``call_id`` the API expects back with the function's output. Reasoning items (their id,
+summary and ``encrypted_content``) are kept as provider artifacts, as the completed item
+delivered them, for the next turn on a Responses route.
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Final
 
 import openai
 import openai.resources.responses
@@ -30,6 +33,7 @@ from lifecycle import (
     AsyncAttemptStream,
     AttemptStream,
     Fault,
+    ProviderArtifact,
     Request,
     StreamEvent,
     Timeouts,
@@ -39,6 +43,7 @@ from lifecycle import (
 
 from . import _wire_responses
 from ._classify import SHAPE_ERRORS, classify_with_table, schema_violation
+from ._fields import int_field, wire_dict
 from ._history import normalize
 from ._sdk_route import SdkRoute
 from ._sockets import socket_of_response
@@ -107,11 +112,26 @@ def classify(exc: BaseException) -> Fault:
     )
 
 
+# incomplete_details.reason in the neutral vocabulary (lifecycle.STOP_REASONS).
+INCOMPLETE_REASON_MAP: Final[Mapping[str, str]] = {
+    "max_output_tokens": "length",
+    "content_filter": "content_filter",
+}
+
+# The keys the Responses input schema accepts for a reasoning item (ReasoningItem in the
+# OpenAPI document); anything else the output carries would be a 400 on the next turn.
+REASONING_INPUT_KEYS: Final = frozenset(
+    {"type", "id", "summary", "content", "encrypted_content", "status"}
+)
+
+
 class _Translator:
-    __slots__ = ("calls", "request", "response_id", "response_model")
+    __slots__ = ("artifacts", "calls", "request", "response_id", "response_model")
 
     def __init__(self, request: Any) -> None:
         self.calls: set[int] = set()
+        # output_index -> the reasoning item, so the artifacts keep the output's order.
+        self.artifacts: dict[int, dict[str, Any]] = {}
         self.request = request
         self.response_id: str | None = None
         self.response_model: str | None = None
@@ -146,11 +166,26 @@ class _Translator:
                     ),
                 )
             return None
+        if kind == "response.output_item.done":
+            item = event.item
+            if getattr(item, "type", None) == "reasoning":
+                # The done item, not the added one: only its encrypted_content is whole.
+                self.artifacts[event.output_index] = {
+                    key: value
+                    for key, value in wire_dict(item).items()
+                    if key in REASONING_INPUT_KEYS
+                }
+            return None
         if kind == "response.completed":
-            return self._stop(event.response, "tool_calls" if self.calls else "stop")
+            return self._stop(event.response, "tool_calls" if self.calls else "stop", "completed")
         if kind == "response.incomplete":
             details = getattr(event.response, "incomplete_details", None)
-            return self._stop(event.response, getattr(details, "reason", None) or "incomplete")
+            reason = getattr(details, "reason", None) or "incomplete"
+            return self._stop(
+                event.response,
+                INCOMPLETE_REASON_MAP.get(reason, "tool_calls" if self.calls else "stop"),
+                reason,
+            )
         if kind in ("response.failed", "error"):
             error = getattr(getattr(event, "response", None), "error", None) or event
             code = getattr(error, "code", None) or "server_error"
@@ -161,14 +196,22 @@ class _Translator:
             )
         return None
 
-    def _stop(self, response: Any, reason: str) -> StreamEvent:
+    def _stop(self, response: Any, reason: str, provider_reason: str) -> StreamEvent:
         usage = getattr(response, "usage", None)
         return StreamEvent(
             type="stop",
             stop_reason=reason,
+            provider_stop_reason=provider_reason,
             usage=Usage(
-                input_tokens=getattr(usage, "input_tokens", None),
-                output_tokens=getattr(usage, "output_tokens", None),
+                input_tokens=int_field(usage, "input_tokens"),
+                output_tokens=int_field(usage, "output_tokens"),
+                cache_read_tokens=int_field(usage, "input_tokens_details", "cached_tokens"),
+                cache_write_tokens=int_field(usage, "input_tokens_details", "cache_write_tokens"),
+                reasoning_tokens=int_field(usage, "output_tokens_details", "reasoning_tokens"),
+            ),
+            provider_artifacts=tuple(
+                ProviderArtifact(api_mode=OpenAIResponses.api_mode, item=item)
+                for _, item in sorted(self.artifacts.items())
             ),
         )
 

@@ -78,7 +78,8 @@ def test_a_call_cut_by_max_tokens_is_incomplete_not_a_tool_call(server: Loopback
         for _ in run:
             pass
     assert run.state == "completed"
-    assert run.message is not None and run.message.stop_reason == "max_tokens"
+    assert run.message is not None and run.message.stop_reason == "length"
+    assert run.message.provider_stop_reason == "max_tokens"
     assert run.message.tool_calls == ()
     (cut,) = run.message.incomplete_tool_calls
     assert cut.name == "make_file" and "max_tokens" in cut.reason

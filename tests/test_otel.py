@@ -689,6 +689,10 @@ def test_names_are_the_semantic_conventions() -> None:
     assert otel.GEN_AI_RESPONSE_FINISH_REASONS == ga.GEN_AI_RESPONSE_FINISH_REASONS
     assert otel.GEN_AI_USAGE_INPUT_TOKENS == ga.GEN_AI_USAGE_INPUT_TOKENS
     assert otel.GEN_AI_USAGE_OUTPUT_TOKENS == ga.GEN_AI_USAGE_OUTPUT_TOKENS
+    assert otel.GEN_AI_USAGE_CACHE_READ_INPUT_TOKENS == ga.GEN_AI_USAGE_CACHE_READ_INPUT_TOKENS
+    assert (
+        otel.GEN_AI_USAGE_CACHE_CREATION_INPUT_TOKENS == ga.GEN_AI_USAGE_CACHE_CREATION_INPUT_TOKENS
+    )
     assert otel.GEN_AI_TOKEN_TYPE == ga.GEN_AI_TOKEN_TYPE
     assert otel.SERVER_ADDRESS == server_attributes.SERVER_ADDRESS
     assert otel.SERVER_PORT == server_attributes.SERVER_PORT
@@ -802,9 +806,40 @@ def test_gen_ai_attributes_of_a_responses_api_run(
         "gen_ai.request.max_tokens": 50,
         "gen_ai.response.id": "resp_loopback_0001",
         "gen_ai.response.model": "gpt-4o-2024-08-06",
-        "gen_ai.response.finish_reasons": ("stop",),
+        # The provider's own word (the response's status), not the neutral "stop".
+        "gen_ai.response.finish_reasons": ("completed",),
         "gen_ai.usage.input_tokens": run.message.usage.input_tokens,
         "gen_ai.usage.output_tokens": 10,
+        "gen_ai.usage.cache_read.input_tokens": 0,
         "server.address": "127.0.0.1",
         "server.port": server.port,
     }
+
+
+def test_gen_ai_usage_of_a_cached_anthropic_turn(server: Any, telemetry: Telemetry) -> None:
+    """Cache counts are recorded beside input_tokens, which includes them (the
+    conventions' rule), and the finish reason is Anthropic's own word."""
+    import anthropic
+
+    from lifecycle import StreamEngine
+    from providers import AnthropicMessages
+
+    model = unique_model("anthropic")
+    server.script(model, [Healthy(recording="thinking_tool_use")])
+    route = AnthropicMessages(
+        lambda: anthropic.Anthropic(base_url=server.anthropic_base_url, api_key="test"),
+        model=model,
+    )
+    with (
+        StreamEngine(routes=[route], timeouts=TIMEOUTS, hooks=[telemetry.hooks]) as engine,
+        engine.stream(messages=MESSAGES, max_tokens=50) as run,
+    ):
+        for _ in run:
+            pass
+    assert run.state == "completed"
+    (span,) = telemetry.attempt_spans(telemetry.run_span(run.id))
+    attributes = gen_ai(span)
+    assert attributes["gen_ai.response.finish_reasons"] == ("tool_use",)
+    assert attributes["gen_ai.usage.input_tokens"] == 24 + 3500 + 1200
+    assert attributes["gen_ai.usage.cache_read.input_tokens"] == 3500
+    assert attributes["gen_ai.usage.cache_creation.input_tokens"] == 1200

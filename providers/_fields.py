@@ -1,0 +1,53 @@
+"""Reading fields of SDK event objects across SDK versions.
+
+An older SDK builds an event it has no type for (a thinking block on anthropic 0.40, a
+usage detail on openai 1.78) from the nearest known model, keeping the unknown fields as
+extras, or leaves a nested object a plain dict. Either way the wire's field is there;
+these helpers read it whichever form it took.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+__all__ = ["field_of", "int_field", "wire_dict"]
+
+
+def field_of(obj: Any, name: str) -> Any:
+    """``obj.name`` or ``obj[name]``; None when absent or when ``obj`` is None."""
+    if obj is None:
+        return None
+    if isinstance(obj, Mapping):
+        return obj.get(name)
+    return getattr(obj, name, None)
+
+
+def int_field(obj: Any, *path: str) -> int | None:
+    """The integer at ``path`` under ``obj``, or None: a count the provider did not send
+    (or sent as something other than an integer) is unknown, not zero."""
+    value = obj
+    for name in path:
+        value = field_of(value, name)
+    if isinstance(value, bool) or not isinstance(value, int):
+        return None
+    return value
+
+
+def wire_dict(obj: Any) -> dict[str, Any]:
+    """The object as the JSON the provider sent: only the fields the wire carried, under
+    their wire names, unknown ones included."""
+    if isinstance(obj, Mapping):
+        return {str(key): _plain(value) for key, value in obj.items()}
+    dumped = obj.model_dump(mode="json", by_alias=True, exclude_unset=True)
+    return {str(key): value for key, value in dumped.items()}
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {str(key): _plain(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(item) for item in value]
+    if hasattr(value, "model_dump"):
+        return wire_dict(value)
+    return value
