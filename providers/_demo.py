@@ -66,6 +66,7 @@ from .loopback import (
     StallAfterEvents,
     StallAfterHeaders,
     StallBeforeHeaders,
+    validation_available,
 )
 from .loopback import Fault as LoopbackFault
 from .openai_chat_completions import OpenAIChatCompletions
@@ -829,7 +830,8 @@ def run_demo(
     outcomes: list[Outcome] = []
     burst: BurstOutcome | None = None
     try:
-        with LoopbackServer() as server:
+        # Validating bodies needs the loopback extra; the demo runs from a plain install.
+        with LoopbackServer(validate=validation_available()) as server:
             out(f"loopback provider listening on {server.url}")
             if concurrent:
                 outcomes, burst = _run_concurrently(server, stale, out, hooks=hooks, watch=watch)

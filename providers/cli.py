@@ -192,6 +192,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=[],
         help="a script for one key (an x-loopback-key header value or a model name); repeatable",
     )
+    serve.add_argument(
+        "--no-validate",
+        dest="validate",
+        action="store_false",
+        help="accept any JSON request body (by default a body the real API would refuse "
+        "is answered 400 invalid_request_error, naming the problems)",
+    )
 
     diagram = commands.add_parser(
         "diagram",
@@ -211,10 +218,11 @@ def _serve(
     port: int,
     default: tuple[Fault, ...] | None,
     keyed: Sequence[tuple[str, tuple[Fault, ...]]],
+    validate: bool = True,
 ) -> int:
     from .loopback import LoopbackServer, format_script
 
-    server = LoopbackServer(port=port)
+    server = LoopbackServer(port=port, validate=validate)
     scripts: list[tuple[str | None, tuple[Fault, ...]]] = [(None, default)] if default else []
     scripts += keyed
     for key, faults in scripts:
@@ -263,7 +271,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             first_token=args.first_token,
         )
     if args.command == "serve":
-        return _serve(port=args.port, default=args.script, keyed=args.script_for)
+        return _serve(
+            port=args.port, default=args.script, keyed=args.script_for, validate=args.validate
+        )
     if args.command == "diagram":
         from ._diagram_files import diagram_command
 

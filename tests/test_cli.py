@@ -379,6 +379,24 @@ def test_serve_prints_each_sdks_base_url_and_replays_scripted_faults_to_the_sdks
         assert served.stop() == 0
 
 
+def test_serve_refuses_a_body_the_api_would_refuse_unless_told_not_to_validate() -> None:
+    chat_history_sent_to_anthropic = {
+        "model": "claude-x",
+        "max_tokens": 8,
+        "messages": [{"role": "user", "content": "Hi"}, {"role": "tool", "content": "x"}],
+    }
+    for option, status in ((), 400), (("--no-validate",), 200):
+        served = _Served(*option)
+        try:
+            answered, reply = served.json("/v1/messages", chat_history_sent_to_anthropic)
+        finally:
+            assert served.stop() == 0
+        assert answered == status, reply
+        if status == 400:
+            assert isinstance(reply, dict) and reply["error"]["type"] == "invalid_request_error"
+            assert "messages.1.role: 'tool' is not one of" in reply["error"]["message"]
+
+
 @pytest.mark.parametrize(
     ("option", "says"),
     [

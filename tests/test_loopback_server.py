@@ -114,6 +114,16 @@ def raw_request(path: str, body: object, headers: dict[str, str] | None = None) 
     return ("\r\n".join(lines) + "\r\n\r\n").encode() + data
 
 
+def valid_body(path: str, **fields: object) -> dict[str, object]:
+    """The smallest body the path's API accepts (the server validates bodies), plus ``fields``."""
+    if path == "/v1/messages":
+        body: dict[str, object] = {"model": "m", "max_tokens": 16}
+        body["messages"] = [{"role": "user", "content": "Hi"}]
+    else:
+        body = {"model": "m", "messages": [{"role": "user", "content": "Hi"}]}
+    return {**body, **fields}
+
+
 def read_response(reader: Any) -> tuple[int, dict[str, str], bytes]:
     """Read one Content-Length response from a socket file."""
     status = int(reader.readline().split()[1])
@@ -352,7 +362,11 @@ def test_truncate_after_blocks_sends_exactly_n_blocks_then_ends_the_body(
     for n in (0, 12, 13, len(tool_use.blocks)):
         server.script("t", [TruncateAfterBlocks(n=n, recording="tool_use", end=end)])
         with connect(server) as sock:
-            sock.sendall(raw_request("/v1/messages", {"stream": True}, {"x-loopback-key": "t"}))
+            sock.sendall(
+                raw_request(
+                    "/v1/messages", valid_body("/v1/messages", stream=True), {"x-loopback-key": "t"}
+                )
+            )
             reader = sock.makefile("rb")
             assert int(reader.readline().split()[1]) == 200
             while reader.readline().strip():
@@ -423,7 +437,7 @@ def test_pings_only_sends_keep_alives(server: LoopbackServer) -> None:
         ("/v1/chat/completions", "o", b": keep-alive\n\n"),
     ]:
         with connect(server) as sock:
-            sock.sendall(raw_request(path, {"model": "m", "stream": True}, {"x-loopback-key": key}))
+            sock.sendall(raw_request(path, valid_body(path, stream=True), {"x-loopback-key": key}))
             received = b""
             deadline = time.monotonic() + 0.3
             while time.monotonic() < deadline:
@@ -481,7 +495,7 @@ def test_faults_are_taken_per_key_then_model_then_default(
 def test_keep_alive_serves_pipelined_requests_on_one_connection(server: LoopbackServer) -> None:
     server.script("k", [HttpError(status=429), Healthy()])
     with connect(server) as sock:
-        request = raw_request("/v1/messages", {"model": "m"}, {"x-loopback-key": "k"})
+        request = raw_request("/v1/messages", valid_body("/v1/messages"), {"x-loopback-key": "k"})
         sock.sendall(request + request)  # both at once: the second waits in the buffer
         reader = sock.makefile("rb")
         first = read_response(reader)
@@ -548,7 +562,7 @@ def test_raw_client_fin_and_rst_during_stall_before_headers(
 ) -> None:
     server.script(None, [StallBeforeHeaders()])
     sock = connect(server)
-    sock.sendall(raw_request("/v1/messages", {"model": "m", "stream": True}))
+    sock.sendall(raw_request("/v1/messages", valid_body("/v1/messages", stream=True)))
     assert server.wait_for_requests(1, timeout=2.0)
     assert server.requests[0].status is None
     if how == "rst":
@@ -568,7 +582,7 @@ def test_stop_closes_connections_and_ends_the_thread() -> None:
     server = LoopbackServer().start()
     server.script(None, [StallBeforeHeaders()])
     with connect(server) as sock:
-        sock.sendall(raw_request("/v1/chat/completions", {"model": "m"}))
+        sock.sendall(raw_request("/v1/chat/completions", valid_body("/v1/chat/completions")))
         assert server.wait_for_requests(1, timeout=2.0)
         server.stop()
         assert sock.recv(1) == b""  # closed by the server, nothing sent

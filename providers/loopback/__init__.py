@@ -36,6 +36,7 @@ from ._server import (
     RequestRecord,
     error_body,
 )
+from ._validate import problems, validation_available
 
 __all__ = [
     "KEY_HEADER",
@@ -59,5 +60,7 @@ __all__ = [
     "format_fault",
     "format_script",
     "parse_script",
+    "problems",
     "recordings",
+    "validation_available",
 ]

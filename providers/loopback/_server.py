@@ -68,6 +68,7 @@ from ._faults import (
 )
 from ._recordings import Provider
 from ._script import ScriptError, format_fault, parse_script
+from ._validate import problems, validation_available
 
 __all__ = ["KEY_HEADER", "ClosedBy", "ConnectionRecord", "LoopbackServer", "RequestRecord"]
 
@@ -167,6 +168,10 @@ class RequestRecord:
     """The status sent, ``None`` while (or if) no status line has gone out."""
     connection_closed_at: float | None
     connection_closed_by: ClosedBy | None
+    body: dict[str, Any] | None = None
+    """The request body as parsed JSON, ``None`` when it was not a JSON object."""
+    problems: tuple[str, ...] = ()
+    """Why validation refused the body (answered 400); empty when it was accepted."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -236,6 +241,8 @@ class _Req:
     fault: Fault | None
     received_at: float
     status: int | None = None
+    body: dict[str, Any] | None = None
+    problems: tuple[str, ...] = ()
 
     def snapshot(self) -> RequestRecord:
         return RequestRecord(
@@ -252,6 +259,8 @@ class _Req:
             status=self.status,
             connection_closed_at=self.conn.closed_at,
             connection_closed_by=self.conn.closed_by,
+            body=self.body,
+            problems=self.problems,
         )
 
 
@@ -346,9 +355,28 @@ class LoopbackServer:
     ``start()``/``stop()`` to run it on a background thread; ``serve_forever()`` blocks
     instead. ``port=0`` picks a free port. ``keep_history=False`` keeps only the
     counters, for long benchmarks where per-request records would grow without bound.
+
+    Request bodies are validated as the real APIs do (``_validate``): one the API would
+    refuse is answered 400 ``invalid_request_error`` naming the problems, in the
+    provider's error shape, and takes no fault from the script. ``validate=False``
+    accepts any JSON object. Each request's body and problems are on its record
+    (``requests``, ``bodies()``, ``last_body()``).
     """
 
-    def __init__(self, port: int = 0, *, backlog: int = 4096, keep_history: bool = True) -> None:
+    def __init__(
+        self,
+        port: int = 0,
+        *,
+        backlog: int = 4096,
+        keep_history: bool = True,
+        validate: bool = True,
+    ) -> None:
+        if validate and not validation_available():
+            raise ImportError(
+                "LoopbackServer(validate=True) needs jsonschema: "
+                "pip install 'stream-lifecycle[loopback]', or pass validate=False"
+            )
+        self._validate = validate
         self._requested_port = port
         self._backlog = backlog
         self._keep_history = keep_history
@@ -506,14 +534,17 @@ class LoopbackServer:
         with self._lock:
             return tuple(self._scripts.get(key, ()))
 
-    def _take_fault(self, header_key: str | None, model: str | None) -> tuple[str | None, Fault]:
+    def _fault_key(self, header_key: str | None, model: str | None) -> str | None:
         with self._lock:
             if header_key is not None:
-                key: str | None = header_key
-            elif model is not None and model in self._scripts:
-                key = model
-            else:
-                key = None
+                return header_key
+            if model is not None and model in self._scripts:
+                return model
+            return None
+
+    def _take_fault(self, header_key: str | None, model: str | None) -> tuple[str | None, Fault]:
+        with self._lock:
+            key = self._fault_key(header_key, model)
             queue = self._scripts.get(key)
             return key, (queue.popleft() if queue else Healthy())
 
@@ -583,6 +614,18 @@ class LoopbackServer:
     def requests(self) -> list[RequestRecord]:
         with self._lock:
             return [req.snapshot() for req in self._req_log]
+
+    def bodies(self) -> list[dict[str, Any]]:
+        """The JSON bodies of the provider requests received, in order (with history kept)."""
+        with self._lock:
+            return [req.body for req in self._req_log if req.body is not None]
+
+    def last_body(self) -> dict[str, Any]:
+        """The body of the latest provider request that carried a JSON object."""
+        bodies = self.bodies()
+        if not bodies:
+            raise LookupError("no provider request with a JSON body received yet")
+        return bodies[-1]
 
     @property
     def connection_log(self) -> list[ConnectionRecord]:
@@ -680,6 +723,8 @@ class LoopbackServer:
         model: str | None,
         stream: bool,
         fault: Fault | None,
+        body: dict[str, Any] | None = None,
+        problems: tuple[str, ...] = (),
     ) -> _Req:
         with self._lock:
             req = _Req(
@@ -693,6 +738,8 @@ class LoopbackServer:
                 stream=stream,
                 fault=fault,
                 received_at=time.monotonic(),
+                body=body if self._keep_history else None,
+                problems=problems,
             )
             self._received += 1
             if self._keep_history:
@@ -944,6 +991,28 @@ class LoopbackServer:
             return keep_alive
         model = payload.get("model") if isinstance(payload.get("model"), str) else None
         stream = payload.get("stream") is True
+        refused = problems(provider, payload) if self._validate else ()
+        if refused:
+            # As the real API: a body it rejects never reaches the model, so the request
+            # takes no fault from the script.
+            req = self._record(
+                conn,
+                request,
+                provider=provider,
+                path=path,
+                key=self._fault_key(request.headers.get(KEY_HEADER), model),
+                model=model,
+                stream=stream,
+                fault=None,
+                body=payload,
+                problems=refused,
+            )
+            message = "; ".join(refused)
+            body = error_body(provider, 400, message)
+            if provider != "anthropic":
+                body["error"]["param"] = refused[0].split(":", 1)[0]
+            await self._send_json(conn, req, 400, body, keep_alive)
+            return keep_alive
         key, fault = self._take_fault(request.headers.get(KEY_HEADER), model)
         req = self._record(
             conn,
@@ -954,6 +1023,7 @@ class LoopbackServer:
             model=model,
             stream=stream,
             fault=fault,
+            body=payload,
         )
         recording = fault.recording if isinstance(fault, _RECORDING_FAULTS) else DEFAULT_RECORDING
         if recording not in _recordings.available(provider):
