@@ -658,10 +658,11 @@ def test_a_keyword_every_route_accepts_passes_through(server: LoopbackServer) ->
         KINDS,
         failing=2,
         messages=[{"role": "user", "content": "Hi"}],
-        extra_body={"trace": "t-1"},
+        # `metadata.user_id` is a parameter each of the three real APIs accepts.
+        extra_body={"metadata": {"user_id": "t-1"}},
         extra_headers=headers,
     )
-    assert [only_body(b)["trace"] for b in bodies] == ["t-1"] * 3
+    assert [only_body(b)["metadata"] for b in bodies] == [{"user_id": "t-1"}] * 3
 
 
 def test_a_bad_tool_choice_fails_at_stream(server: LoopbackServer) -> None:
