@@ -366,7 +366,9 @@ def test_breaker_metrics_after_the_breaker_opens(provider: Any, telemetry: Telem
         retry=ONE_EACH,
         with_other=False,
         hooks=[telemetry.hooks],
-        breaker=BreakerPolicy(failures_to_open=1, cooldown=60),
+        # Fail-fast: without it a lone open route is tried anyway (panic mode), and this
+        # test is about the span of a run the breaker refuses.
+        breaker=BreakerPolicy(failures_to_open=1, cooldown=60, fail_fast_when_all_open=True),
     )
     route = provider.route().name
     run, seen = provider.run_to_end(engine)
