@@ -223,6 +223,8 @@ class RouteFigures:
     dropped: int = 0
     error: int = 0
     interrupted: int = 0
+    deadline: int = 0
+    """Attempts the caller's ``Timeouts.total`` ended (not charged to the route)."""
     probes: int = 0
     median_ttft: float | None = None
     """Seconds, over the attempts that had a first meaningful event."""
@@ -305,6 +307,7 @@ def _route_figures(attempts: Iterable[AttemptRecord]) -> RouteFigures:
         dropped=outcomes["dropped"],
         error=outcomes["error"],
         interrupted=outcomes["interrupted"],
+        deadline=outcomes["deadline"],
         probes=sum(1 for a in attempts if a.probe),
         median_ttft=statistics.median(ttfts) if ttfts else None,
     )
@@ -468,9 +471,11 @@ def _print_rich(summary: Summary, out: TextIO) -> None:
     routes = Table(title="per route", title_justify="left")
     for index, column in enumerate(_ROUTE_COLUMNS):
         if index == 0:
-            routes.add_column(column, overflow="fold")
+            # A route's name is what a reader greps for: kept whole; on a narrow terminal
+            # the figures' headers fold instead (their figures are a few digits).
+            routes.add_column(column, no_wrap=True)
         else:
-            routes.add_column(column, justify="right", no_wrap=True)
+            routes.add_column(column, justify="right", overflow="fold")
     for row in _route_rows(summary):
         routes.add_row(*row)
     console.print(routes)

@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 
-from lifecycle import _machine, active_connection
+from lifecycle import _async_driver, _machine
 from lifecycle._abort import AttemptConnection
 from lifecycle._async_driver import AsyncRun
 from lifecycle._clients import ClientLease, ClientSlot
@@ -32,7 +32,7 @@ from lifecycle._route import Route
 from lifecycle._run import AttemptRecord, CleanupStep
 from lifecycle._run_base import RunBase, _here, now
 from lifecycle._sync_driver import Run
-from lifecycle._watchdog import Watch
+from lifecycle._watchdog import Watch, Watchdog
 
 __all__ = ["LEAKED", "MUTATIONS", "mutation"]
 
@@ -95,12 +95,37 @@ def _close_on_watchdog(patch: pytest.MonkeyPatch) -> None:
         run_init(self, *args, **kwargs)
         run_of[self._watch] = self
 
+    # An attempt leases its client, then arms its clocks with its connection, on its own
+    # thread (or task): the lease is remembered for the thread or task, and tied to the
+    # connection when the clocks are armed.
+    leased_here: dict[tuple[int, int], Any] = {}
+    arm = Watchdog.arm
+    arm_on_loop = _async_driver.arm_on_loop
+
+    def here() -> tuple[int, int]:
+        try:
+            task = id(asyncio.current_task())
+        except RuntimeError:  # no running loop: a sync run's thread
+            task = 0
+        return threading.get_ident(), task
+
     def lease_and_remember(self: ClientSlot) -> ClientLease:
         leased = lease(self)
-        connection = active_connection.get()
-        if connection is not None:
-            client_of[connection] = leased.client
+        leased_here[here()] = leased.client
         return leased
+
+    def tie(connection: AttemptConnection) -> None:
+        client = leased_here.pop(here(), None)
+        if client is not None:
+            client_of[connection] = client
+
+    def arm_and_tie(self: Watchdog, watch: Watch, connection: Any, **clocks: Any) -> None:
+        tie(connection)
+        arm(self, watch, connection, **clocks)
+
+    def arm_on_loop_and_tie(loop: Any, watch: Watch, connection: Any, **clocks: Any) -> None:
+        tie(connection)
+        arm_on_loop(loop, watch, connection, **clocks)
 
     def fire_and_close_the_client(self: Watch, clock: str, deadline: float, at: float) -> None:
         fire(self, clock, deadline, at)
@@ -114,6 +139,8 @@ def _close_on_watchdog(patch: pytest.MonkeyPatch) -> None:
 
     patch.setattr(RunBase, "__init__", init_and_remember)
     patch.setattr(ClientSlot, "lease", lease_and_remember)
+    patch.setattr(Watchdog, "arm", arm_and_tie)
+    patch.setattr(_async_driver, "arm_on_loop", arm_on_loop_and_tie)
     patch.setattr(Watch, "fire", fire_and_close_the_client)
 
 
