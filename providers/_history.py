@@ -17,7 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -369,3 +369,30 @@ class WireOptions:
     def put(self, wire: str, value: Any, *neutral: str) -> None:
         self.kwargs[wire] = value
         self.sources[wire] = neutral
+
+    @classmethod
+    def openai(
+        cls,
+        neutral: Mapping[str, Any],
+        *,
+        has_tools: bool,
+        named_tool: Callable[[str], dict[str, Any]],
+    ) -> WireOptions:
+        """Both OpenAI wire APIs take the neutral options under their own names and refuse
+        ``tool_choice`` / ``parallel_tool_calls`` without tools; they differ only in how a
+        tool is named in ``tool_choice`` (``named_tool``)."""
+        wire = cls.empty()
+        for name in ("temperature", "top_p", "stop"):
+            if name in neutral:
+                wire.put(name, neutral[name], name)
+        for name in ("tool_choice", "parallel_tool_calls"):
+            if name not in neutral:
+                continue
+            if not has_tools:
+                wire.omitted.append(name)
+                continue
+            value = neutral[name]
+            if name == "tool_choice" and isinstance(value, Mapping):
+                value = named_tool(value["name"])
+            wire.put(name, value, name)
+        return wire

@@ -108,20 +108,10 @@ def tools(caller_tools: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
 
 
 def options(neutral: Mapping[str, Any], *, has_tools: bool) -> WireOptions:
-    wire = WireOptions.empty()
     # Responses has no stop sequences: "stop" maps to a keyword its create() lacks, so
     # the route omits it and says so.
-    for name in ("temperature", "top_p", "stop"):
-        if name in neutral:
-            wire.put(name, neutral[name], name)
-    for name in ("tool_choice", "parallel_tool_calls"):
-        if name not in neutral:
-            continue
-        if not has_tools:
-            wire.omitted.append(name)
-            continue
-        value = neutral[name]
-        if name == "tool_choice" and isinstance(value, Mapping):
-            value = {"type": "function", "name": value["name"]}
-        wire.put(name, value, name)
-    return wire
+    return WireOptions.openai(
+        neutral,
+        has_tools=has_tools,
+        named_tool=lambda name: {"type": "function", "name": name},
+    )

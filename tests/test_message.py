@@ -8,33 +8,21 @@ one) through the real SDK over HTTP to the loopback server.
 
 from __future__ import annotations
 
-import asyncio
 import json
 from typing import Any
 
-import anthropic
-import openai
 import pytest
+from one_answer import one_answer
 
 from lifecycle import (
     STOP_REASONS,
     Message,
     ProviderArtifact,
-    RetryPolicy,
-    StreamEngine,
-    Timeouts,
     ToolCall,
     Usage,
 )
-from providers import AnthropicMessages, OpenAIChatCompletions, OpenAIResponses
 from providers.loopback import Healthy, LoopbackServer, RawResponse, recordings
 
-MESSAGES = [{"role": "user", "content": "Weather in Paris?"}]
-ROUTES: dict[str, Any] = {
-    "anthropic_messages": AnthropicMessages,
-    "chat_completions": OpenAIChatCompletions,
-    "responses": OpenAIResponses,
-}
 FOLDER = {
     "anthropic_messages": "anthropic",
     "chat_completions": "openai",
@@ -66,50 +54,6 @@ def incomplete(reason: str) -> RawResponse:
         ("response.completed", "response.incomplete"),
         ('"incomplete_details": null', '"incomplete_details": ' + json.dumps({"reason": reason})),
     )
-
-
-def answer(
-    server: LoopbackServer, api_mode: str, fault: Any, *, model: str, driver: str
-) -> Message:
-    server.script(model, [fault])
-    is_async = driver == "async"
-    if api_mode == "anthropic_messages":
-        anthropic_cls: Any = anthropic.AsyncAnthropic if is_async else anthropic.Anthropic
-        base = server.anthropic_base_url
-
-        def factory() -> Any:
-            return anthropic_cls(base_url=base, api_key="test")
-    else:
-        openai_cls: Any = openai.AsyncOpenAI if is_async else openai.OpenAI
-        base = server.openai_base_url
-
-        def factory() -> Any:
-            return openai_cls(base_url=base, api_key="test")
-
-    engine = StreamEngine(
-        routes=[ROUTES[api_mode](factory, model=model)],
-        timeouts=Timeouts(first_token=10, stale=10, total=60),
-        retry=RetryPolicy(max_attempts=1),
-    )
-    if is_async:
-
-        async def consume() -> Message | None:
-            async with engine:
-                async with engine.astream(messages=MESSAGES, max_tokens=1024) as run:
-                    async for _ in run:
-                        pass
-                assert run.state == "completed", run.attempts
-                return run.message
-
-        message = asyncio.run(consume())
-    else:
-        with engine, engine.stream(messages=MESSAGES, max_tokens=1024) as run:
-            for _ in run:
-                pass
-        assert run.state == "completed", run.attempts
-        message = run.message
-    assert message is not None
-    return message
 
 
 # (api_mode, what the server sends, neutral stop_reason, provider_stop_reason)
@@ -167,7 +111,7 @@ def test_stop_reason_is_one_vocabulary_on_every_route(
     server: LoopbackServer, api_mode: str, fault: Any, stop_reason: str, provider_stop_reason: str
 ) -> None:
     model = f"stop-{api_mode}-{STOPS.index((api_mode, fault, stop_reason, provider_stop_reason))}"
-    message = answer(server, api_mode, fault, model=model, driver="sync")
+    message = one_answer(server, api_mode, fault, model=model, driver="sync")
     assert (message.stop_reason, message.provider_stop_reason) == (
         stop_reason,
         provider_stop_reason,
@@ -241,7 +185,7 @@ USAGES: list[tuple[str, str, Usage]] = [
 def test_usage_means_the_same_on_every_route(
     server: LoopbackServer, api_mode: str, recording: str, usage: Usage, driver: str
 ) -> None:
-    message = answer(
+    message = one_answer(
         server,
         api_mode,
         Healthy(recording=recording),
@@ -259,7 +203,7 @@ def test_cached_input_is_part_of_input_on_every_route(server: LoopbackServer) ->
         ("chat_completions", "tool_calls_cached"),
         ("responses", "reasoning_tool_call"),
     ]:
-        usage = answer(
+        usage = one_answer(
             server,
             api_mode,
             Healthy(recording=recording),

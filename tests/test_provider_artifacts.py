@@ -9,24 +9,15 @@ the loopback server, on both drivers.
 
 from __future__ import annotations
 
-import asyncio
 import json
 from typing import Any
 
-import anthropic
-import openai
 import pytest
+from one_answer import one_answer
 
-from lifecycle import Message, ProviderArtifact, RetryPolicy, StreamEngine, Timeouts
-from providers import AnthropicMessages, OpenAIChatCompletions, OpenAIResponses
+from lifecycle import Message, ProviderArtifact
 from providers.loopback import Healthy, LoopbackServer, recordings
 
-MESSAGES = [{"role": "user", "content": "Weather in Paris?"}]
-ROUTES: dict[str, Any] = {
-    "anthropic_messages": AnthropicMessages,
-    "chat_completions": OpenAIChatCompletions,
-    "responses": OpenAIResponses,
-}
 REASONING_INPUT_KEYS = {"type", "id", "summary", "content", "encrypted_content", "status"}
 
 
@@ -40,45 +31,7 @@ def streamed_message(
     server: LoopbackServer, api_mode: str, recording: str, *, driver: str, model: str
 ) -> Message:
     """The message of one healthy replay of ``recording`` on a route of ``api_mode``."""
-    server.script(model, [Healthy(recording=recording)])
-    is_async = driver == "async"
-    if api_mode == "anthropic_messages":
-        anthropic_cls: Any = anthropic.AsyncAnthropic if is_async else anthropic.Anthropic
-        base = server.anthropic_base_url
-
-        def factory() -> Any:
-            return anthropic_cls(base_url=base, api_key="test")
-    else:
-        openai_cls: Any = openai.AsyncOpenAI if is_async else openai.OpenAI
-        base = server.openai_base_url
-
-        def factory() -> Any:
-            return openai_cls(base_url=base, api_key="test")
-
-    engine = StreamEngine(
-        routes=[ROUTES[api_mode](factory, model=model)],
-        timeouts=Timeouts(first_token=10, stale=10, total=60),
-        retry=RetryPolicy(max_attempts=1),
-    )
-    if is_async:
-
-        async def consume() -> Message | None:
-            async with engine:
-                async with engine.astream(messages=MESSAGES, max_tokens=1024) as run:
-                    async for _ in run:
-                        pass
-                assert run.state == "completed", run.attempts
-                return run.message
-
-        message = asyncio.run(consume())
-    else:
-        with engine, engine.stream(messages=MESSAGES, max_tokens=1024) as run:
-            for _ in run:
-                pass
-        assert run.state == "completed", run.attempts
-        message = run.message
-    assert message is not None
-    return message
+    return one_answer(server, api_mode, Healthy(recording=recording), model=model, driver=driver)
 
 
 def anthropic_artifacts_of(recording: str) -> list[dict[str, Any]]:

@@ -28,6 +28,7 @@ from typing import Any
 import anthropic
 import openai
 import pytest
+from kept_texts import exception_texts
 
 import lifecycle
 from lifecycle import RetryPolicy, Route, StreamEngine, StreamFailed, Timeouts
@@ -158,31 +159,16 @@ class Outputs:
             texts.append("".join(traceback.format_exception(error)))
             kept.append(error)
         for exc in kept:
-            texts += exception_texts(exc)
+            texts += tracked_texts(exc)
         return texts
 
 
-def exception_texts(exc: BaseException | None) -> list[str]:
-    """What an error tracker shows of a kept exception and its causes: the traceback,
-    the args, an SDK's message and body, the headers of its request and response."""
-    texts: list[str] = []
-    if exc is not None:
-        texts.append("".join(traceback.format_exception(exc)))
-    seen: set[int] = set()
-    while exc is not None and id(exc) not in seen:
-        seen.add(id(exc))
-        texts += [str(exc), repr(exc), repr(exc.args)]
-        texts += [repr(getattr(exc, name, None)) for name in ("message", "body")]
-        for holder in (getattr(exc, "request", None), getattr(exc, "response", None)):
-            try:
-                request = getattr(holder, "request", holder)
-            except RuntimeError:  # an httpx response built without its request
-                request = None
-            headers = getattr(request, "headers", None)
-            if headers is not None:
-                texts.append(repr(dict(headers.items())))
-        exc = exc.__cause__ or exc.__context__
-    return texts
+def tracked_texts(exc: BaseException | None) -> list[str]:
+    """What an error tracker shows of a kept exception: the traceback, and the texts of
+    it and its causes."""
+    if exc is None:
+        return []
+    return ["".join(traceback.format_exception(exc)), *exception_texts(exc)]
 
 
 def pieces(key: str) -> list[str]:

@@ -13,6 +13,7 @@ from typing import Any
 import anthropic
 import openai
 import pytest
+from kept_texts import exception_texts
 
 from lifecycle import Interrupted, RetryPolicy, StreamEngine, StreamFailed, Timeouts
 from providers import AnthropicMessages, OpenAIChatCompletions
@@ -75,28 +76,7 @@ def _texts(run: Any, error: BaseException | None, caplog: pytest.LogCaptureFixtu
             kept.append(attempt.exception)
         kept.append(error.__cause__)
     for exc in kept:
-        texts += _exception_texts(exc)
-    return texts
-
-
-def _exception_texts(exc: BaseException | None) -> list[str]:
-    """What a kept exception shows a logger or an error tracker: its text, its args, the
-    SDK's message and body, the request it was raised for, and its causes."""
-    texts: list[str] = []
-    seen: set[int] = set()
-    while exc is not None and id(exc) not in seen:
-        seen.add(id(exc))
-        texts += [str(exc), repr(exc), repr(exc.args)]
-        texts += [repr(getattr(exc, name, None)) for name in ("message", "body")]
-        for holder in (getattr(exc, "request", None), getattr(exc, "response", None)):
-            try:
-                request = getattr(holder, "request", holder)
-            except RuntimeError:  # an httpx response built without its request
-                request = None
-            headers = getattr(request, "headers", None)
-            if headers is not None:
-                texts.append(repr(dict(headers.items())))
-        exc = exc.__cause__ or exc.__context__
+        texts += exception_texts(exc)
     return texts
 
 

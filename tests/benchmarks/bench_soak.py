@@ -20,8 +20,10 @@ sockets and "left open" is what the server itself still holds.
 
 What is counted, from the outside (the engine's own records are not trusted here):
 
-- requests after close: HTTP requests *written* (``socket.send``/``sendall`` of a request
-  line, patched at the class) by an engine after its ``close()`` was called;
+- requests after close: HTTP requests *written* (a request line that ``socket.send`` /
+  ``sendall``, patched at the class, handed to the kernel: a write an abort's shutdown
+  refused sent nothing) by an engine after its ``close()`` was called; each is listed
+  with its time after the call, and whether the call had returned by then;
 - connections left open: connections the server still has open when every round is over
   and every engine closed (after waiting up to 10 s for it to see the closes);
 - foreign-thread closes: ``socket.close()`` on the watchdog thread, or while another thread
@@ -171,6 +173,7 @@ class SocketWatch:
     def install(self) -> None:
         watch = self
         original_connect = socket.socket.connect
+        original_connect_ex = socket.socket.connect_ex
         original_close = socket.socket.close
         original_shutdown = socket.socket.shutdown
         original_send = socket.socket.send
@@ -178,24 +181,36 @@ class SocketWatch:
         original_recv = socket.socket.recv
         original_recv_into = socket.socket.recv_into
 
-        def connect(self: socket.socket, address: Any) -> None:
+        def note_connect(self: socket.socket, address: Any) -> None:
             if isinstance(address, tuple) and address[1:2] == (watch.port,):
                 with watch.lock:
                     watch.ours.add(id(self))
+
+        def connect(self: socket.socket, address: Any) -> None:
+            note_connect(self, address)
             return original_connect(self, address)
+
+        # The sync transport connects without blocking (so that an abort can reach a hanging
+        # connect): connect_ex, which a patch of connect alone would never see.
+        def connect_ex(self: socket.socket, address: Any) -> int:
+            note_connect(self, address)
+            return original_connect_ex(self, address)
 
         def note_write(self: socket.socket, data: Any) -> None:
             if id(self) in watch.ours and bytes(data[:5]) == b"POST ":
                 with watch.lock:
                     watch.request_writes.append((time.monotonic(), id(self)))
 
+        # Noted once the bytes are handed to the kernel: a write refused because an abort
+        # shut the socket down (EPIPE) sent nothing.
         def send(self: socket.socket, data: Any, *args: Any) -> int:
+            sent = original_send(self, data, *args)
             note_write(self, data)
-            return original_send(self, data, *args)
+            return sent
 
         def sendall(self: socket.socket, data: Any, *args: Any) -> None:
+            original_sendall(self, data, *args)
             note_write(self, data)
-            return original_sendall(self, data, *args)
 
         def reader(original: Callable[..., Any]) -> Callable[..., Any]:
             def read(self: socket.socket, *args: Any) -> Any:
@@ -235,6 +250,7 @@ class SocketWatch:
             original_shutdown(self, how)
 
         socket.socket.connect = connect  # type: ignore[method-assign]
+        socket.socket.connect_ex = connect_ex  # type: ignore[method-assign]
         socket.socket.close = close  # type: ignore[method-assign]
         socket.socket.shutdown = shutdown  # type: ignore[method-assign]
         socket.socket.send = send  # type: ignore[method-assign]
@@ -288,6 +304,8 @@ class Totals:
     closes: int = 0
     blocked: int = 0
     requests_after_close: int = 0
+    late_writes: list[tuple[str, float]] = field(default_factory=list)
+    """("was called" | "returned", seconds after it) of each request written after close."""
     texts: list[str] = field(default_factory=list)
     keys: list[str] = field(default_factory=list)
 
@@ -511,8 +529,12 @@ def run_round(
     asynchronous = rng.random() < 0.3
     engine = make_engine(server, keys, asynchronous, [recorder])
     run_keys = [f"r{round_no}-{i}" for i in range(runs_per_round)]
+    # The echoed key is the primary route's: a provider echoes the key it was sent, and a
+    # run's first request goes to the primary, or, once the primary's breaker is open, to
+    # a route tried after it, by which time the primary's key is known too. (A key of a
+    # route whose client was never built is in no process memory but the factory's.)
     for key in run_keys:
-        script_run(server, key, rng, rng.choice(keys))
+        script_run(server, key, rng, keys[0])
     results: list[tuple[Any, BaseException | None]] = []
     results_lock = threading.Lock()
     will_close = rng.random() < 0.5
@@ -562,6 +584,7 @@ def run_round(
             asyncio.run_coroutine_threadsafe(engine.aclose(), loop).result(30)
         else:
             engine.close()
+        closed_at.append(time.monotonic())
         totals.closes += 1
     cap = time.monotonic() + RUN_CAP
     if loop is not None:
@@ -584,10 +607,14 @@ def run_round(
         if not loop.is_running():
             loop.close()
     if closed_at:
+        called, returned = closed_at
         with watch.lock:
-            totals.requests_after_close += sum(
-                1 for at, _ in watch.request_writes if at > closed_at[0]
-            )
+            late = [at for at, _ in watch.request_writes if at > called]
+        totals.requests_after_close += len(late)
+        totals.late_writes += [
+            ("returned", at - returned) if at > returned else ("was called", at - called)
+            for at in late
+        ]
     with watch.lock:
         watch.request_writes.clear()
     for run, exc in results:
@@ -610,11 +637,12 @@ def main() -> int:
     root.addHandler(capture)
     root.setLevel(logging.DEBUG)
     secrets_filter = getattr(lifecycle, "SecretsFilter", None)
+    if secrets_filter is not None:
+        # On the handler, as the README says: a logger's filter never sees the records
+        # of its children (openai._base_client, httpx2._client).
+        capture.addFilter(secrets_filter())
     for name in ("lifecycle", *SDK_LOGGERS):
-        logger = logging.getLogger(name)
-        logger.setLevel(logging.DEBUG)
-        if secrets_filter is not None:
-            logger.addFilter(secrets_filter())
+        logging.getLogger(name).setLevel(logging.DEBUG)
     recorded = io.StringIO()
     recorder = TransitionRecorder(file=recorded)
     totals = Totals()
@@ -639,10 +667,18 @@ def main() -> int:
     finally:
         server.stop()
 
-    outputs = [*totals.texts, *capture.lines, *recorded.getvalue().splitlines()]
-    leaked = sum(
-        1 for text in outputs if any(p in text for key in totals.keys for p in pieces(key))
-    )
+    key_pieces = {p for key in totals.keys for p in pieces(key)}
+    sources = {
+        "errors and attempts": totals.texts,
+        "log records": capture.lines,
+        "recorder JSON": recorded.getvalue().splitlines(),
+    }
+    outputs = [text for texts in sources.values() for text in texts]
+    leaks = {
+        where: [text for text in texts if any(p in text for p in key_pieces)]
+        for where, texts in sources.items()
+    }
+    leaked = sum(map(len, leaks.values()))
     secrets_seen = (
         "SecretsFilter installed"
         if secrets_filter
@@ -686,6 +722,12 @@ def main() -> int:
     ):
         for item in sorted(set(items))[:5]:
             print(f"    {label}: {item[:160]}")
+    for where, texts in leaks.items():
+        for text in texts[:3]:
+            at = next(text.find(p) for p in key_pieces if p in text)
+            print(f"    secret in {where}: ...{text[max(0, at - 120) : at + 40]!r}")
+    for when, at in totals.late_writes[:5]:
+        print(f"    request written {at * 1000:.1f} ms after close() {when}")
     bad += bool(totals.other_errors) + bool(totals.child_failures)
     return 1 if bad else 0
 
