@@ -23,6 +23,7 @@ from hypothesis_profiles import PROFILE  # noqa: F401  (loads the suite's profil
 
 from lifecycle import Request, Timeouts
 from providers import AnthropicMessages, OpenAIChatCompletions, OpenAIResponses
+from providers.loopback import problems
 
 ANTHROPIC_ID = re.compile(r"^[a-zA-Z0-9_-]+$")
 OPENAI_MAX_ID = 40
@@ -318,3 +319,184 @@ def test_every_route_translates_a_valid_history_into_a_well_formed_body(
     check_anthropic(history, _kwargs("anthropic", history, system))
     check_chat(history, _kwargs("chat", history, system))
     check_responses(history, _kwargs("responses", history, system))
+
+
+# -- the loopback validator is the judge ---------------------------------------------------
+
+VALIDATOR_PROVIDER = {"anthropic": "anthropic", "chat": "openai", "responses": "openai_responses"}
+THINKING_ON = {"type": "enabled", "budget_tokens": 1024}
+
+
+def _body(kind: str, history: list[dict[str, Any]], system: str | None) -> dict[str, Any]:
+    """The JSON body the route's SDK sends (the per-request ``timeout`` is no body field)."""
+    return {k: v for k, v in _kwargs(kind, history, system).items() if k != "timeout"}
+
+
+def _thinking_fits(history: Sequence[Mapping[str, Any]]) -> bool:
+    """Whether a request with thinking enabled may carry this history: Anthropic wants
+    the final assistant turn, when it calls a tool, to start with its signed thinking."""
+    assistant = [m for m in history if m["role"] == "assistant"]
+    if not assistant or not assistant[-1].get("tool_calls"):
+        return True
+    return bool(_artifacts(assistant[-1:], "anthropic_messages"))
+
+
+@given(history=histories(), system=st.one_of(st.none(), texts))
+def test_every_routes_body_is_accepted_by_the_loopback_validator(
+    history: list[dict[str, Any]], system: str | None
+) -> None:
+    for kind in ROUTES:
+        body = _body(kind, history, system)
+        assert problems(VALIDATOR_PROVIDER[kind], body) == (), kind
+    if _thinking_fits(history):
+        # `thinking` is a provider option (not translated): put on the body as the
+        # Anthropic route's options would; the validator then checks the signed blocks.
+        body = {**_body("anthropic", history, system), "thinking": THINKING_ON}
+        body["max_tokens"] = 2048
+        assert problems("anthropic", body) == ()
+
+
+# -- Anthropic's answer, back into the neutral history and out again ------------------------
+
+anthropic_ids = st.text(
+    "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789", min_size=8, max_size=24
+).map(lambda tail: f"toolu_01{tail}")
+json_objects = st.dictionaries(
+    st.text(max_size=6),
+    st.recursive(
+        st.none() | st.booleans() | st.integers(-1000, 1000) | st.text(max_size=8),
+        lambda inner: (
+            st.lists(inner, max_size=2) | st.dictionaries(st.text(max_size=4), inner, max_size=2)
+        ),
+        max_leaves=4,
+    ),
+    max_size=3,
+)
+
+
+def _chunks(draw: st.DrawFn, text: str) -> list[str]:
+    """``text`` cut at random places, as a provider streams it."""
+    cuts = sorted(set(draw(st.lists(st.integers(0, len(text)), max_size=3))))
+    bounds = [0, *cuts, len(text)]
+    return [text[a:b] for a, b in itertools.pairwise(bounds) if b > a]
+
+
+@st.composite
+def anthropic_turns(draw: st.DrawFn) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """An assistant turn as Anthropic streams it (its events, each as the SSE data), and
+    the content blocks it stands for, in stream order."""
+    blocks: list[dict[str, Any]] = []
+    for kind in draw(st.lists(st.sampled_from(["thinking", "redacted"]), max_size=3)):
+        if kind == "thinking":
+            blocks.append({"type": "thinking", "thinking": draw(texts), "signature": draw(texts)})
+        else:
+            blocks.append({"type": "redacted_thinking", "data": draw(texts)})
+    text = draw(st.one_of(st.just(""), texts))
+    if text:
+        blocks.append({"type": "text", "text": text})
+    for _ in range(draw(st.integers(0 if text else 1, 3))):
+        blocks.append(
+            {
+                "type": "tool_use",
+                "id": draw(anthropic_ids.filter(lambda i: i not in {b.get("id") for b in blocks})),
+                "name": draw(st.sampled_from(["get_weather", "lookup"])),
+                "input": draw(json_objects),
+            }
+        )
+    events: list[dict[str, Any]] = [
+        {
+            "type": "message_start",
+            "message": {
+                "id": "msg_1",
+                "type": "message",
+                "role": "assistant",
+                "model": "claude-x",
+                "content": [],
+                "stop_reason": None,
+                "stop_sequence": None,
+                "usage": {"input_tokens": 10, "output_tokens": 1},
+            },
+        }
+    ]
+    for index, block in enumerate(blocks):
+        kind = block["type"]
+        start = {
+            "thinking": {"type": "thinking", "thinking": "", "signature": ""},
+            "redacted_thinking": block,
+            "text": {"type": "text", "text": ""},
+            "tool_use": {**block, "input": {}},
+        }[kind]
+        events.append({"type": "content_block_start", "index": index, "content_block": start})
+        deltas: list[dict[str, Any]] = []
+        if kind == "thinking":
+            deltas += [
+                {"type": "thinking_delta", "thinking": c} for c in _chunks(draw, block["thinking"])
+            ]
+            deltas += [{"type": "signature_delta", "signature": block["signature"]}]
+        elif kind == "text":
+            deltas += [{"type": "text_delta", "text": c} for c in _chunks(draw, block["text"])]
+        elif kind == "tool_use":
+            arguments = json.dumps(block["input"])
+            deltas += [
+                {"type": "input_json_delta", "partial_json": c} for c in _chunks(draw, arguments)
+            ]
+        events += [{"type": "content_block_delta", "index": index, "delta": d} for d in deltas]
+        events.append({"type": "content_block_stop", "index": index})
+    stop = "tool_use" if blocks[-1]["type"] == "tool_use" else "end_turn"
+    events.append(
+        {
+            "type": "message_delta",
+            "delta": {"stop_reason": stop, "stop_sequence": None},
+            "usage": {"output_tokens": 20},
+        }
+    )
+    events.append({"type": "message_stop"})
+    return events, blocks
+
+
+def _streamed_message(events: list[dict[str, Any]]) -> Any:
+    """The Message the Anthropic adapter builds from these events, each parsed by the SDK
+    into its own event type as its stream parser does (``construct_type``)."""
+    from anthropic._models import construct_type
+    from anthropic.types import RawMessageStreamEvent
+
+    from lifecycle._message import MessageBuilder
+    from providers.anthropic_messages import _Translator
+
+    translator = _Translator()
+    builder = MessageBuilder(api_mode="anthropic_messages", model="claude-x")
+    for data in events:
+        neutral = translator.translate(construct_type(value=data, type_=RawMessageStreamEvent))
+        if neutral is not None:
+            builder.add(neutral)
+    return builder.build()
+
+
+QUESTION = {"role": "user", "content": "Weather?"}
+
+
+@given(turn=anthropic_turns())
+def test_anthropics_answer_goes_back_to_anthropic_whole_through_to_dict(
+    turn: tuple[list[dict[str, Any]], list[dict[str, Any]]],
+) -> None:
+    events, blocks = turn
+    message = _streamed_message(events)
+    assert message.thinking == "".join(b["thinking"] for b in blocks if b["type"] == "thinking")
+    history: list[dict[str, Any]] = [QUESTION, message.to_dict()]
+    history += [
+        {"role": "tool", "tool_call_id": call.id, "content": f"result of {call.id}"}
+        for call in message.tool_calls
+    ]
+    if not message.tool_calls:
+        history.append({"role": "user", "content": "Thanks."})
+    body = _body("anthropic", history, None)
+    # Every block the next turn needs, as streamed: the signed thinking and the redacted
+    # data byte-identical and first, the text, each call with its id and input.
+    assert body["messages"][1] == {"role": "assistant", "content": blocks}
+    uses = [b for b in blocks if b["type"] == "tool_use"]
+    if uses:
+        answers = body["messages"][2]["content"]
+        assert [a["tool_use_id"] for a in answers] == [u["id"] for u in uses]
+    thinking = bool(_artifacts(history, "anthropic_messages")) or not uses
+    extra = {"thinking": THINKING_ON, "max_tokens": 2048} if thinking else {}
+    assert problems("anthropic", {**body, **extra}) == ()

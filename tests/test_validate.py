@@ -115,6 +115,29 @@ VALID: list[tuple[str, str, dict[str, Any]]] = [
             }
         ),
     ),
+    (
+        # Documented today; older SDKs' request types (anthropic 0.40.0) predate them.
+        "anthropic",
+        "url image, cache_control on blocks and tools, a server tool",
+        anthropic_body(
+            {
+                "role": "user",
+                "content": [
+                    {"type": "text", "text": "Compare", "cache_control": {"type": "ephemeral"}},
+                    {"type": "image", "source": {"type": "url", "url": "https://x.test/a.png"}},
+                ],
+            },
+            system=[{"type": "text", "text": "Rules.", "cache_control": {"type": "ephemeral"}}],
+            tools=[
+                {
+                    "name": "get_weather",
+                    "input_schema": WEATHER_SCHEMA,
+                    "cache_control": {"type": "ephemeral"},
+                },
+                {"type": "web_search_20250305", "name": "web_search", "max_uses": 1},
+            ],
+        ),
+    ),
     ("openai", "plain", chat_body(stream=True, stream_options={"include_usage": True})),
     (
         "openai",
@@ -274,6 +297,35 @@ INVALID: list[tuple[str, str, dict[str, Any], str]] = [
             }
         ),
         "messages.0.content.0.source.data: Field required",
+    ),
+    (
+        "anthropic",
+        "an image source of no documented type",
+        anthropic_body(
+            {
+                "role": "user",
+                "content": [{"type": "image", "source": {"type": "file_path", "path": "a.png"}}],
+            }
+        ),
+        "messages.0.content.0.source.type: 'file_path' is not one of",
+    ),
+    (
+        "anthropic",
+        "a url source given as a content block",
+        anthropic_body({"role": "user", "content": [{"type": "url", "url": "https://x.test/a"}]}),
+        "messages.0.content.0.type: 'url' is not one of",
+    ),
+    (
+        "anthropic",
+        "cache_control on a message rather than a block",
+        anthropic_body(dict(USER, cache_control={"type": "ephemeral"})),
+        "messages.0.cache_control: Extra inputs are not permitted",
+    ),
+    (
+        "anthropic",
+        "a server tool without its name",
+        anthropic_body(tools=[{"type": "web_search_20250305"}]),
+        "tools.0.name: Field required",
     ),
     ("openai", "no model", {"messages": [USER]}, "body: 'model' is a required property"),
     ("openai", "no messages", chat_body(messages=[]), "messages: []"),

@@ -352,13 +352,38 @@ def _check_typed_dict(value: Any, typed_dict: type, place: str, out: list[str]) 
         out.append(f"{place}: expected an object, got {type(value).__name__}")
         return
     hints, required = _fields(typed_dict)
+    documented = _documented_shape(value, typed_dict)
+    if documented is not None:
+        for key, kind_of in documented.items():
+            if not isinstance(value.get(key), kind_of):
+                out.append(f"{place}.{key}: Field required ({kind_of.__name__})")
+        return
     for key in sorted(required - value.keys()):
         out.append(f"{place}.{key}: Field required")
     for key, element in value.items():
         if key in hints:
             _check(element, hints[key], f"{place}.{key}", out)
+        elif key in _DOCUMENTED_FIELDS and "role" not in hints:
+            if not isinstance(element, _DOCUMENTED_FIELDS[key]):
+                out.append(f"{place}.{key}: expected an object")
         elif place != "body":  # the top level: the API may know keys an older SDK does not
             out.append(f"{place}.{key}: Extra inputs are not permitted")
+
+
+def _documented_shape(value: dict[str, Any], typed_dict: type) -> dict[str, type] | None:
+    """The documented fields of ``value``'s kind when the installed SDK's type for its
+    place predates that kind (an older SDK's ``Source`` knows only base64, its
+    ``ToolParam`` no server tool); None when the SDK's type is the judge."""
+    kind = value.get("type")
+    own = _literal_of(typed_dict, "type")
+    if not isinstance(kind, str) or kind in own:
+        return None
+    if "base64" in own and kind in _DOCUMENTED_SOURCES:
+        return _DOCUMENTED_SOURCES[kind]
+    hints = _fields(typed_dict)[0]
+    if "type" not in hints and "input_schema" in hints and _VERSIONED_TOOL.match(kind):
+        return {"name": str}
+    return None
 
 
 def _sdk_request_type() -> Any:
@@ -373,6 +398,17 @@ _DOCUMENTED_BLOCKS: dict[str, dict[str, type]] = {
     "thinking": {"thinking": str, "signature": str},
     "redacted_thinking": {"data": str},
 }
+_DOCUMENTED_SOURCES: dict[str, dict[str, type]] = {
+    # An image or document by URL, for an SDK whose source type knows only base64.
+    "url": {"url": str},
+}
+_DOCUMENTED_FIELDS: dict[str, type] = {
+    # Prompt caching, on any content block, system block or tool (never on a message).
+    "cache_control": dict,
+}
+_VERSIONED_TOOL = re.compile(r"^[a-z_]+_\d{8}$")
+"""Anthropic's server and client tools (``web_search_20250305``), by their documented
+naming; each also needs a ``name``."""
 
 
 def _blocks(message: dict[str, Any]) -> list[Any]:
