@@ -37,7 +37,7 @@ __all__ = ["PIECE", "limit_decoded_size"]
 
 logger = logging.getLogger("lifecycle.providers")
 
-PIECE = 16 * 1024
+PIECE = 64 * 1024
 """The most one call into zlib may inflate (a quarter of a smaller budget): a bomb is
 refused within a budget plus one piece, and a healthy stream's events are seen (and
 count as progress) between pieces, so an event of up to 3/4 of the budget passes."""

@@ -20,7 +20,15 @@ from conftest import MESSAGES, ProviderKit, make_route, unique_model
 
 from lifecycle import RetryPolicy, StreamEngine, StreamFailed, Timeouts
 from providers import OpenAIResponses
-from providers.loopback import CompressedLine, Healthy, LoopbackServer, RawResponse, recordings
+from providers.loopback import (
+    CompressedLine,
+    Healthy,
+    LoopbackServer,
+    RawResponse,
+    format_script,
+    parse_script,
+    recordings,
+)
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -158,3 +166,11 @@ def _deflate(data: bytes) -> bytes:
     import zlib
 
     return zlib.compress(data)
+
+
+def test_the_fault_is_a_script_step() -> None:
+    faults = parse_script("compressed_line:1048576:encoding=deflate:after_events=2")
+    assert faults == (CompressedLine(size=1048576, encoding="deflate", after_events=2),)
+    assert parse_script(format_script(faults)) == faults
+    with pytest.raises(ValueError, match="encoding"):
+        CompressedLine(encoding="br")
