@@ -9,10 +9,11 @@ The loopback server answers with ``CompressedLine(size=64 MiB, encoding="gzip")`
 fresh engine with one route, budgets of 1 MiB and the default (16 MiB); both providers,
 both drivers. Columns:
 
-- ``outcome``: how the run ended (``oversized``: refused as an oversized event, the
-  expected end; ``completed``: the line was read whole and the run went on);
-- ``refused in``: seconds from ``engine.stream()`` to the end of the run (median of
-  ``--repeat`` runs, without tracing);
+- ``outcome``: how the attempt ended: ``oversized`` (refused as an oversized event, the
+  expected end), else its outcome and "not refused" (before decoded bytes were counted:
+  ``dropped``, the SDK read the line whole, then the body ended without a stop);
+- ``ended in``: seconds from ``engine.stream()`` to the end of the run, client build
+  included (median of ``--repeat`` runs, without tracing);
 - ``peak``: the most memory the run's Python allocations held at once (``tracemalloc``,
   a separate run), against the inflated line's size;
 - ``wire``: bytes the attempt read from the socket.
@@ -106,7 +107,9 @@ def _one(
     elapsed = time.perf_counter() - started
     first = run.attempts[0]
     outcome = (
-        "oversized" if first.diagnostics.error_type == "OversizedEvent" else str(first.outcome)
+        "oversized"
+        if first.diagnostics.error_type == "OversizedEvent"
+        else f"{first.outcome}, not refused"
     )
     return outcome, elapsed, first.diagnostics.bytes
 
@@ -122,8 +125,8 @@ def main() -> None:
         f"openai {openai.__version__}; a {args.size_mib} MiB line, gzip"
     )
     print(
-        f"{'provider':<10} {'driver':<6} {'budget':>8} {'outcome':<10} "
-        f"{'refused in':>11} {'peak':>10} {'wire':>10}"
+        f"{'provider':<10} {'driver':<6} {'budget':>8} {'outcome':<22} "
+        f"{'ended in':>11} {'peak':>10} {'wire':>10}"
     )
     n = 0
     with LoopbackServer() as server:
@@ -145,7 +148,7 @@ def main() -> None:
                     finally:
                         tracemalloc.stop()
                     print(
-                        f"{provider:<10} {driver:<6} {budget // 2**20:>5} MiB {outcome:<10} "
+                        f"{provider:<10} {driver:<6} {budget // 2**20:>5} MiB {outcome:<22} "
                         f"{statistics.median(times):>9.3f} s {peak / 2**20:>6.1f} MiB "
                         f"{wire / 1024:>6.1f} KiB",
                         flush=True,
