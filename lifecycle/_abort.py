@@ -31,6 +31,7 @@ __all__ = [
     "OversizedEvent",
     "Shutdownable",
     "active_connection",
+    "count_decoded",
     "count_read",
 ]
 
@@ -52,6 +53,8 @@ class AttemptConnection:
         "byte_budget",
         "bytes_at_progress",
         "bytes_read",
+        "decoded_at_progress",
+        "decoded_bytes",
         "first_byte_at",
         "sent_at",
     )
@@ -69,8 +72,17 @@ class AttemptConnection:
         self.byte_budget: float = float("inf")
         """How many bytes may arrive without a meaningful event before the read fails
         with ``OversizedEvent`` (a single SSE line of 64 MiB must not be buffered whole)."""
+        self.decoded_bytes = 0
+        """Bytes of a compressed body after decoding (``count_decoded``): the budget
+        holds on them too, since 64 KiB of gzip can inflate to a 64 MiB line."""
+        self.decoded_at_progress = 0
         self.first_byte_at: float | None = None
         self.sent_at: float | None = None
+
+    def progressed(self) -> None:
+        """A meaningful event arrived: the byte budget starts again from here."""
+        self.bytes_at_progress = self.bytes_read
+        self.decoded_at_progress = self.decoded_bytes
 
     @property
     def aborted(self) -> bool:
@@ -145,6 +157,17 @@ def count_read(connection: AttemptConnection | None, size: int, at: float) -> No
     if connection.bytes_read - connection.bytes_at_progress > connection.byte_budget:
         raise OversizedEvent(
             f"more than {int(connection.byte_budget)} bytes arrived without a meaningful event"
+        )
+
+
+def count_decoded(connection: AttemptConnection, size: int) -> None:
+    """Account ``size`` bytes inflated from a compressed body (called by adapters as they
+    decode, a bounded piece at a time, before the SDK sees the piece)."""
+    connection.decoded_bytes += size
+    if connection.decoded_bytes - connection.decoded_at_progress > connection.byte_budget:
+        raise OversizedEvent(
+            f"more than {int(connection.byte_budget)} decoded bytes arrived without a "
+            "meaningful event"
         )
 
 

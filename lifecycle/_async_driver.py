@@ -204,7 +204,7 @@ class AsyncRun(RunBase):
                                     watch.progress_at = now()
                                     watch.holding = False
                             builder.add(event)
-                            connection.bytes_at_progress = connection.bytes_read
+                            connection.progressed()
                             chunks += 1
                             watch.holding = True
                             try:

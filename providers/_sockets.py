@@ -1,5 +1,6 @@
-"""Where the engine finds an attempt's socket inside an SDK client: the only module of
-this project that reads private attributes of the SDKs or of httpx/httpcore.
+"""Where the engine finds an attempt's socket inside an SDK client: with ``_decoding``
+(a response's decoder), the only modules of this project that read private attributes
+of the SDKs or of httpx/httpcore.
 
 Two ways, both needed (why only a shutdown unblocks a reader: ``lifecycle._abort``):
 

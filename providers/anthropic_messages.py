@@ -43,6 +43,7 @@ from lifecycle import (
 
 from . import _wire_anthropic
 from ._classify import SHAPE_ERRORS, classify_with_table, schema_violation
+from ._decoding import limit_decoded_size
 from ._fields import field_of, int_field
 from ._history import normalize
 from ._sdk_route import SdkRoute
@@ -339,6 +340,7 @@ class _AnthropicStream(AttemptStream):
     def __init__(self, stream: Any) -> None:
         self._stream = stream
         response = stream.response
+        limit_decoded_size(response)
         self.http_status = response.status_code
         self.headers: Mapping[str, str] = response.headers
         self.socket = socket_of_response(response)
@@ -363,6 +365,7 @@ class _AsyncAnthropicStream(AsyncAttemptStream):
     def __init__(self, stream: Any) -> None:
         self._stream = stream
         response = stream.response
+        limit_decoded_size(response)
         self.http_status = response.status_code
         self.headers: Mapping[str, str] = response.headers
         self.socket = socket_of_response(response)

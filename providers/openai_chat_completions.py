@@ -48,6 +48,7 @@ from ._classify import (
     classify_with_table,
     schema_violation,
 )
+from ._decoding import limit_decoded_size
 from ._fields import int_field
 from ._history import normalize
 from ._sdk_route import SdkRoute
@@ -267,6 +268,7 @@ class _ChatStream(AttemptStream):
     def __init__(self, stream: Any) -> None:
         self._stream = stream
         response = stream.response
+        limit_decoded_size(response)
         self.http_status = response.status_code
         self.headers: Mapping[str, str] = response.headers
         self.socket = socket_of_response(response)
@@ -300,6 +302,7 @@ class _AsyncChatStream(AsyncAttemptStream):
     def __init__(self, stream: Any) -> None:
         self._stream = stream
         response = stream.response
+        limit_decoded_size(response)
         self.http_status = response.status_code
         self.headers: Mapping[str, str] = response.headers
         self.socket = socket_of_response(response)

@@ -43,6 +43,7 @@ from lifecycle import (
 
 from . import _wire_responses
 from ._classify import SHAPE_ERRORS, classify_with_table, schema_violation
+from ._decoding import limit_decoded_size
 from ._fields import int_field, wire_dict
 from ._history import normalize
 from ._sdk_route import SdkRoute
@@ -220,6 +221,7 @@ class _ResponsesStream(AttemptStream):
     def __init__(self, stream: Any) -> None:
         self._stream = stream
         response = stream.response
+        limit_decoded_size(response)
         self.http_status = response.status_code
         self.headers: Mapping[str, str] = response.headers
         self.socket = socket_of_response(response)
@@ -245,6 +247,7 @@ class _AsyncResponsesStream(AsyncAttemptStream):
     def __init__(self, stream: Any) -> None:
         self._stream = stream
         response = stream.response
+        limit_decoded_size(response)
         self.http_status = response.status_code
         self.headers: Mapping[str, str] = response.headers
         self.socket = socket_of_response(response)

@@ -16,6 +16,7 @@ import anthropic
 import pytest
 
 from providers.loopback import (
+    CompressedLine,
     DropAfterEvents,
     Fault,
     Healthy,
@@ -50,6 +51,11 @@ STEPS: list[tuple[str, Fault]] = [
     ("malformed:1", MalformedEvent(after_events=1)),
     ("truncate_after:12", TruncateAfterBlocks(n=12)),
     ("truncate_after:3:end=cut", TruncateAfterBlocks(n=3, end="cut")),
+    ("compressed_line", CompressedLine()),
+    (
+        "compressed_line:1048576:encoding=deflate:after_events=1",
+        CompressedLine(size=1048576, encoding="deflate", after_events=1),
+    ),
 ]
 
 

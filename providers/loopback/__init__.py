@@ -15,6 +15,7 @@ at it::
 
 from . import _recordings as recordings
 from ._faults import (
+    CompressedLine,
     DropAfterEvents,
     Fault,
     Healthy,
@@ -41,6 +42,7 @@ from ._validate import problems, validation_available
 __all__ = [
     "KEY_HEADER",
     "ClosedBy",
+    "CompressedLine",
     "ConnectionRecord",
     "DropAfterEvents",
     "Fault",

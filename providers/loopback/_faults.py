@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import TypeAlias
 
 __all__ = [
+    "CompressedLine",
     "DropAfterEvents",
     "Fault",
     "Healthy",
@@ -210,6 +211,30 @@ class RawResponse:
                 raise ValueError("header names and values must not contain CR or LF")
 
 
+@dataclass(frozen=True, kw_only=True, slots=True)
+class CompressedLine:
+    """After ``after_events`` meaningful events, one SSE event whose ``data:`` line is
+    ``size`` bytes long (a JSON object with one long string), the whole body sent with
+    ``Content-Encoding: <encoding>`` (``gzip`` or ``deflate``) whatever the request's
+    ``Accept-Encoding`` asked for.
+
+    A decompression bomb: 64 MiB of line compress to about 64 KiB on the wire, so a
+    limit on wire bytes never sees it. The compressed body then ends properly.
+    """
+
+    size: int = 64 * 1024 * 1024
+    encoding: str = "gzip"
+    after_events: int = 0
+    recording: str = DEFAULT_RECORDING
+
+    def __post_init__(self) -> None:
+        _check_count("size", self.size)
+        if self.encoding not in ("gzip", "deflate"):
+            raise ValueError(f"encoding must be 'gzip' or 'deflate', got {self.encoding!r}")
+        _check_count("after_events", self.after_events)
+        _check_recording(self.recording)
+
+
 Fault: TypeAlias = (
     Healthy
     | StallBeforeHeaders
@@ -221,6 +246,7 @@ Fault: TypeAlias = (
     | HttpError
     | MalformedEvent
     | RawResponse
+    | CompressedLine
 )
 """Any fault script the server understands."""
 
@@ -235,4 +261,5 @@ FAULT_TYPES: tuple[type, ...] = (
     HttpError,
     MalformedEvent,
     RawResponse,
+    CompressedLine,
 )

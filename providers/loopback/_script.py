@@ -20,6 +20,7 @@ step                     fault                       other fields
 ``http[:STATUS]``        ``HttpError(status=S)``     (STATUS defaults to 529)
 ``malformed[:N]``        ``MalformedEvent(after_events=N)``  ``recording``
 ``truncate_after[:N]``   ``TruncateAfterBlocks(n=N)``  ``recording``, ``end`` (complete/cut)
+``compressed_line[:B]``  ``CompressedLine(size=B)``  ``encoding``, ``after_events``, ``recording``
 =======================  ==========================  ===============================
 
 Example: ``2*http:529,stall_after:1,healthy``. A script that runs out means ``healthy``.
@@ -33,6 +34,7 @@ from typing import Any
 
 from . import _recordings
 from ._faults import (
+    CompressedLine,
     DropAfterEvents,
     Fault,
     Healthy,
@@ -71,6 +73,7 @@ _STEPS: dict[str, _Step] = {
     "http": _Step(fault_class=HttpError, positional="status"),
     "malformed": _Step(fault_class=MalformedEvent, positional="after_events"),
     "truncate_after": _Step(fault_class=TruncateAfterBlocks, positional="n"),
+    "compressed_line": _Step(fault_class=CompressedLine, positional="size"),
 }
 _NAMES = {step.fault_class: name for name, step in _STEPS.items()}
 
@@ -82,6 +85,8 @@ _FIELD_TYPES: dict[str, tuple[Callable[[str], Any], str]] = {
     "drip": (float, "a number of seconds"),
     "recording": (str, "a recording name"),
     "end": (str, "'complete' or 'cut'"),
+    "size": (int, "a number of bytes"),
+    "encoding": (str, "'gzip' or 'deflate'"),
 }
 """The fields a step can set; ``HttpError.body`` and ``headers`` need the Python API."""
 

@@ -44,6 +44,7 @@ import struct
 import sys
 import threading
 import time
+import zlib
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -54,6 +55,7 @@ from . import _recordings
 from ._faults import (
     DEFAULT_RECORDING,
     FAULT_TYPES,
+    CompressedLine,
     DropAfterEvents,
     Fault,
     Healthy,
@@ -114,6 +116,7 @@ _RECORDING_FAULTS = (
     DropAfterEvents,
     TruncateAfterBlocks,
     MalformedEvent,
+    CompressedLine,
 )
 _REQUEST_ID_HEADER = {
     "anthropic": "request-id",
@@ -294,6 +297,34 @@ def _frame(block: bytes) -> bytes:
 @functools.cache
 def _framed(provider: Provider, name: str) -> tuple[bytes, ...]:
     return tuple(_frame(block.raw) for block in _recordings.load(provider, name).blocks)
+
+
+@functools.lru_cache(maxsize=4)
+def _compressed_line_chunks(
+    provider: Provider, recording: str, after_events: int, size: int, encoding: str
+) -> tuple[bytes, ...]:
+    """The body of a ``CompressedLine``, compressed, as HTTP/1.1 chunks. The line is fed
+    to the compressor a piece at a time: the server never holds it whole either."""
+    compressor = zlib.compressobj(
+        wbits=zlib.MAX_WBITS | 16 if encoding == "gzip" else zlib.MAX_WBITS
+    )
+    out = [
+        compressor.compress(
+            b"".join(b.raw for b in _recordings.load(provider, recording).prefix(after_events))
+        )
+    ]
+    opening, closing = b'data: {"pad": "', b'"}\n\n'
+    padding = max(0, size - len(opening) - len(closing))
+    out.append(compressor.compress(opening))
+    piece = b"a" * min(padding, 1024 * 1024)
+    while padding > 0:
+        out.append(compressor.compress(piece[:padding]))
+        padding -= len(piece)
+    out.append(compressor.compress(closing))
+    out.append(compressor.flush())
+    body = b"".join(out)
+    # Sent in pieces, as a server streams it: the client inflates chunk by chunk.
+    return tuple(_frame(body[i : i + 16384]) for i in range(0, len(body), 16384))
 
 
 @functools.cache
@@ -1037,6 +1068,8 @@ class LoopbackServer:
             await self._send_http_error(conn, req, fault, keep_alive)
         elif isinstance(fault, RawResponse):
             await self._send_raw(conn, req, fault, keep_alive)
+        elif isinstance(fault, CompressedLine):
+            await self._send_compressed_line(conn, req, fault, keep_alive)
         elif stream:
             await self._stream(conn, req, fault, recording, keep_alive)
         else:
@@ -1158,6 +1191,27 @@ class LoopbackServer:
             await self._drop(conn)
         else:
             await self._stall(conn)
+
+    async def _send_compressed_line(
+        self, conn: _Conn, req: _Req, fault: CompressedLine, keep_alive: bool
+    ) -> None:
+        chunks = _compressed_line_chunks(
+            req.provider, fault.recording, fault.after_events, fault.size, fault.encoding
+        )
+        head = _head(
+            200,
+            [
+                ("content-type", "text/event-stream; charset=utf-8"),
+                ("content-encoding", fault.encoding),
+                ("transfer-encoding", "chunked"),
+                *self._common_headers(req, keep_alive),
+            ],
+        )
+        self._set_status(req, 200)
+        await self._send(conn, head)
+        for chunk in chunks:
+            await self._send(conn, chunk)
+        await self._send(conn, _END_CHUNKS)
 
     async def _stream(
         self, conn: _Conn, req: _Req, fault: Fault, recording: str, keep_alive: bool
