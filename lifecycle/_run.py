@@ -52,8 +52,11 @@ def _redacted_match(match: re.Match[str]) -> str:
 def redact(text: str) -> str:
     """Remove the routes' known secrets (any piece of them, whatever their shape) and
     anything shaped like an API key or an auth header value, each replaced by
-    ``[redacted]``; an auth header's name and scheme (``Bearer``) are kept."""
-    return _KEY_SHAPED.sub(_redacted_match, scrub(text))
+    ``[redacted]``; an auth header's name and scheme (``Bearer``) are kept.
+
+    Shapes first: a known secret's piece removed first could cut the head off a
+    key-shaped value (``sk-ant-q...``) and leave its tail, which has no shape left."""
+    return scrub(_KEY_SHAPED.sub(_redacted_match, text))
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

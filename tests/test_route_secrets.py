@@ -443,6 +443,18 @@ def test_any_long_enough_piece_of_a_known_secret_is_redacted() -> None:
     assert redact(f"short {short}") == f"short {short}"
 
 
+def test_a_key_shaped_value_that_starts_like_a_known_secret_is_redacted_whole() -> None:
+    # Seen in CI order: a registered key shares its first 8 characters ("sk-ant-q") with
+    # a key-shaped value; removing that piece first left the rest of the value, which
+    # no longer had the shape the pattern knows.
+    from lifecycle._secrets import register_secrets
+
+    register_secrets(["sk-ant-q" + secrets.token_hex(12)])
+    tail = secrets.token_hex(8)
+    assert redact(f"req_1 sk-ant-q{tail}") == "req_1 [redacted]"
+    assert redact(f"x-api-key: sk-ant-q{tail}") == "x-api-key: [redacted]"
+
+
 def test_stream_failed_keeps_only_allowed_headers_of_its_fault() -> None:
     fault = lifecycle.Fault(
         outcome="error",
