@@ -55,6 +55,7 @@ import sys
 import threading
 import time
 import traceback
+import weakref
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -162,9 +163,10 @@ class SocketWatch:
     lock: threading.Lock = field(default_factory=threading.Lock)
     reading: dict[int, int] = field(default_factory=dict)
     """id(socket) -> ident of the thread blocked in recv on it."""
-    ours: set[int] = field(default_factory=set)
-    """id() of the client sockets connected to the server in this process."""
-    inherited: set[int] = field(default_factory=set)
+    ours: weakref.WeakSet[socket.socket] = field(default_factory=weakref.WeakSet)
+    """The client sockets connected to the server in this process (weakly: an id() of a
+    freed socket is reused by the next one, and would pass for it)."""
+    inherited: list[socket.socket] = field(default_factory=list)
     """In a forked child: the parent's sockets, which the child must never touch."""
     request_writes: list[tuple[float, int]] = field(default_factory=list)
     """(monotonic time, id(socket)) of every request line written."""
@@ -184,7 +186,7 @@ class SocketWatch:
         def note_connect(self: socket.socket, address: Any) -> None:
             if isinstance(address, tuple) and address[1:2] == (watch.port,):
                 with watch.lock:
-                    watch.ours.add(id(self))
+                    watch.ours.add(self)
 
         def connect(self: socket.socket, address: Any) -> None:
             note_connect(self, address)
@@ -196,25 +198,28 @@ class SocketWatch:
             note_connect(self, address)
             return original_connect_ex(self, address)
 
-        def note_write(self: socket.socket, data: Any) -> None:
-            if id(self) in watch.ours and bytes(data[:5]) == b"POST ":
+        def note_write(self: socket.socket, data: Any, started: float) -> None:
+            if self in watch.ours and bytes(data[:5]) == b"POST ":
                 with watch.lock:
-                    watch.request_writes.append((time.monotonic(), id(self)))
+                    watch.request_writes.append((started, id(self)))
 
-        # Noted once the bytes are handed to the kernel: a write refused because an abort
-        # shut the socket down (EPIPE) sent nothing.
+        # Timed when the write starts (the thread may wait for the GIL after it, for up to
+        # the switch interval), noted once the kernel took the bytes: a write refused
+        # because an abort shut the socket down (EPIPE) sent nothing.
         def send(self: socket.socket, data: Any, *args: Any) -> int:
+            started = time.monotonic()
             sent = original_send(self, data, *args)
-            note_write(self, data)
+            note_write(self, data, started)
             return sent
 
         def sendall(self: socket.socket, data: Any, *args: Any) -> None:
+            started = time.monotonic()
             original_sendall(self, data, *args)
-            note_write(self, data)
+            note_write(self, data, started)
 
         def reader(original: Callable[..., Any]) -> Callable[..., Any]:
             def read(self: socket.socket, *args: Any) -> Any:
-                if id(self) not in watch.ours or self.gettimeout() == 0.0:
+                if self not in watch.ours or self.gettimeout() == 0.0:
                     return original(self, *args)
                 with watch.lock:
                     watch.reading[id(self)] = threading.get_ident()
@@ -228,10 +233,10 @@ class SocketWatch:
 
         def check(self: socket.socket, what: str) -> None:
             key = id(self)
-            if key in watch.inherited:
+            if any(self is parents for parents in watch.inherited):
                 watch.foreign_closes.append(f"{what} of a parent's socket in a forked child")
                 return
-            if what != "close" or key not in watch.ours:
+            if what != "close" or self not in watch.ours:
                 return
             me = threading.current_thread()
             with watch.lock:
@@ -304,8 +309,9 @@ class Totals:
     closes: int = 0
     blocked: int = 0
     requests_after_close: int = 0
-    late_writes: list[tuple[str, float]] = field(default_factory=list)
-    """("was called" | "returned", seconds after it) of each request written after close."""
+    late_writes: list[tuple[str, float, str]] = field(default_factory=list)
+    """("was called" | "returned", seconds after it, the round's driver) of each request
+    written after close."""
     texts: list[str] = field(default_factory=list)
     keys: list[str] = field(default_factory=list)
 
@@ -466,7 +472,8 @@ def fork_child(
         os.close(read_end)
         report: dict[str, Any] = {"completed": 0, "failures": [], "texts": []}
         try:
-            watch.inherited = set(watch.ours)
+            # Held, so that none is freed in the child and its id() or address reused.
+            watch.inherited = list(watch.ours)
             watch.foreign_closes.clear()
             for key in child_keys:
                 run, exc = consume_on_thread(engine, key)
@@ -579,10 +586,17 @@ def run_round(
         totals.child_failures += failures
         totals.texts += texts
     if will_close:
-        closed_at.append(time.monotonic())
         if loop is not None:
-            asyncio.run_coroutine_threadsafe(engine.aclose(), loop).result(30)
+
+            async def close_on_loop() -> None:
+                # Timed on the loop: aclose() starts when the loop gets to it, not when
+                # this thread hands it over.
+                closed_at.append(time.monotonic())
+                await engine.aclose()
+
+            asyncio.run_coroutine_threadsafe(close_on_loop(), loop).result(30)
         else:
+            closed_at.append(time.monotonic())
             engine.close()
         closed_at.append(time.monotonic())
         totals.closes += 1
@@ -611,8 +625,11 @@ def run_round(
         with watch.lock:
             late = [at for at, _ in watch.request_writes if at > called]
         totals.requests_after_close += len(late)
+        driver = "async" if asynchronous else "sync"
         totals.late_writes += [
-            ("returned", at - returned) if at > returned else ("was called", at - called)
+            ("returned", at - returned, driver)
+            if at > returned
+            else ("was called", at - called, driver)
             for at in late
         ]
     with watch.lock:
@@ -726,8 +743,8 @@ def main() -> int:
         for text in texts[:3]:
             at = next(text.find(p) for p in key_pieces if p in text)
             print(f"    secret in {where}: ...{text[max(0, at - 120) : at + 40]!r}")
-    for when, at in totals.late_writes[:5]:
-        print(f"    request written {at * 1000:.1f} ms after close() {when}")
+    for when, at, driver in totals.late_writes[:5]:
+        print(f"    request written {at * 1000:.1f} ms after close() {when} ({driver} round)")
     bad += bool(totals.other_errors) + bool(totals.child_failures)
     return 1 if bad else 0
 
