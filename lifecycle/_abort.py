@@ -53,6 +53,7 @@ class AttemptConnection:
         "byte_budget",
         "bytes_at_progress",
         "bytes_read",
+        "closing",
         "decoded_at_progress",
         "decoded_bytes",
         "first_byte_at",
@@ -78,6 +79,10 @@ class AttemptConnection:
         self.decoded_at_progress = 0
         self.first_byte_at: float | None = None
         self.sent_at: float | None = None
+        self.closing: threading.Event | None = None
+        """The engine's close flag: once it is set, ``refuse_if_closing`` shuts the socket
+        a request is about to be written on, so an attempt that the engine's close() has
+        not reached yet sends nothing."""
 
     def progressed(self) -> None:
         """A meaningful event arrived: the byte budget starts again from here."""
@@ -128,6 +133,21 @@ class AttemptConnection:
                 return False
             _shutdown(sock)
             return True
+
+    def refuse_if_closing(self, sock: Shutdownable | None) -> None:
+        """Called by the transport before it writes on ``sock`` for this attempt."""
+        closing = self.closing
+        if closing is None or not closing.is_set():
+            return
+        with self._lock:
+            if not self._live:
+                return
+            if self.aborted_at is None:
+                self.aborted_at = time.monotonic()
+                self.aborted_by = threading.current_thread().name
+                self.abort_reason = "engine_closed"
+            if sock is not None:
+                _shutdown(sock)
 
     def release(self) -> None:
         """The attempt is over for this connection: from now on abort() is a no-op."""

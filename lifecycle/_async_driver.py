@@ -73,7 +73,7 @@ class AsyncRun(RunBase):
 
     def interrupt(self) -> None:
         """Stop the run from any thread or from the loop; the loop raises ``Interrupted``."""
-        self._interrupted = True
+        self._interrupt_requested = True
         self._abort_active()
         loop = self._loop
         wake = self._wake
@@ -140,8 +140,7 @@ class AsyncRun(RunBase):
             attempt.panic = self._panic
             route = self._routes[route_index]
             diag = attempt.diagnostics
-            connection = AttemptConnection()
-            connection.byte_budget = self._max_event_bytes
+            connection = self._new_connection()
             self._connection = connection
             if self._interrupted:
                 connection.abort(reason="engine_closed" if self._engine_closed else "interrupt")

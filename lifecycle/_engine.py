@@ -96,6 +96,9 @@ class StreamEngine:
         if check_factories:
             self._check_factories(routes)
         self._closed = False
+        self._closing = threading.Event()
+        """Set first thing in close(): each run and its transport see it at once, before
+        close() reaches that run (between the two, a run could otherwise write a request)."""
         self._runs: weakref.WeakSet[RunBase] = weakref.WeakSet()
         """Runs started from this engine that may still be in flight: close() ends them."""
         self._runs_lock = threading.Lock()
@@ -222,6 +225,7 @@ class StreamEngine:
         return run
 
     def _track(self, run: RunBase) -> None:
+        run.bind_engine_closing(self._closing)
         with self._runs_lock:
             self._runs.add(run)
         if self._closed:  # close() ran on another thread while this run was made
@@ -268,6 +272,7 @@ class StreamEngine:
 
     async def aclose(self) -> None:
         """``close()``, awaiting the close of this loop's async clients here."""
+        self._closing.set()
         self._closed = True
         self._end_runs()
         loop = asyncio.get_running_loop()
@@ -296,6 +301,7 @@ class StreamEngine:
         """End the runs in flight with ``EngineClosed`` and close every client this
         engine's routes built: at once if nobody streams on it, else by its last run.
         Async clients are closed on their own event loop (abandoned if it is closed)."""
+        self._closing.set()
         self._closed = True
         self._end_runs()
         for route in self.routes:
@@ -346,6 +352,10 @@ class StreamEngine:
         self._runs = weakref.WeakSet()
         self._runs_lock = threading.Lock()
         self._closing_tasks = set()
+        # An Event's lock may have been held by a parent's thread at the fork.
+        closing, self._closing = self._closing, threading.Event()
+        if closing.is_set():
+            self._closing.set()
 
     def __enter__(self) -> StreamEngine:
         return self

@@ -103,9 +103,12 @@ class RunBase:
         self._max_event_bytes = max_event_bytes
         self._routes = routes
         self._request = request
-        self._interrupted = False
-        self._engine_closed = False
-        """The engine was closed: the interrupt is its, and so is the error raised."""
+        self._interrupt_requested = False
+        self._closed_by_engine = False
+        self._engine_closing: threading.Event | None = None
+        """Set by the engine the moment its close() begins, before close() reaches this
+        run: from then on the run counts as interrupted, and its transport writes no
+        request (``AttemptConnection.closing``)."""
         self._leaving = False
         """The caller's task is leaving (async: cancelled during a cleanup)."""
         self._connection: AttemptConnection | None = None
@@ -157,8 +160,29 @@ class RunBase:
     def end_by_engine_close(self) -> None:
         """``engine.close()``: stop the run as ``interrupt()`` does (from the closing
         thread, by a socket shutdown only), ending it with ``EngineClosed``."""
-        self._engine_closed = True
+        self._closed_by_engine = True
         self.interrupt()
+
+    def bind_engine_closing(self, closing: threading.Event) -> None:
+        """The engine's close flag (see ``_engine_closing``)."""
+        self._engine_closing = closing
+
+    @property
+    def _engine_closed(self) -> bool:
+        """The engine was closed: the interrupt is its, and so is the error raised."""
+        closing = self._engine_closing
+        return self._closed_by_engine or (closing is not None and closing.is_set())
+
+    @property
+    def _interrupted(self) -> bool:
+        return self._interrupt_requested or self._engine_closed
+
+    def _new_connection(self) -> AttemptConnection:
+        """The attempt's connection, refused once the engine is closing."""
+        connection = AttemptConnection()
+        connection.byte_budget = self._max_event_bytes
+        connection.closing = self._engine_closing
+        return connection
 
     def _abort_active(self) -> None:
         connection = self._connection

@@ -68,7 +68,7 @@ class Run(RunBase):
 
     def interrupt(self) -> None:
         """Stop the run from any thread, at any time; the loop raises ``Interrupted``."""
-        self._interrupted = True
+        self._interrupt_requested = True
         self._wake.set()
         self._abort_active()
 
@@ -167,8 +167,7 @@ class Run(RunBase):
         core = self._core
         route = self._routes[attempt.route_index]
         diag = attempt.diagnostics
-        connection = AttemptConnection()
-        connection.byte_budget = self._max_event_bytes
+        connection = self._new_connection()
         self._connection = connection
         if self._interrupted:
             connection.abort(reason="engine_closed" if self._engine_closed else "interrupt")

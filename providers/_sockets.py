@@ -126,12 +126,17 @@ def _is_coroutine_method(method: Any) -> bool:
 
 
 def _claim(owner: AttemptConnection | None, stream: Any) -> AttemptConnection | None:
-    """Called when a request is written: the writing attempt now owns this connection."""
+    """Called when a request is written: the writing attempt now owns this connection.
+    Once its engine is closing, the socket is shut first, so the write sends nothing."""
     connection = active_connection.get()
     if connection is not None and connection is not owner:
         sock = stream.get_extra_info("socket")
         if hasattr(sock, "shutdown"):
             connection.attach(sock)
+    writer = connection if connection is not None else owner
+    if writer is not None and writer.closing is not None and writer.closing.is_set():
+        sock = stream.get_extra_info("socket")
+        writer.refuse_if_closing(sock if hasattr(sock, "shutdown") else None)
     return connection
 
 

@@ -223,3 +223,66 @@ def test_every_async_client_is_closed_after_async_runs(provider: Any, closer: st
     models = {provider.model, provider.other_model}
     provider.server.wait_until(lambda: not open_connections_of(provider.server, models), 5)
     assert not open_connections_of(provider.server, models)
+
+
+@pytest.mark.parametrize("driver", ["sync", "async"])
+def test_a_run_close_has_not_reached_yet_writes_no_request(
+    provider: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """close() may be preempted between its start and the run it has to abort (another
+    thread holds the GIL for a switch interval): a run whose request goes out in between
+    must send nothing. Here close() is held there until the run has tried to write."""
+    from lifecycle import StreamEngine
+    from lifecycle._clients import ClientSlot
+
+    engine = provider.engine(timeouts=TIMEOUTS, retry=RETRY, with_other=False)
+    provider.script([Healthy()])
+    leasing, lease_may_return = threading.Event(), threading.Event()
+    lease = ClientSlot.lease
+
+    def held_lease(self: ClientSlot) -> Any:
+        leasing.set()
+        assert lease_may_return.wait(10)
+        return lease(self)
+
+    end_runs = StreamEngine._end_runs
+    connections: list[Any] = []
+
+    def end_runs_after_the_write(self: StreamEngine) -> None:
+        lease_may_return.set()
+        # Until the request reached the server, or the run's transport refused it.
+        provider.server.wait_until(
+            lambda: (
+                bool(provider.all_requests())
+                or any(c is not None and c.aborted_at is not None for c in connections)
+            ),
+            5,
+        )
+        end_runs(self)
+
+    monkeypatch.setattr(ClientSlot, "lease", held_lease)
+    monkeypatch.setattr(StreamEngine, "_end_runs", end_runs_after_the_write)
+    streamer = Streamer()
+    if provider.is_async:
+
+        async def one() -> None:
+            try:
+                async with engine.astream(**REQUEST) as run:
+                    streamer.run = run
+                    async for _ in run:
+                        pass
+            except Exception as exc:
+                streamer.error = exc
+
+        thread = threading.Thread(target=asyncio.run, args=(one(),), name="loop")
+    else:
+        thread = threading.Thread(target=stream_on_thread, args=(engine, streamer), name="run")
+    thread.start()
+    assert leasing.wait(10), "the run never leased its client"
+    connections.append(streamer.run._connection if streamer.run is not None else None)
+    engine.close()
+    thread.join(10)
+    assert not thread.is_alive()
+    assert provider.all_requests() == [], "a request reached the server after close()"
+    assert isinstance(streamer.error, EngineClosed), repr(streamer.error)
+    assert [a.outcome for a in streamer.run.attempts] == ["interrupted"]
