@@ -128,14 +128,27 @@ def _close_on_watchdog(patch: pytest.MonkeyPatch) -> None:
         arm_on_loop(loop, watch, connection, **clocks)
 
     def fire_and_close_the_client(self: Watch, clock: str, deadline: float, at: float) -> None:
-        fire(self, clock, deadline, at)
+        # Everything the close needs is read before the abort: once the socket is shut
+        # down the run's own thread wakes (within about a millisecond) and moves on to
+        # its cleanup and the next attempt, so reading the run afterwards races it.
         run = run_of.get(self)
-        client = client_of.get(self.connection) if self.connection is not None else None
-        if run is None or client is None:
+        connection = self.connection
+        if run is None or connection is None:
+            fire(self, clock, deadline, at)
             return
         attempt = run._core.active_attempt
         route = run._routes[attempt.route_index]
-        _close_from_the_clock(route, client, attempt, is_async=isinstance(run, AsyncRun))
+        is_async = isinstance(run, AsyncRun)
+        client = client_of.get(connection)
+        if client is None:
+            # The lease was not tied (a lease the patch did not see): the attempt's
+            # client is the slot's current one (one client per route below
+            # streams_per_client concurrent streams).
+            slot = route.async_slot(asyncio.get_running_loop()) if is_async else route.sync_clients
+            client = slot.current_client
+        fire(self, clock, deadline, at)
+        if client is not None:
+            _close_from_the_clock(route, client, attempt, is_async=is_async)
 
     patch.setattr(RunBase, "__init__", init_and_remember)
     patch.setattr(ClientSlot, "lease", lease_and_remember)
@@ -147,11 +160,9 @@ def _close_on_watchdog(patch: pytest.MonkeyPatch) -> None:
 def _close_from_the_clock(
     route: Route, client: Any, attempt: AttemptRecord, *, is_async: bool
 ) -> None:
+    # The step is recorded before the close is tried: the bug is the attempt to close
+    # from the clock's thread, whether or not the SDK's close then raises there.
     where = f"{threading.current_thread().name}/loop-timer" if is_async else _here()
-    if is_async:
-        asyncio.get_running_loop().create_task(route.aclose_client(client))
-    else:
-        route.close_client(client)
     attempt.diagnostics.cleanup.append(
         CleanupStep(
             step="close",
@@ -160,6 +171,10 @@ def _close_from_the_clock(
             detail=f"{route.api_mode} client closed by the clock (mutation)",
         )
     )
+    if is_async:
+        asyncio.get_running_loop().create_task(route.aclose_client(client))
+    else:
+        route.close_client(client)
 
 
 MUTATIONS: dict[str, Callable[[pytest.MonkeyPatch], None]] = {
