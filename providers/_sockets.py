@@ -31,7 +31,7 @@ import socket
 import ssl
 import sys
 import time
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Iterable, Iterator
 from typing import Any
 
 from lifecycle import AttemptConnection, Shutdownable, active_connection, count_read
@@ -108,6 +108,79 @@ def install_connection_tagging(sdk_client: Any) -> None:
             pool._network_backend = _AsyncTaggingBackend(backend)
         else:
             pool._network_backend = _TaggingBackend(backend)
+        _let_go_when_responses_close(pool)
+
+
+def _let_go_when_responses_close(pool: Any) -> None:
+    """A response's close hands its connection back to the pool (keep-alive), where the
+    next request of any run may take it: the attempt that owned the socket must let go
+    of it first, or its cleanup's abort would shut down the stream of whichever run
+    took the connection meanwhile (an HTTP error answer is read whole, and its
+    connection back in the pool, before the attempt's cleanup runs)."""
+    if hasattr(pool, "handle_async_request"):
+        handle_async = pool.handle_async_request
+
+        async def handle_async_request(request: Any) -> Any:
+            response = await handle_async(request)
+            network = response.extensions.get("network_stream")
+            if isinstance(network, _AsyncTaggedStream):
+                response.stream = _AsyncLettingGo(response.stream, network)
+            return response
+
+        pool.handle_async_request = handle_async_request
+        return
+    handle = getattr(pool, "handle_request", None)
+    if handle is None:
+        raise ConnectionTaggingUnavailable(
+            f"{type(pool).__module__}.{type(pool).__name__} has no handle_request: "
+            "httpcore moved it; update providers/_sockets.py"
+        )
+
+    def handle_request(request: Any) -> Any:
+        response = handle(request)
+        network = response.extensions.get("network_stream")
+        if isinstance(network, _TaggedStream):
+            response.stream = _LettingGo(response.stream, network)
+        return response
+
+    pool.handle_request = handle_request
+
+
+class _LettingGo:
+    """A response body whose close first releases its socket from the attempt."""
+
+    __slots__ = ("_inner", "_network")
+
+    def __init__(self, inner: Any, network: _TaggedStream) -> None:
+        self._inner = inner
+        self._network = network
+
+    def __iter__(self) -> Iterator[bytes]:
+        yield from self._inner
+
+    def close(self) -> None:
+        self._network.let_go()
+        close = getattr(self._inner, "close", None)
+        if close is not None:
+            close()
+
+
+class _AsyncLettingGo:
+    __slots__ = ("_inner", "_network")
+
+    def __init__(self, inner: Any, network: _AsyncTaggedStream) -> None:
+        self._inner = inner
+        self._network = network
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        async for chunk in self._inner:
+            yield chunk
+
+    async def aclose(self) -> None:
+        self._network.let_go()
+        aclose = getattr(self._inner, "aclose", None)
+        if aclose is not None:
+            await aclose()
 
 
 def is_tagged(sdk_client: Any) -> bool:
@@ -163,12 +236,18 @@ class _TaggedStream:
         self._owner = _claim(self._owner, self._inner)
         self._inner.write(buffer, timeout)
 
-    def close(self) -> None:
+    def let_go(self) -> None:
+        """The response on this connection is closing: the connection is the pool's again,
+        no longer the attempt's (the next request written on it claims it anew)."""
         owner = self._owner
         if owner is not None:
+            self._owner = None
             sock = self._inner.get_extra_info("socket")
             if sock is not None:
                 owner.detach(sock)
+
+    def close(self) -> None:
+        self.let_go()
         self._inner.close()
 
     def start_tls(
@@ -347,12 +426,17 @@ class _AsyncTaggedStream:
         self._owner = _claim(self._owner, self._inner)
         await self._inner.write(buffer, timeout)
 
-    async def aclose(self) -> None:
+    def let_go(self) -> None:
+        """As ``_TaggedStream.let_go``."""
         owner = self._owner
         if owner is not None:
+            self._owner = None
             sock = self._inner.get_extra_info("socket")
             if sock is not None:
                 owner.detach(sock)
+
+    async def aclose(self) -> None:
+        self.let_go()
         await self._inner.aclose()
 
     async def start_tls(

@@ -28,7 +28,7 @@ Invariants (each raises ``InvariantViolation`` naming itself):
   no more requests than attempts; elapsed <= Timeouts.total + slack.
 - ``connections``: after the final state (allowing the server ``IDLE_WAIT`` to see the close),
   no connection of the run's key is open, except the pooled keep-alive connection of
-  an attempt that completed.
+  an attempt that completed (and, when other runs share the client, of an error answer).
 """
 
 from __future__ import annotations
@@ -614,6 +614,11 @@ def inv_connections(record: RunRecord) -> None:
     allowed: set[int] = set()
     if record.run.state == "completed" and requests:
         allowed.add(requests[-1].connection_id)  # back in the client's keep-alive pool
+    if not record.exclusive:
+        # An error answer is read whole and its connection goes back to the client's
+        # pool, no longer the attempt's: a client other runs still use keeps it until
+        # its last user closes the client (an exclusive run's client is closed at once).
+        allowed.update(r.connection_id for r in requests if r.status and r.status >= 400)
 
     def still_open() -> list[Any]:
         return [
