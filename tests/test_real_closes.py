@@ -27,10 +27,18 @@ TIMEOUTS = Timeouts(connect=5, first_token=2.0, stale=0.3, total=20)
 RETRY = RetryPolicy(max_attempts=2, initial_backoff=0.0, max_backoff=0.0)
 
 
-def drive(provider: Any, key: str, script: list[Any], timeouts: Timeouts = TIMEOUTS) -> Any:
+def drive(
+    provider: Any,
+    key: str,
+    script: list[Any],
+    timeouts: Timeouts = TIMEOUTS,
+    interrupt_after: float | None = None,
+) -> Any:
     engine = provider.engine(timeouts=timeouts, retry=RETRY, with_other=False)
     flavor = "async" if provider.is_async else "sync"
     record = start_run(engine, provider.server, key, flavor, script)
+    if interrupt_after is not None:
+        record.interrupt_later(interrupt_after)  # from a timer thread of its own
     if provider.is_async:
         provider.run_coroutine(drive_async(record))
     else:
@@ -63,11 +71,13 @@ def test_the_watchdog_shuts_the_stalled_socket_and_the_owner_closes_it(provider:
     assert not [c for c in calls if c.foreign is not None and c.kind != "socket.shutdown"]
 
 
+@pytest.mark.parametrize("aborter", ["watchdog", "interrupter"])
 def test_a_close_slipped_into_the_abort_is_caught(
-    provider: Any, monkeypatch: pytest.MonkeyPatch
+    provider: Any, monkeypatch: pytest.MonkeyPatch, aborter: str
 ) -> None:
-    """The fd-reuse hazard itself: the abort (watchdog thread, loop timer) also closes
-    the socket. The cleanup records are the same as without it; only the observer sees."""
+    """The fd-reuse hazard itself: the abort (watchdog thread, loop timer, a thread calling
+    interrupt()) also closes the socket. The cleanup records are the same as without it;
+    only the observer sees."""
     shutdown = _abort._shutdown
 
     def shutdown_and_close(sock: Any) -> None:
@@ -79,10 +89,15 @@ def test_a_close_slipped_into_the_abort_is_caught(
 
     monkeypatch.setattr(_abort, "_shutdown", shutdown_and_close)
     # Under asyncio the closed socket leaves its transport waiting: a short total ends it.
-    short = Timeouts(connect=2, first_token=1.0, stale=0.3, total=2.0)
+    stale = 0.3 if aborter == "watchdog" else 5.0
+    short = Timeouts(connect=2, first_token=1.0, stale=stale, total=2.0)
     script = [StallAfterEvents(n=1), Healthy()]
-    record = drive(provider, f"closing-abort-{provider.model}", script, short)
+    interrupt_after = 0.3 if aborter == "interrupter" else None
+    record = drive(provider, f"closing-{aborter}-{provider.model}", script, short, interrupt_after)
     with pytest.raises(InvariantViolation) as caught:
         inv_no_foreign_close(record)
-    where = "the loop watchdog's timer" if provider.is_async else "the watchdog thread"
+    if aborter == "interrupter":
+        where = "AsyncRun.interrupt()" if provider.is_async else "Run.interrupt()"
+    else:
+        where = "the loop watchdog's timer" if provider.is_async else "the watchdog thread"
     assert f"closed from {where}" in str(caught.value), record.describe()
