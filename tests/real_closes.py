@@ -94,8 +94,9 @@ class SocketTrace:
 
 @dataclass(eq=False, slots=True)
 class Holding:
-    """One attempt's hold on a socket: from its attach on; ``cleaned`` once the attempt's
-    own cleanup aborted it (the socket is then the owner's to close, nobody else's)."""
+    """One attempt's hold on a socket, from its attach on. Once the attempt's own cleanup
+    aborted it (``connection.cleaned_seq``), the socket is the owner's to close, nobody
+    else's; an attempt that completed handed it to its client's pool instead."""
 
     socket: SocketTrace
     attached_seq: int
@@ -105,7 +106,6 @@ class Holding:
 @dataclass(eq=False)
 class RunTrace:
     holdings: list[Holding] = field(default_factory=list)
-    connections: int = 0
 
 
 @dataclass(eq=False, slots=True)
@@ -244,7 +244,6 @@ def _observe_sockets() -> None:
         trace = _RUNS.get(self)
         if trace is None:
             trace = _RUNS[self] = RunTrace()
-        trace.connections += 1
         connection._trace = trace
         return connection
 
