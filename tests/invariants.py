@@ -26,6 +26,14 @@ Invariants (each raises ``InvariantViolation`` naming itself):
 - ``bounds``: attempts per route <= max_attempts; no attempt starts after Timeouts.total
   ran out; no request reaches the server after interrupt() or after the final state;
   no more requests than attempts; elapsed <= Timeouts.total + slack.
+- ``no_foreign_close``: what really ran (``tests/real_closes.py`` wraps the real socket,
+  asyncio transport, SDK and httpx client closes), not only what cleanup recorded: no
+  socket an attempt of the run attached, and no client of the run's routes, was closed
+  on "lifecycle-watchdog", inside ``interrupt()`` (whichever thread called it) or the
+  loop watchdog's timer callback; an async client's close ran in a task (never a bare
+  loop callback), an async run's sockets closed on its loop's thread; a socket the
+  attempt's own cleanup took over closed only by the owner (or by a client's close);
+  and, on an exclusive run, a client closed before the run ended closed by the owner.
 - ``connections``: after the final state (allowing the server ``IDLE_WAIT`` to see the close),
   no connection of the run's key is open, except the pooled keep-alive connection of
   an attempt that completed (and, when other runs share the client, of an error answer).
@@ -45,6 +53,7 @@ from typing import Any, Final, Literal
 
 import anthropic
 import openai
+import real_closes
 
 from lifecycle import (
     FINAL_STATES,
@@ -310,6 +319,7 @@ def start_run(
 ) -> RunRecord:
     """Script the server for ``key`` and create (not yet iterate) a run whose requests carry
     it; the slots' state is taken first, so invariants can tell what this run built."""
+    real_closes.install()
     server.script(key, list(script))
     other: Flavor = "async" if flavor == "sync" else "sync"
     before = [_slot_state(_slot(r, flavor)) for r in engine.routes]
@@ -607,6 +617,62 @@ def inv_bounds(record: RunRecord) -> None:
             raise _fail("bounds", f"requests {late} reached the server after the final state")
 
 
+def _forbidden(call: real_closes.Call) -> str | None:
+    if call.foreign is not None:
+        return call.foreign
+    if call.thread == WATCHDOG:
+        return "the watchdog thread"
+    return None
+
+
+def inv_no_foreign_close(record: RunRecord) -> None:
+    run = record.run
+    owner = run.owner or ""
+    owner_thread, _, owner_task = owner.partition("/")
+    is_async = record.flavor == "async"
+    problems: list[str] = []
+
+    def wrong(call: real_closes.Call, what: str, why: str) -> None:
+        problems.append(
+            f"{what}: {call.kind} on {call.context} ({why}){call.stack and chr(10)}{call.stack}"
+        )
+
+    for holding in real_closes.trace_of(run).holdings:
+        what = f"socket {holding.socket.description}"
+        for call in holding.socket.calls:
+            if call.seq < holding.attached_seq or not call.closes:
+                continue
+            why = _forbidden(call)
+            if why is not None:
+                wrong(call, what, f"closed from {why}")
+            elif is_async and call.thread != owner_thread:
+                wrong(call, what, f"an async run's socket, off its loop's thread {owner_thread!r}")
+            elif holding.connection.cleaned_seq is not None and not call.in_client_close:
+                by_owner = call.task in (None, owner_task) if is_async else call.thread == owner
+                if not by_owner:
+                    wrong(call, what, f"its attempt's cleanup took it over; the owner is {owner!r}")
+    slots = {id(s): s for r in record.routes for s in (r.sync_clients, *r.async_slots())}
+    for slot in slots.values():
+        for client in real_closes.clients_of(slot):
+            what = f"client {client.description}"
+            for call in client.calls:
+                if not call.was_open or call.at < record.t_start:
+                    continue
+                if call.kind == "http.close" and call.in_client_close:
+                    continue  # part of the SDK client's close, judged as that
+                why = _forbidden(call)
+                if why is not None:
+                    wrong(call, what, f"closed from {why}")
+                elif "Async" in client.description and call.task is None:
+                    wrong(call, what, "an async client closed outside any task")
+                elif record.exclusive and record.ended_at and call.at < record.ended_at:
+                    closer = call.thread if call.task is None else f"{call.thread}/{call.task}"
+                    if closer != owner:
+                        wrong(call, what, f"closed during the run, not by its owner {owner!r}")
+    if problems:
+        raise _fail("no_foreign_close", "; ".join(problems[:3]))
+
+
 def inv_connections(record: RunRecord) -> None:
     server = record.server
     key = record.key
@@ -642,6 +708,7 @@ INVARIANTS: Final[tuple[tuple[str, Callable[[RunRecord], None]], ...]] = (
     ("own_cleanup", inv_own_cleanup),
     ("no_foreign_adapter", inv_no_foreign_adapter),
     ("cleanup_on_owner", inv_cleanup_on_owner),
+    ("no_foreign_close", inv_no_foreign_close),
     ("bounds", inv_bounds),
     ("connections", inv_connections),
 )

@@ -36,6 +36,7 @@ from providers.loopback import (
 STEPS: list[tuple[str, Fault]] = [
     ("healthy", Healthy()),
     ("healthy:drip=0.05", Healthy(drip=0.05)),
+    ("healthy:head_delay=0.2", Healthy(head_delay=0.2)),
     ("healthy:recording=tool_use", Healthy(recording="tool_use")),
     ("stall_before_headers", StallBeforeHeaders()),
     ("stall_after_headers", StallAfterHeaders()),

@@ -17,6 +17,7 @@ from typing import Any
 import anthropic
 import openai
 import pytest
+from bounds import PROMPT
 
 from providers.loopback import (
     DropAfterEvents,
@@ -259,6 +260,23 @@ def test_drip_spaces_out_blocks(server: LoopbackServer, aclient: anthropic.Anthr
     elapsed = time.monotonic() - started
     assert sum(map(a_meaningful, events)) == 4
     assert elapsed >= 0.02 * (len(recordings.load("anthropic", "text_basic").blocks) - 1) * 0.9
+
+
+def test_head_delay_holds_back_the_status_line(
+    server: LoopbackServer, aclient: anthropic.Anthropic
+) -> None:
+    """The status line comes ``head_delay`` after the request, then the whole recording
+    at once: what a provider's time to first byte looks like on the wire."""
+    server.script("k", [Healthy(head_delay=0.3)])
+    started = time.monotonic()
+    stream = a_stream(aclient, "k")  # returns once the response's headers arrived
+    headers_after = time.monotonic() - started
+    events = list(stream)
+    done_after = time.monotonic() - started
+    assert sum(map(a_meaningful, events)) == 4
+    assert headers_after >= 0.3, "the status line came before head_delay"
+    assert headers_after < 0.3 + 1.0  # 1 s: a starved server thread, not a hang
+    assert done_after - headers_after < PROMPT, "the body is not held back as well"
 
 
 # --------------------------------------------------------------------------- faults

@@ -46,7 +46,9 @@ def _check_recording(value: str) -> None:
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class Healthy:
-    """Replay the whole recording, ``drip`` seconds apart between SSE blocks.
+    """Replay the whole recording, ``drip`` seconds apart between SSE blocks, after
+    ``head_delay`` seconds of silence before the status line (a provider's time to the
+    first byte, for checks of the clocks that count from the request sent).
 
     A non-streaming request gets the assembled completion after ``drip`` times the
     number of blocks, the time the stream would have taken.
@@ -54,11 +56,14 @@ class Healthy:
 
     recording: str = DEFAULT_RECORDING
     drip: float = 0.0
+    head_delay: float = 0.0
 
     def __post_init__(self) -> None:
         _check_recording(self.recording)
         if not self.drip >= 0.0:
             raise ValueError(f"drip must be >= 0, got {self.drip!r}")
+        if not self.head_delay >= 0.0:
+            raise ValueError(f"head_delay must be >= 0, got {self.head_delay!r}")
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

@@ -11,7 +11,7 @@ sets any other parameter by its field name.
 =======================  ==========================  ===============================
 step                     fault                       other fields
 =======================  ==========================  ===============================
-``healthy``              ``Healthy()``               ``drip``, ``recording``
+``healthy``              ``Healthy()``               ``drip``, ``head_delay``, ``recording``
 ``stall_before_headers`` ``StallBeforeHeaders()``
 ``stall_after_headers``  ``StallAfterHeaders()``
 ``stall_after[:N]``      ``StallAfterEvents(n=N)``   ``recording`` (N defaults to 1)
@@ -83,6 +83,7 @@ _FIELD_TYPES: dict[str, tuple[Callable[[str], Any], str]] = {
     "status": (int, "an integer"),
     "interval": (float, "a number of seconds"),
     "drip": (float, "a number of seconds"),
+    "head_delay": (float, "a number of seconds"),
     "recording": (str, "a recording name"),
     "end": (str, "'complete' or 'cut'"),
     "size": (int, "a number of bytes"),

@@ -1266,6 +1266,8 @@ class LoopbackServer:
                 + _END_CHUNKS,
             )
         elif isinstance(fault, Healthy):
+            if fault.head_delay > 0.0:
+                await self._pause(conn, fault.head_delay)
             if fault.drip <= 0.0:
                 await self._send(conn, head + b"".join(chunks) + _END_CHUNKS)
                 return
@@ -1299,9 +1301,9 @@ class LoopbackServer:
                 *self._common_headers(req, keep_alive),
             ],
         )
-        if isinstance(fault, Healthy) and fault.drip > 0.0:
+        if isinstance(fault, Healthy) and fault.drip + fault.head_delay > 0.0:
             blocks = len(_recordings.load(req.provider, recording).blocks)
-            await self._pause(conn, fault.drip * blocks)
+            await self._pause(conn, fault.head_delay + fault.drip * blocks)
         self._set_status(req, 200)
         if isinstance(fault, StallAfterHeaders | StallAfterEvents | PingsOnly):
             await self._send(conn, head)
