@@ -31,6 +31,7 @@ from hypothesis.stateful import (
 )
 from hypothesis_profiles import PROFILE, budget
 from invariants import report
+from policy_model import PolicyModel, Verdict, status_verdict
 from transitions import MachineError
 
 from lifecycle._config import RetryPolicy, Timeouts
@@ -39,10 +40,12 @@ from lifecycle._events import (
     AttemptFailed,
     AttemptStarted,
     CleanupFinished,
+    FirstEventReceived,
     LifecycleEvent,
     RoutesExhausted,
     RouteSkipped,
     StallDetected,
+    StreamFinished,
 )
 from lifecycle._machine import (
     CLEANUP_STEPS,
@@ -55,6 +58,7 @@ from lifecycle._machine import (
     RouteInfo,
     RunCore,
 )
+from providers._classify import status_fault
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -73,16 +77,29 @@ seconds = st.floats(0.0, 0.5) | st.floats(0.0, 120.0)
 """Time between two events: mostly short (retries fit in Timeouts.total), sometimes long."""
 
 
+# Edges drawn on purpose: no jitter (the wait is exact, so the model pins it), a cap the
+# backoff reaches at once, a max_retry_after equal to a Retry-After sent. Built once:
+# building a strategy inside a draw costs more than the core's whole example.
+_INITIAL_BACKOFF = st.floats(0.0, 5.0)
+_CAP_FACTOR = st.sampled_from([1.0, 1.5]) | st.floats(1.0, 8.0)
+_CAP_EXTRA = st.just(0.0) | st.floats(0.0, 30.0)
+_JITTER = st.sampled_from([0.0, 1.0]) | st.floats(0.0, 1.0)
+_MAX_RETRY_AFTER = st.sampled_from((0.25, 0.5, 90.0)) | st.floats(0.0, 120.0)
+_ON_PARTIAL = st.sampled_from(["restart", "fail", "continue"])
+_STALE_BEFORE_FALLBACK = st.none() | st.integers(1, 3)
+
+
 @st.composite
 def retry_policies(draw: st.DrawFn) -> RetryPolicy:
-    initial = draw(st.floats(0.0, 5.0))
+    initial = draw(_INITIAL_BACKOFF)
     return RetryPolicy(
         max_attempts=draw(st.integers(1, 4)),
         initial_backoff=initial,
-        max_backoff=initial + draw(st.floats(0.0, 30.0)),
-        jitter=draw(st.floats(0.0, 1.0)),
-        max_retry_after=draw(st.floats(0.0, 120.0)),
-        on_partial=draw(st.sampled_from(["restart", "fail"])),
+        max_backoff=initial * draw(_CAP_FACTOR) + draw(_CAP_EXTRA),
+        jitter=draw(_JITTER),
+        max_retry_after=draw(_MAX_RETRY_AFTER),
+        on_partial=draw(_ON_PARTIAL),
+        stale_before_fallback=draw(_STALE_BEFORE_FALLBACK),
     )
 
 
@@ -97,15 +114,18 @@ def timeouts(draw: st.DrawFn) -> Timeouts:
     )
 
 
-_FAULTS = [
-    Fault(
-        outcome=outcome,
-        retryable=retryable,
-        fallback_eligible=fallback,
-        reason=reason,
-        http_status=status,
-        retry_after=retry_after,
-        api_mode=mode,
+_FLAGGED = [
+    (
+        Fault(
+            outcome=outcome,
+            retryable=retryable,
+            fallback_eligible=fallback,
+            reason=reason,
+            http_status=status,
+            retry_after=retry_after,
+            api_mode=mode,
+        ),
+        Verdict(retry=retryable, other_route=fallback, retry_after=retry_after),
     )
     for outcome, reason, status in (
         ("dropped", "connection lost", None),
@@ -117,7 +137,36 @@ _FAULTS = [
     for fallback in (True, False)
     for retry_after, mode in ((None, None), (0.5, MODES[0]), (90.0, MODES[1]))
 ]
-"""Every combination of the policy's inputs."""
+"""Every combination of the policy's inputs, judged by the Fault's own flags (its
+docstring: retryable, fallback-eligible, or neither: a request error)."""
+
+HEADERS: tuple[tuple[dict[str, str], float | None], ...] = (
+    ({}, None),
+    ({"retry-after": "0.5"}, 0.5),
+    ({"retry-after": "90"}, 90.0),
+    ({"retry-after-ms": "250"}, 0.25),
+    ({"retry-after": "Wed, 21 Oct 2015 07:28:00 GMT"}, 0.0),  # a date past: now
+    # README: "Retry-After that says nothing usable ... is treated as absent".
+    ({"retry-after": "soon"}, None),
+    ({"retry-after": "120s"}, None),
+    ({"retry-after": "Wed, 99 Foo 2015 07:28:00 GMT"}, None),
+    ({"retry-after": "-3"}, None),
+    ({"retry-after": "nan"}, None),
+)
+"""Retry-After headers, with the wait the README says each one asks for."""
+
+_CLASSIFIED = [
+    (
+        status_fault(status, api_mode=mode, message="from the provider", headers=headers),
+        status_verdict(status, wait),
+    )
+    for status in (400, 413, 422, 401, 403, 404, 402, 418, 408, 409, 429, 500, 503, 529)
+    for (headers, wait), mode in zip(HEADERS, itertools.cycle(MODES), strict=False)
+]
+"""Faults as the adapters' classifier makes them from a status and headers, judged by
+the status and the header alone (the README's table), not by the flags it set."""
+
+FAULT_CASES = _FLAGGED + _CLASSIFIED
 
 KINDS = list(TRIGGER_OF)
 EVENT_FIELDS = {"pick": st.integers(0, 7), "dt": seconds, "param": st.integers(0, 2**16)}
@@ -135,6 +184,8 @@ class CoreMachine(RuleBasedStateMachine):
         super().__init__()
         STATS["examples"] += 1
         self.core: RunCore | None = None
+        self.model: PolicyModel | None = None
+        self.verdict: Verdict | None = None
         self.t = T0
         self.final: str | None = None
         self.fed: list[str] = []
@@ -157,6 +208,7 @@ class CoreMachine(RuleBasedStateMachine):
         self.core = RunCore(
             routes=routes, timeouts=clocks, retry=retry, started_at=T0, rng=random.Random(seed)
         )
+        self.model = PolicyModel(routes=len(routes), retry=retry, timeouts=clocks, started_at=T0)
 
     def _check(self, condition: bool, message: str) -> None:
         if not condition:
@@ -169,6 +221,7 @@ class CoreMachine(RuleBasedStateMachine):
             routes = [r.api_mode for r in core.routes] if core is not None else []
             raise CoreViolation(
                 f"{message}\n  routes: {routes}\n  {core.retry if core else ''}\n"
+                f"  {core.timeouts if core else ''}, started at {T0}\n"
                 f"  path: {path}\n  events fed: " + "\n    ".join(["", *self.fed[-15:]])
             )
 
@@ -213,6 +266,10 @@ class CoreMachine(RuleBasedStateMachine):
             return
         core.feed(event)
         STATS["accepted"] += 1
+        assert self.model is not None
+        self.model.taken(event, self.verdict if isinstance(event, AttemptFailed) else None)
+        if isinstance(event, CleanupFinished) and core.decision is not None:
+            STATS[f"decided {core.decision.kind}"] += 1
         new = core.history[before_len:]
         self._check(bool(new), f"{trigger} allowed in {before_state} but took no transition")
         self._check(new[0].trigger == trigger, f"{trigger} took {new[0]}")
@@ -240,7 +297,7 @@ class CoreMachine(RuleBasedStateMachine):
         assert core is not None
         at = self._tick(dt)
         clock = ("first_token", "stale", "total")[param % 3]
-        fault = _FAULTS[param % len(_FAULTS)]
+        fault, self.verdict = FAULT_CASES[param % len(FAULT_CASES)]
         interrupted = bool(param & 1)
         route = param % 4
         if kind is AttemptStarted:
@@ -261,7 +318,7 @@ class CoreMachine(RuleBasedStateMachine):
         if kind is AttemptFailed:
             return AttemptFailed(at=at, fault=fault)
         if kind is CleanupFinished:
-            return CleanupFinished(at=at, interrupted=interrupted)
+            return CleanupFinished(at=at, interrupted=interrupted, continuable=bool(param & 2))
         return kind(at=at)  # type: ignore[no-any-return]
 
     def _allowed(self) -> list[type]:
@@ -289,6 +346,21 @@ class CoreMachine(RuleBasedStateMachine):
         fallbacks over several routes to every final state."""
         kinds = self._allowed()
         self._feed(self._event(kinds[pick % len(kinds)], dt, param))
+
+    @precondition(lambda self: self.core is not None and not self.core.is_final)
+    @rule(**EVENT_FIELDS)
+    def driver_step(self, pick: int, dt: float, param: int) -> None:
+        """What a driver meeting faults reports: an attempt wherever one may start, mostly
+        a fault while one runs, the end of a cleanup the caller did not interrupt. Runs
+        go deep, through the retries and fallbacks where the policy decides."""
+        core = self.core
+        assert core is not None
+        kind: type = {
+            "connecting": (AttemptFailed, StallDetected, FirstEventReceived)[pick % 3],
+            "streaming": (AttemptFailed, StallDetected, AttemptFailed, StreamFinished)[pick % 4],
+            "cleanup": CleanupFinished,
+        }.get(core.state, AttemptStarted)
+        self._feed(self._event(kind, dt, param & ~1 if kind is CleanupFinished else param))
 
     @precondition(lambda self: self.core is not None and self.core.is_final)
     @rule(**EVENT_FIELDS)
@@ -415,6 +487,32 @@ class CoreMachine(RuleBasedStateMachine):
                 self._check(
                     after.dest == "cancelled", f"an interrupted attempt led to {after.dest}"
                 )
+
+    @invariant()
+    def the_policy_decides_as_the_reference_model(self) -> None:
+        """State and decision after every step are what ``policy_model`` says the README
+        asks for, from the config and the events alone; so are the counts per route."""
+        core, model = self.core, self.model
+        if core is None or model is None:
+            return
+        self._check(
+            core.attempts_per_route == model.attempts,
+            f"attempts per route {core.attempts_per_route}, the model counts {model.attempts}",
+        )
+        self._check(
+            core.stale_per_route == model.stale,
+            f"stale attempts per route {core.stale_per_route}, the model counts {model.stale}",
+        )
+        decision = core.decision
+        wrong = model.disagreement(
+            state=core.state,
+            kind=decision.kind if decision else None,
+            route=decision.route_index if decision else None,
+            delay=decision.delay if decision else 0.0,
+            restart_pending=core.restart_pending,
+            continue_pending=core.continue_pending,
+        )
+        self._check(wrong is None, f"policy: {wrong}")
 
 
 def _next_route(core: RunCore) -> int:
