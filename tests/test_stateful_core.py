@@ -8,6 +8,16 @@ An event the table does not allow in the current state must raise
 ``TRANSITIONS``. After every step the invariants below hold. Like a driver, the test
 starts each attempt on the route the last decision named (route 0 at first), so the
 retry budget is the policy's to keep.
+
+The policy's decisions are checked against ``policy_model``, a reference model written
+from the README and the config's docstrings (it imports nothing of ``_policy``): after
+every step the state, and after every finished cleanup the decision (retry on the same
+route with the right wait, fall back at once, fail, cancel), the attempts and stalls
+counted per route, and the restart or continuation a delivered output asks for. Faults
+come two ways: every combination of the ``Fault`` flags, and faults the adapters'
+classifier makes from an HTTP status and a Retry-After header (unparsable ones
+included), judged by the status and the header alone, as the README's "What each
+failure means" table does.
 """
 
 from __future__ import annotations
@@ -60,7 +70,10 @@ from lifecycle._machine import (
 )
 from providers._classify import status_fault
 
-pytestmark = pytest.mark.timeout(120)
+# Green, the test takes about a minute; red, Hypothesis then shrinks for up to 300 s
+# (MAX_SHRINKING_SECONDS), and a timeout in the middle of that loses the counterexample
+# (it surfaces as a FlakyStrategyDefinition instead).
+pytestmark = pytest.mark.timeout(480)
 
 MODES = ("anthropic_messages", "chat_completions")
 ROWS = frozenset((r["trigger"], r["source"], r["dest"]) for r in TRANSITIONS)
