@@ -556,7 +556,11 @@ def counts(request: pytest.FixtureRequest) -> Iterator[None]:
             f"{STATS['examples']} state machines run (Hypothesis' count includes discarded "
             f"and replayed ones), {STATS['runs']} runs, {STATS['steps']} events "
             f"({STATS['accepted']} taken, {STATS['rejected']} rejected with MachineError), "
-            f"{len(ROWS_TAKEN)}/{len(ROWS)} rows of TRANSITIONS taken"
+            f"{len(ROWS_TAKEN)}/{len(ROWS)} rows of TRANSITIONS taken; decisions checked "
+            "against the policy model: "
+            + ", ".join(
+                f"{STATS[f'decided {k}']} {k}" for k in ("retry", "fallback", "fail", "cancel")
+            )
         ],
     )
 
