@@ -8,6 +8,16 @@ An event the table does not allow in the current state must raise
 ``TRANSITIONS``. After every step the invariants below hold. Like a driver, the test
 starts each attempt on the route the last decision named (route 0 at first), so the
 retry budget is the policy's to keep.
+
+The policy's decisions are checked against ``policy_model``, a reference model written
+from the README and the config's docstrings (it imports nothing of ``_policy``): after
+every step the state, and after every finished cleanup the decision (retry on the same
+route with the right wait, fall back at once, fail, cancel), the attempts and stalls
+counted per route, and the restart or continuation a delivered output asks for. Faults
+come two ways: every combination of the ``Fault`` flags, and faults the adapters'
+classifier makes from an HTTP status and a Retry-After header (unparsable ones
+included), judged by the status and the header alone, as the README's "What each
+failure means" table does.
 """
 
 from __future__ import annotations
@@ -31,6 +41,7 @@ from hypothesis.stateful import (
 )
 from hypothesis_profiles import PROFILE, budget
 from invariants import report
+from policy_model import PolicyModel, Verdict, status_verdict
 from transitions import MachineError
 
 from lifecycle._config import RetryPolicy, Timeouts
@@ -39,10 +50,12 @@ from lifecycle._events import (
     AttemptFailed,
     AttemptStarted,
     CleanupFinished,
+    FirstEventReceived,
     LifecycleEvent,
     RoutesExhausted,
     RouteSkipped,
     StallDetected,
+    StreamFinished,
 )
 from lifecycle._machine import (
     CLEANUP_STEPS,
@@ -55,8 +68,12 @@ from lifecycle._machine import (
     RouteInfo,
     RunCore,
 )
+from providers._classify import status_fault
 
-pytestmark = pytest.mark.timeout(120)
+# Green, the test takes about a minute; red, Hypothesis then shrinks for up to 300 s
+# (MAX_SHRINKING_SECONDS), and a timeout in the middle of that loses the counterexample
+# (it surfaces as a FlakyStrategyDefinition instead).
+pytestmark = pytest.mark.timeout(480)
 
 MODES = ("anthropic_messages", "chat_completions")
 ROWS = frozenset((r["trigger"], r["source"], r["dest"]) for r in TRANSITIONS)
@@ -73,16 +90,29 @@ seconds = st.floats(0.0, 0.5) | st.floats(0.0, 120.0)
 """Time between two events: mostly short (retries fit in Timeouts.total), sometimes long."""
 
 
+# Edges drawn on purpose: no jitter (the wait is exact, so the model pins it), a cap the
+# backoff reaches at once, a max_retry_after equal to a Retry-After sent. Built once:
+# building a strategy inside a draw costs more than the core's whole example.
+_INITIAL_BACKOFF = st.floats(0.0, 5.0)
+_CAP_FACTOR = st.sampled_from([1.0, 1.5]) | st.floats(1.0, 8.0)
+_CAP_EXTRA = st.just(0.0) | st.floats(0.0, 30.0)
+_JITTER = st.sampled_from([0.0, 1.0]) | st.floats(0.0, 1.0)
+_MAX_RETRY_AFTER = st.sampled_from((0.25, 0.5, 90.0)) | st.floats(0.0, 120.0)
+_ON_PARTIAL = st.sampled_from(["restart", "fail", "continue"])
+_STALE_BEFORE_FALLBACK = st.none() | st.integers(1, 3)
+
+
 @st.composite
 def retry_policies(draw: st.DrawFn) -> RetryPolicy:
-    initial = draw(st.floats(0.0, 5.0))
+    initial = draw(_INITIAL_BACKOFF)
     return RetryPolicy(
         max_attempts=draw(st.integers(1, 4)),
         initial_backoff=initial,
-        max_backoff=initial + draw(st.floats(0.0, 30.0)),
-        jitter=draw(st.floats(0.0, 1.0)),
-        max_retry_after=draw(st.floats(0.0, 120.0)),
-        on_partial=draw(st.sampled_from(["restart", "fail"])),
+        max_backoff=initial * draw(_CAP_FACTOR) + draw(_CAP_EXTRA),
+        jitter=draw(_JITTER),
+        max_retry_after=draw(_MAX_RETRY_AFTER),
+        on_partial=draw(_ON_PARTIAL),
+        stale_before_fallback=draw(_STALE_BEFORE_FALLBACK),
     )
 
 
@@ -97,15 +127,18 @@ def timeouts(draw: st.DrawFn) -> Timeouts:
     )
 
 
-_FAULTS = [
-    Fault(
-        outcome=outcome,
-        retryable=retryable,
-        fallback_eligible=fallback,
-        reason=reason,
-        http_status=status,
-        retry_after=retry_after,
-        api_mode=mode,
+_FLAGGED = [
+    (
+        Fault(
+            outcome=outcome,
+            retryable=retryable,
+            fallback_eligible=fallback,
+            reason=reason,
+            http_status=status,
+            retry_after=retry_after,
+            api_mode=mode,
+        ),
+        Verdict(retry=retryable, other_route=fallback, retry_after=retry_after),
     )
     for outcome, reason, status in (
         ("dropped", "connection lost", None),
@@ -117,7 +150,36 @@ _FAULTS = [
     for fallback in (True, False)
     for retry_after, mode in ((None, None), (0.5, MODES[0]), (90.0, MODES[1]))
 ]
-"""Every combination of the policy's inputs."""
+"""Every combination of the policy's inputs, judged by the Fault's own flags (its
+docstring: retryable, fallback-eligible, or neither: a request error)."""
+
+HEADERS: tuple[tuple[dict[str, str], float | None], ...] = (
+    ({}, None),
+    ({"retry-after": "0.5"}, 0.5),
+    ({"retry-after": "90"}, 90.0),
+    ({"retry-after-ms": "250"}, 0.25),
+    ({"retry-after": "Wed, 21 Oct 2015 07:28:00 GMT"}, 0.0),  # a date past: now
+    # README: "Retry-After that says nothing usable ... is treated as absent".
+    ({"retry-after": "soon"}, None),
+    ({"retry-after": "120s"}, None),
+    ({"retry-after": "Wed, 99 Foo 2015 07:28:00 GMT"}, None),
+    ({"retry-after": "-3"}, None),
+    ({"retry-after": "nan"}, None),
+)
+"""Retry-After headers, with the wait the README says each one asks for."""
+
+_CLASSIFIED = [
+    (
+        status_fault(status, api_mode=mode, message="from the provider", headers=headers),
+        status_verdict(status, wait),
+    )
+    for status in (400, 413, 422, 401, 403, 404, 402, 418, 408, 409, 429, 500, 503, 529)
+    for (headers, wait), mode in zip(HEADERS, itertools.cycle(MODES), strict=False)
+]
+"""Faults as the adapters' classifier makes them from a status and headers, judged by
+the status and the header alone (the README's table), not by the flags it set."""
+
+FAULT_CASES = _FLAGGED + _CLASSIFIED
 
 KINDS = list(TRIGGER_OF)
 EVENT_FIELDS = {"pick": st.integers(0, 7), "dt": seconds, "param": st.integers(0, 2**16)}
@@ -135,6 +197,8 @@ class CoreMachine(RuleBasedStateMachine):
         super().__init__()
         STATS["examples"] += 1
         self.core: RunCore | None = None
+        self.model: PolicyModel | None = None
+        self.verdict: Verdict | None = None
         self.t = T0
         self.final: str | None = None
         self.fed: list[str] = []
@@ -157,6 +221,7 @@ class CoreMachine(RuleBasedStateMachine):
         self.core = RunCore(
             routes=routes, timeouts=clocks, retry=retry, started_at=T0, rng=random.Random(seed)
         )
+        self.model = PolicyModel(routes=len(routes), retry=retry, timeouts=clocks, started_at=T0)
 
     def _check(self, condition: bool, message: str) -> None:
         if not condition:
@@ -169,6 +234,7 @@ class CoreMachine(RuleBasedStateMachine):
             routes = [r.api_mode for r in core.routes] if core is not None else []
             raise CoreViolation(
                 f"{message}\n  routes: {routes}\n  {core.retry if core else ''}\n"
+                f"  {core.timeouts if core else ''}, started at {T0}\n"
                 f"  path: {path}\n  events fed: " + "\n    ".join(["", *self.fed[-15:]])
             )
 
@@ -213,6 +279,10 @@ class CoreMachine(RuleBasedStateMachine):
             return
         core.feed(event)
         STATS["accepted"] += 1
+        assert self.model is not None
+        self.model.taken(event, self.verdict if isinstance(event, AttemptFailed) else None)
+        if isinstance(event, CleanupFinished) and core.decision is not None:
+            STATS[f"decided {core.decision.kind}"] += 1
         new = core.history[before_len:]
         self._check(bool(new), f"{trigger} allowed in {before_state} but took no transition")
         self._check(new[0].trigger == trigger, f"{trigger} took {new[0]}")
@@ -240,7 +310,7 @@ class CoreMachine(RuleBasedStateMachine):
         assert core is not None
         at = self._tick(dt)
         clock = ("first_token", "stale", "total")[param % 3]
-        fault = _FAULTS[param % len(_FAULTS)]
+        fault, self.verdict = FAULT_CASES[param % len(FAULT_CASES)]
         interrupted = bool(param & 1)
         route = param % 4
         if kind is AttemptStarted:
@@ -261,7 +331,7 @@ class CoreMachine(RuleBasedStateMachine):
         if kind is AttemptFailed:
             return AttemptFailed(at=at, fault=fault)
         if kind is CleanupFinished:
-            return CleanupFinished(at=at, interrupted=interrupted)
+            return CleanupFinished(at=at, interrupted=interrupted, continuable=bool(param & 2))
         return kind(at=at)  # type: ignore[no-any-return]
 
     def _allowed(self) -> list[type]:
@@ -289,6 +359,21 @@ class CoreMachine(RuleBasedStateMachine):
         fallbacks over several routes to every final state."""
         kinds = self._allowed()
         self._feed(self._event(kinds[pick % len(kinds)], dt, param))
+
+    @precondition(lambda self: self.core is not None and not self.core.is_final)
+    @rule(**EVENT_FIELDS)
+    def driver_step(self, pick: int, dt: float, param: int) -> None:
+        """What a driver meeting faults reports: an attempt wherever one may start, mostly
+        a fault while one runs, the end of a cleanup the caller did not interrupt. Runs
+        go deep, through the retries and fallbacks where the policy decides."""
+        core = self.core
+        assert core is not None
+        kind: type = {
+            "connecting": (AttemptFailed, StallDetected, FirstEventReceived)[pick % 3],
+            "streaming": (AttemptFailed, StallDetected, AttemptFailed, StreamFinished)[pick % 4],
+            "cleanup": CleanupFinished,
+        }.get(core.state, AttemptStarted)
+        self._feed(self._event(kind, dt, param & ~1 if kind is CleanupFinished else param))
 
     @precondition(lambda self: self.core is not None and self.core.is_final)
     @rule(**EVENT_FIELDS)
@@ -416,6 +501,32 @@ class CoreMachine(RuleBasedStateMachine):
                     after.dest == "cancelled", f"an interrupted attempt led to {after.dest}"
                 )
 
+    @invariant()
+    def the_policy_decides_as_the_reference_model(self) -> None:
+        """State and decision after every step are what ``policy_model`` says the README
+        asks for, from the config and the events alone; so are the counts per route."""
+        core, model = self.core, self.model
+        if core is None or model is None:
+            return
+        self._check(
+            core.attempts_per_route == model.attempts,
+            f"attempts per route {core.attempts_per_route}, the model counts {model.attempts}",
+        )
+        self._check(
+            core.stale_per_route == model.stale,
+            f"stale attempts per route {core.stale_per_route}, the model counts {model.stale}",
+        )
+        decision = core.decision
+        wrong = model.disagreement(
+            state=core.state,
+            kind=decision.kind if decision else None,
+            route=decision.route_index if decision else None,
+            delay=decision.delay if decision else 0.0,
+            restart_pending=core.restart_pending,
+            continue_pending=core.continue_pending,
+        )
+        self._check(wrong is None, f"policy: {wrong}")
+
 
 def _next_route(core: RunCore) -> int:
     """The route a driver starts next: after a breaker's skip, the one after it; else
@@ -445,7 +556,11 @@ def counts(request: pytest.FixtureRequest) -> Iterator[None]:
             f"{STATS['examples']} state machines run (Hypothesis' count includes discarded "
             f"and replayed ones), {STATS['runs']} runs, {STATS['steps']} events "
             f"({STATS['accepted']} taken, {STATS['rejected']} rejected with MachineError), "
-            f"{len(ROWS_TAKEN)}/{len(ROWS)} rows of TRANSITIONS taken"
+            f"{len(ROWS_TAKEN)}/{len(ROWS)} rows of TRANSITIONS taken; decisions checked "
+            "against the policy model: "
+            + ", ".join(
+                f"{STATS[f'decided {k}']} {k}" for k in ("retry", "fallback", "fail", "cancel")
+            )
         ],
     )
 
