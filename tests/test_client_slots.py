@@ -68,15 +68,18 @@ def test_concurrent_runs_beyond_the_cap_get_their_own_clients(provider: Any) -> 
     route = provider.route(streams_per_client=2)
     engine = provider.make_engine(
         [route],
-        timeouts=Timeouts(connect=5, first_token=1.0, stale=1.0, total=30),
+        timeouts=Timeouts(connect=5, first_token=1.5, stale=1.5, total=30),
         retry=RetryPolicy(max_attempts=2, initial_backoff=0.0, max_backoff=0.0),
     )
-    provider.script([Healthy(drip=0.05)] * 4 + [StallAfterEvents(n=1), Healthy(drip=0.05)])
+    # The healthy streams last long enough (18 blocks of OpenAI's recording, 9 of
+    # Anthropic's, 0.02 s apart) for all five runs to hold a lease at once, and end well
+    # before the stall is found: the retry then finds room on a client already built.
+    provider.script([Healthy(drip=0.02)] * 4 + [StallAfterEvents(n=1), Healthy(drip=0.02)])
     runs = provider.run_at_once(engine, 5)
     assert [run.state for run in runs] == ["completed"] * 5
     assert sum(len(run.attempts) for run in runs) == 6  # one stall, retried
     slot_ = provider.clients(route)
-    assert slot_.built_count >= 3
+    assert slot_.built_count == 3, "five streams at two per client, and no more"
     if provider.is_async:
         provider.run_coroutine(engine.aclose())
     else:

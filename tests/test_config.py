@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
+import random
 from typing import Any
 
 import anthropic
 import openai
 import pytest
 
-from lifecycle import RetryPolicy, StreamEngine, StreamFailed, Timeouts
+from lifecycle import BreakerPolicy, RetryPolicy, StreamEngine, StreamFailed, Timeouts
+from lifecycle._policy import backoff_delay
 from providers import AnthropicMessages, OpenAIChatCompletions
 
 pytestmark = pytest.mark.timeout(30)
@@ -43,18 +46,100 @@ def test_connect_may_not_exceed_total() -> None:
         Timeouts(connect=10, first_token=1, stale=1, total=5)
 
 
-def test_valid_timeouts() -> None:
-    timeouts = Timeouts(connect=0.5, first_token=1, stale=0.25, total=1)
-    assert (timeouts.connect, timeouts.first_token, timeouts.stale, timeouts.total) == (
-        0.5,
-        1,
-        0.25,
-        1,
-    )
-    with pytest.raises(AttributeError):
-        timeouts.stale = 2  # type: ignore[misc]
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"connect": 1, "first_token": 5, "stale": 5, "total": 5},
+        {"connect": 5, "first_token": 5, "stale": 9, "total": 5},
+        {"connect": 1e-9, "first_token": 1e-9, "stale": 1e-9, "total": 1e-9},
+        {"connect": 1, "first_token": 2, "stale": 3, "total": 4},
+    ],
+    ids=["first_token-equals-total", "connect-equals-total", "tiny", "ints"],
+)
+def test_timeouts_boundaries_are_allowed(kwargs: dict[str, float]) -> None:
+    """The limits are inclusive (a clock may equal total) and only non-positive values
+    are refused; stale is not bounded by total (a run's total ends it anyway)."""
+    Timeouts(**kwargs)
+
+
+def test_first_token_over_total_hints_at_the_default_only_when_it_is_the_default() -> None:
+    with pytest.raises(ValueError, match=r"\(60 is the default: set first_token too\)"):
+        Timeouts(total=30)
+    with pytest.raises(ValueError) as caught:
+        Timeouts(first_token=40, total=30)
+    assert str(caught.value) == "Timeouts.first_token (40) must not exceed Timeouts.total (30)"
+
+
+@pytest.mark.parametrize(
+    "config",
+    [Timeouts(), RetryPolicy(), BreakerPolicy()],
+    ids=["timeouts", "retry", "breaker"],
+)
+def test_configuration_is_frozen_keyword_only_and_hashable(config: Any) -> None:
+    first = dataclasses.fields(config)[0].name
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        setattr(config, first, getattr(config, first))
+    with pytest.raises((AttributeError, TypeError)):
+        config.surprise = 1  # slots: no attribute the class does not declare
     with pytest.raises(TypeError):
-        Timeouts(1.0)  # type: ignore[misc]  # keyword-only
+        type(config)(getattr(config, first))  # keyword-only
+    same = dataclasses.replace(config)
+    assert same is not config and same == config and hash(same) == hash(config)
+    changed = dataclasses.replace(config, **{first: getattr(config, first) + 1})
+    assert changed != config
+
+
+def test_the_defaults_are_the_documented_ones() -> None:
+    """README and the docstrings quote these figures: changing one is a release note."""
+    assert dataclasses.astuple(Timeouts()) == (10.0, 60.0, 180.0, 900.0)
+    assert dataclasses.astuple(RetryPolicy()) == (3, 0.5, 30.0, 1.0, 60.0, "restart", None)
+    assert dataclasses.astuple(BreakerPolicy()) == (5, 30.0, 2.0, 600.0, 900.0, False)
+
+
+def test_backoff_doubles_from_initial_up_to_max_backoff() -> None:
+    policy = RetryPolicy(initial_backoff=0.5, max_backoff=3.0, jitter=0.0)
+    rng = random.Random(0)
+    assert [backoff_delay(policy, n, rng) for n in range(1, 7)] == [0.5, 1, 2, 3, 3, 3]
+    zero = RetryPolicy(initial_backoff=0, max_backoff=0, jitter=0)
+    assert [backoff_delay(zero, n, rng) for n in range(1, 4)] == [0, 0, 0]
+
+
+def test_jitter_takes_up_to_its_fraction_off_the_backoff() -> None:
+    rng = random.Random(7)
+    half = RetryPolicy(initial_backoff=2.0, max_backoff=2.0, jitter=0.5)
+    delays = [backoff_delay(half, 1, rng) for _ in range(200)]
+    assert all(1.0 <= d <= 2.0 for d in delays), (min(delays), max(delays))
+    # Spread over the whole range, not stuck at one end.
+    assert min(delays) < 1.1 and max(delays) > 1.9
+    full = RetryPolicy(initial_backoff=2.0, max_backoff=2.0, jitter=1.0)
+    delays = [backoff_delay(full, 1, rng) for _ in range(200)]
+    assert all(0.0 <= d <= 2.0 for d in delays) and min(delays) < 0.2
+
+
+def test_the_sdk_gets_connect_and_total_as_its_timeouts(
+    server: Any, make_engine: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The watchdog enforces first_token and stale; what the SDK request is handed is
+    connect for connect, write and pool, and the run's total as its read backstop (each
+    figure distinct, so a field handed in the wrong place shows)."""
+    seen: list[Any] = []
+    create = anthropic.resources.messages.Messages.create
+
+    def observed_create(self: Any, *args: Any, **kwargs: Any) -> Any:
+        seen.append(kwargs.get("timeout"))
+        return create(self, *args, **kwargs)
+
+    monkeypatch.setattr(anthropic.resources.messages.Messages, "create", observed_create)
+    route = AnthropicMessages(
+        lambda: anthropic.Anthropic(base_url=server.url, api_key="test"), model="claude-timeouts"
+    )
+    engine = make_engine([route], timeouts=Timeouts(connect=1.5, first_token=2, stale=3, total=7))
+    with engine.stream(messages=[{"role": "user", "content": "Hi"}], max_tokens=16) as run:
+        for _ in run:
+            pass
+    assert run.state == "completed"
+    (timeout,) = seen
+    assert (timeout.connect, timeout.read, timeout.write, timeout.pool) == (1.5, 7, 1.5, 1.5)
 
 
 @pytest.mark.parametrize("value", [0, -1])
@@ -100,12 +185,27 @@ def test_max_backoff_below_initial_backoff() -> None:
 def test_on_partial_values() -> None:
     with pytest.raises(ValueError, match=r"RetryPolicy\.on_partial"):
         RetryPolicy(on_partial="ignore")  # type: ignore[arg-type]
-    assert RetryPolicy(on_partial="fail").on_partial == "fail"
+    for value in ("restart", "fail", "continue"):
+        RetryPolicy(on_partial=value)  # type: ignore[arg-type]
 
 
-def test_zero_backoff_is_allowed() -> None:
-    policy = RetryPolicy(max_attempts=1, initial_backoff=0, max_backoff=0, jitter=0)
-    assert policy.max_attempts == 1
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"max_attempts": 1, "initial_backoff": 0, "max_backoff": 0, "jitter": 0},
+        {"initial_backoff": 2.0, "max_backoff": 2.0, "jitter": 1.0, "max_retry_after": 0},
+        {"stale_before_fallback": 1},
+    ],
+    ids=["no-retry-no-backoff", "equal-backoffs-full-jitter", "stale-fallback-at-once"],
+)
+def test_retry_boundaries_are_allowed(kwargs: dict[str, Any]) -> None:
+    RetryPolicy(**kwargs)
+
+
+@pytest.mark.parametrize("value", [0, True, 1.0], ids=["zero", "bool", "float"])
+def test_stale_before_fallback_is_a_positive_int(value: Any) -> None:
+    with pytest.raises((TypeError, ValueError), match=r"RetryPolicy\.stale_before_fallback"):
+        RetryPolicy(stale_before_fallback=value)
 
 
 def _anthropic_route(model: str = "claude-x") -> AnthropicMessages:

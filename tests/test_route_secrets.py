@@ -55,10 +55,17 @@ def fresh_key(kind: str) -> str:
     return secrets.token_hex(24)
 
 
+FOREIGN_KEY = secrets.token_hex(20)
+"""A key no route's client holds (a gateway's upstream key, say), so the engine never
+learns it: only the redaction of header-shaped values (``x-api-key: ...``,
+``Authorization: Bearer ...``) stands between it and the records."""
+
+
 def echo_text(key: str) -> str:
     return (
         f"Incorrect API key provided: {key}. Authorization: Bearer {key}; "
-        f"you sent ...{key[4:-4]}..."
+        f"you sent ...{key[4:-4]}... (upstream x-api-key: {FOREIGN_KEY}; "
+        f"upstream authorization: Bearer {FOREIGN_KEY}; api-key={FOREIGN_KEY})"
     )
 
 
@@ -178,7 +185,9 @@ def pieces(key: str) -> list[str]:
 def assert_no_piece(texts: list[str], key: str) -> None:
     for text in texts:
         for piece in pieces(key):
-            assert piece not in text, f"{piece!r} of the key survives in: {text[:400]}"
+            at = text.find(piece)
+            around = text[max(0, at - 200) : at + 200]
+            assert at < 0, f"{piece!r} of the key survives in: ...{around}..."
 
 
 def run_once(route_list: list[Route], driver: str, **engine_kwargs: Any) -> Outputs:
@@ -251,7 +260,10 @@ def test_an_echoed_opaque_key_appears_nowhere(
     assert "Bearer [redacted]" in (out.run.attempts[-1].reason or "")
     assert any(r.levelno >= logging.WARNING for r in caplog.records)
     assert out.recorder.getvalue() and out.spans.get_finished_spans()
-    assert_no_piece(out.texts(caplog), key)
+    texts = out.texts(caplog)
+    assert_no_piece(texts, key)
+    assert_no_piece(texts, FOREIGN_KEY)
+    assert "upstream x-api-key: [redacted]" in (out.run.attempts[-1].reason or "")
     if where == "401-body":
         assert out.error.fault is not None and out.error.fault.headers is not None
         headers = dict(out.error.fault.headers)
@@ -296,6 +308,27 @@ def test_secrets_filter_leaves_other_loggers_alone() -> None:
     assert lifecycle.SecretsFilter().filter(record) and record.getMessage() == "x-api-key: abc"
     everything = lifecycle.SecretsFilter(loggers=None)
     assert everything.filter(record) and record.getMessage() == "x-api-key: [redacted]"
+
+
+@pytest.mark.parametrize(
+    ("template", "kept"),
+    [
+        ("x-api-key: {}", "x-api-key: "),
+        ("X-Api-Key={}", "X-Api-Key="),
+        ("api-key: {}", "api-key: "),
+        ("authorization: {}", "authorization: "),
+        ("Authorization: Bearer {}", "Authorization: Bearer "),
+        ("Authorization: Basic {}", "Authorization: Basic "),
+        ("sent Bearer {} upstream", "sent Bearer "),
+    ],
+)
+def test_an_unknown_header_value_is_redacted_whole(template: str, kept: str) -> None:
+    """A value the engine never learned, behind an auth header's name or scheme: no
+    piece of it survives, and what says where it was does."""
+    value = secrets.token_hex(20)
+    text = redact(f"error: {template.format(value)}; retry later")
+    assert_no_piece([text], value)
+    assert f"error: {kept}[redacted]" in text, text
 
 
 def test_bearer_keeps_its_scheme() -> None:

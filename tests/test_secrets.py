@@ -55,10 +55,19 @@ def _echo(key: str, status: int) -> HttpError:
         "error": {
             "type": "authentication_error",
             "message": f"Incorrect API key provided: {key}. Authorization: Bearer {key}; "
-            f"x-api-key: {key}",
+            f"x-api-key: {key}; forwarded x-api-key: {OTHER_SECRET}",
         },
     }
     return HttpError(status=status, body=json.dumps(body))
+
+
+PIECE = 8
+"""No substring of a secret this long may survive (``lifecycle._secrets.MIN_PIECE``, pinned
+here so that raising it is a failing test, not a quiet weakening)."""
+
+
+def pieces(secret: str) -> list[str]:
+    return [secret[i : i + PIECE] for i in range(len(secret) - PIECE + 1)]
 
 
 def _texts(run: Any, error: BaseException | None, caplog: pytest.LogCaptureFixture) -> list[str]:
@@ -126,7 +135,13 @@ def test_no_secret_leaks_anywhere(
             error = exc
     assert run.attempts, "the scenario sent no request"
     assert all(a.exception is not None for a in run.attempts if a.outcome != "completed")
-    for text in _texts(run, error, caplog):
+    texts = _texts(run, error, caplog)
+    for text in texts:
         for secret in keys:
             assert secret not in text, f"a secret leaked into: {text[:300]}"
         assert "Bearer sk-" not in text
+        # Nor any piece of one long enough to matter: a redaction that kept all but the
+        # last characters would pass the whole-secret check above.
+        for secret in (ANTHROPIC_KEY, OPENAI_KEY, OTHER_SECRET):
+            for piece in pieces(secret):
+                assert piece not in text, f"{piece!r} of a secret survives in: {text[:300]}"

@@ -1,5 +1,13 @@
 """Many runs with random faults on both providers, then nothing may be left behind:
-no open connection at the server, no unclosed client, no thread but the one watchdog."""
+no open connection at the server, no unclosed client, no thread but the one watchdog.
+
+Every run's scripts decide it completely: which requests it sends, to which route, what
+each attempt ends as, and whether the run completes. The soak demands exactly that, so
+a retry or failure the scripts did not cause (a client closed under another run, a
+leaked stall) fails it rather than passing as "one of the random faults". The breakers
+are kept from opening (their verdicts are still recorded): an open breaker would make a
+run's route depend on the runs before it, and on the clock (tests/test_breaker.py owns
+that)."""
 
 from __future__ import annotations
 
@@ -12,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from lifecycle import RetryPolicy, StreamEngine, StreamFailed, Timeouts
+from lifecycle import BreakerPolicy, RetryPolicy, StreamEngine, StreamFailed, Timeouts
 from providers.loopback import (
     DropAfterEvents,
     Healthy,
@@ -31,7 +39,20 @@ SEED = 20_240_611
 RUNS = 200
 TIMEOUTS = Timeouts(connect=2, first_token=0.2, stale=0.2, total=10)
 RETRY = RetryPolicy(max_attempts=2, initial_backoff=0.005, max_backoff=0.01)
+BREAKER = BreakerPolicy(failures_to_open=1_000_000)
 WATCHDOG = "lifecycle-watchdog"
+KEY_HEADER = "x-loopback-key"
+
+OUTCOME_OF_FAULT: dict[type, str] = {
+    Healthy: "completed",
+    StallAfterEvents: "stale",
+    StallBeforeHeaders: "stale",
+    PingsOnly: "stale",
+    DropAfterEvents: "dropped",
+    MalformedEvent: "dropped",
+    HttpError: "error",
+}
+"""What an attempt served each fault ends as (every one is worth a retry)."""
 
 
 def random_fault(rng: random.Random) -> Any:
@@ -75,6 +96,8 @@ class Side:
         self.provider = provider
         self.model = model
         self.built: list[Any] = []
+        self.faulted = 0
+        """Attempts on this route that ended in a fault."""
         self.text = recordings.load(provider, "text_basic").text()  # type: ignore[arg-type]
         if provider == "anthropic":
 
@@ -94,17 +117,46 @@ class Side:
             self.route = OpenAIChatCompletions(factory, model=model)
 
 
+def expected_attempts(primary: list[Any], fallback: list[Any]) -> list[tuple[int, Any]]:
+    """(route index, fault served) for each attempt a run sends when its primary's
+    requests take faults from ``primary`` and its fallback's from ``fallback`` (one list
+    twice for a script both routes share): ``RETRY.max_attempts`` on the primary, then as
+    many on the fallback, until one is served ``Healthy`` (what an exhausted script
+    serves)."""
+    queues = (list(primary), list(fallback)) if primary is not fallback else (list(primary),) * 2
+    attempts: list[tuple[int, Any]] = []
+    for route_index, queue in enumerate(queues):
+        for _ in range(RETRY.max_attempts):
+            fault = queue.pop(0) if queue else Healthy()
+            attempts.append((route_index, fault))
+            if isinstance(fault, Healthy):
+                return attempts
+    return attempts
+
+
 def check_run(
-    run: Any, events: list[Any], error: BaseException | None, sides: dict[int, Side], me: str
+    run: Any,
+    events: list[Any],
+    error: BaseException | None,
+    sides: dict[int, Side],
+    me: str,
+    expected: list[tuple[int, Any]],
+    served: list[Any],
 ) -> None:
+    """``expected`` is ``expected_attempts`` for the run's scripts; ``served`` the server's
+    records of the run's requests, in order."""
+    want = [(route, OUTCOME_OF_FAULT[type(fault)]) for route, fault in expected]
+    got = [(a.route_index, a.outcome) for a in run.attempts]
+    assert got == want, f"scripted {expected}, ran {[a.as_dict() for a in run.attempts]}"
+    assert [(r.model, r.fault) for r in served] == [
+        (sides[route].model, fault) for route, fault in expected
+    ], "each attempt sent one request, to its route, and was served its scripted fault"
+    assert all(a.panic is False and a.probe is False for a in run.attempts)
     history = run.history
     assert history and history[0].source == "idle"
     for a, b in itertools.pairwise(history):
         assert a.dest == b.source
     attempts = run.attempts
-    assert 1 <= len(attempts) <= 4
-    for index in (0, 1):
-        assert sum(1 for a in attempts if a.route_index == index) <= RETRY.max_attempts
     for attempt in attempts[:-1]:
         steps = attempt.diagnostics.cleanup
         names = [s.step for s in steps]
@@ -115,7 +167,10 @@ def check_run(
     for i, kind in enumerate(types):
         if kind == "restart":
             assert i + 1 < len(types) and types[i + 1] != "restart"
-    if error is None:
+    if len(attempts) == 1:
+        assert "restart" not in types, "one attempt: nothing to restart"
+    if isinstance(expected[-1][1], Healthy):
+        assert error is None, repr(error)
         assert run.state == "completed"
         final = attempts[-1]
         assert final.outcome == "completed"
@@ -128,7 +183,6 @@ def check_run(
     else:
         assert isinstance(error, StreamFailed), repr(error)
         assert run.state == "failed"
-        assert attempts[-1].outcome != "completed"
 
 
 def test_soak_random_faults_leave_nothing_behind(soak_server: LoopbackServer) -> None:
@@ -141,7 +195,10 @@ def test_soak_random_faults_leave_nothing_behind(soak_server: LoopbackServer) ->
             1: Side(secondary, soak_server, f"{secondary}-soak-fallback"),
         }
         engine = StreamEngine(
-            routes=[sides[0].route, sides[1].route], timeouts=TIMEOUTS, retry=RETRY
+            routes=[sides[0].route, sides[1].route],
+            timeouts=TIMEOUTS,
+            retry=RETRY,
+            breaker=BREAKER,
         )
         engines.append((engine, sides))
     outcomes = {"completed": 0, "failed": 0}
@@ -156,6 +213,7 @@ def test_soak_random_faults_leave_nothing_behind(soak_server: LoopbackServer) ->
                 faults_seen[type(fault).__name__] = faults_seen.get(type(fault).__name__, 0) + 1
             soak_server.script(sides[0].model, primary_faults)
             soak_server.script(sides[1].model, fallback_faults)
+            expected = expected_attempts(primary_faults, fallback_faults)
             before = soak_server.requests_received
             events: list[Any] = []
             error: BaseException | None = None
@@ -165,10 +223,14 @@ def test_soak_random_faults_leave_nothing_behind(soak_server: LoopbackServer) ->
                         events.append(event)
                 except StreamFailed as exc:
                     error = exc
-            check_run(run, events, error, sides, me)
             # One request per attempt, none after the run ended.
             assert soak_server.requests_received - before == len(run.attempts)
+            served = list(soak_server.requests[before:])
+            check_run(run, events, error, sides, me, expected, served)
             outcomes[run.state] += 1
+            for attempt in run.attempts:
+                if attempt.outcome != "completed":
+                    sides[attempt.route_index].faulted += 1
     finally:
         for engine, _ in engines:
             engine.close()
@@ -177,7 +239,9 @@ def test_soak_random_faults_leave_nothing_behind(soak_server: LoopbackServer) ->
     assert soak_server.open_connections == 0
     for _, sides in engines:
         for side in sides.values():
-            assert side.built, "every route was used"
+            # The first client, and one successor per attempt that ended in a fault (its
+            # cleanup retires the client and builds the next): no more.
+            assert len(side.built) == 1 + side.faulted, (side.model, side.faulted)
             assert all(client.is_closed() for client in side.built)
     watchdogs = [t for t in threading.enumerate() if t.name == WATCHDOG]
     assert len(watchdogs) == 1
@@ -196,25 +260,28 @@ def test_soak_concurrent_runs_share_clients_safely(soak_server: LoopbackServer) 
         0: Side("anthropic", soak_server, "anthropic-soak-shared"),
         1: Side("openai", soak_server, "openai-soak-shared"),
     }
-    engine = StreamEngine(routes=[sides[0].route, sides[1].route], timeouts=TIMEOUTS, retry=RETRY)
+    engine = StreamEngine(
+        routes=[sides[0].route, sides[1].route], timeouts=TIMEOUTS, retry=RETRY, breaker=BREAKER
+    )
     failures: list[BaseException] = []
-    lock = threading.Lock()
+    runs_checked: list[str] = []
 
     def worker(seed: int) -> None:
         rng = random.Random(seed)
         me = threading.current_thread().name
         try:
             for _ in range(12):
-                with lock:
-                    # The scripts are shared by the workers: each request takes the next
-                    # fault, whichever run sends it.
-                    soak_server.script(
-                        sides[0].model, [random_fault(rng) for _ in range(4)] + [Healthy()] * 4
-                    )
+                # The worker's own script (its requests carry its key, on either route),
+                # so its runs are decided by it alone while they share the clients.
+                faults = [random_fault(rng) for _ in range(4)]
+                soak_server.script(me, faults)
+                expected = expected_attempts(faults, faults)
                 events: list[Any] = []
                 error: BaseException | None = None
                 with engine.stream(
-                    messages=[{"role": "user", "content": "Hi"}], max_tokens=64
+                    messages=[{"role": "user", "content": "Hi"}],
+                    max_tokens=64,
+                    extra_headers={KEY_HEADER: me},
                 ) as run:
                     try:
                         for event in run:
@@ -222,7 +289,9 @@ def test_soak_concurrent_runs_share_clients_safely(soak_server: LoopbackServer) 
                             time.sleep(rng.random() * 0.002)
                     except StreamFailed as exc:
                         error = exc
-                check_run(run, events, error, sides, me)
+                served = [r for r in soak_server.requests if r.key == me][-len(run.attempts) :]
+                check_run(run, events, error, sides, me, expected, served)
+                runs_checked.append(run.state)
         except BaseException as exc:
             failures.append(exc)
 
@@ -237,6 +306,7 @@ def test_soak_concurrent_runs_share_clients_safely(soak_server: LoopbackServer) 
     engine.close()
     if failures:
         raise failures[0]
+    assert len(runs_checked) == 4 * 12
     assert soak_server.wait_idle(5.0), f"{soak_server.open_connections} connections left open"
     for side in sides.values():
         assert all(client.is_closed() for client in side.built)
