@@ -105,20 +105,25 @@ def _path(short: str) -> test_paths.Path:
     return matches[0]
 
 
+@pytest.mark.parametrize("flavor", test_paths.DRIVERS)
 @pytest.mark.parametrize("switch", SWITCHES)
-def test_path_replays_find_the_mutation(server: LoopbackServer, switch: str) -> None:
+def test_path_replays_find_the_mutation(
+    server: LoopbackServer, switch: str, flavor: Flavor
+) -> None:
     shorts, expected = PATHS[switch]
     for i, short in enumerate(shorts):
         path = _path(short)
         scenario = test_paths.SCENARIOS[path]
         assert scenario is not None
-        control = test_paths.replay(server, path, scenario, f"control-{switch}-{i}")
+        key = f"{switch}-{flavor}-{i}"
+        control = test_paths.replay(server, path, scenario, f"control-{key}", 0.0, flavor)
         assert not control.problems, f"{short} fails without the switch: {control.problems}"
         with switched(switch):
-            mutated = test_paths.replay(server, path, scenario, f"mutant-{switch}-{i}")
+            mutated = test_paths.replay(server, path, scenario, f"mutant-{key}", 0.0, flavor)
         names = {p.split("]", 1)[0].strip("[") for p in mutated.problems}
         assert expected in names, (
-            f"{switch} on path {short}: expected {expected} to break, got {mutated.problems}"
+            f"{switch} on path {short} ({flavor}): expected {expected} to break, "
+            f"got {mutated.problems}"
         )
 
 
