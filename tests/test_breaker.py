@@ -10,7 +10,8 @@ The integration tests run real runs (both providers' SDKs, both drivers, the loo
 server): a route that fails repeatedly is skipped while open, probed once per half-open
 period, restored by a successful probe; and every row of the run machine that a breaker
 causes (``skip_route``, ``exhaust_routes`` from each source) is replayed on the real
-drivers with the invariants of ``tests/invariants.py``.
+drivers with the invariants of ``tests/invariants.py``, after a fault on route 0 and,
+for the rows that follow an attempt, after faults on later routes (1 and 2) too.
 """
 
 from __future__ import annotations

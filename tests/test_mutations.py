@@ -8,10 +8,10 @@ every check here must then find it.
 - ``close_on_watchdog``: the clock's thread (or loop timer) closes the client itself.
 
 For each mutation: the path replays of ``test_paths`` (a few paths that pass through the
-switch's code) must break an invariant, with the expected name, and pass without the
-switch (the control); the Hypothesis state machines of ``test_stateful_engine`` (both
-drivers) and, for the machine-level mutation, ``test_stateful_core`` must find a
-counterexample.
+switch's code, some faulting a later route), on each driver, must break an invariant,
+with the expected name, and pass without the switch (the control); the Hypothesis
+state machines of ``test_stateful_engine`` (both drivers) and, for the machine-level
+mutation, ``test_stateful_core`` must find a counterexample.
 """
 
 from __future__ import annotations
@@ -47,10 +47,17 @@ pytestmark = pytest.mark.timeout(180)
 SWITCHES = tuple(MUTATIONS)
 
 # Paths (in test_paths' short notation) that take each switch's code, and the invariant
-# that must break. A stall is needed for the clock to fire; any cleanup for the others.
+# that must break, on each driver. A stall is needed for the clock to fire; any cleanup for
+# the others. Some fault a later route: route 1 (its only stall, for the clock), route 2.
 PATHS = {
     "misdirect_cleanup": (
-        ["C-S-stale-cl-retry-C-S-OK", "C-drop-cl-fallback-C-S-OK", "C-S-drop-cl-retry-C-S-OK"],
+        [
+            "C-S-stale-cl-retry-C-S-OK",
+            "C-drop-cl-fallback-C-S-OK",
+            "C-S-drop-cl-retry-C-S-OK",
+            "C-drop-cl-fallback-C-S-drop-cl-retry-C-S-OK",
+            "C-drop-cl-fallback-C-drop-cl-fallback-C-S-drop-cl-FAILED",
+        ],
         "no_foreign_adapter",
     ),
     "leak_connection": (
@@ -58,7 +65,11 @@ PATHS = {
         "own_cleanup",
     ),
     "close_on_watchdog": (
-        ["C-S-stale-cl-retry-C-S-OK", "C-stale-cl-fallback-C-S-OK"],
+        [
+            "C-S-stale-cl-retry-C-S-OK",
+            "C-stale-cl-fallback-C-S-OK",
+            "C-drop-cl-fallback-C-S-stale-cl-retry-C-S-OK",
+        ],
         "cleanup_on_owner",
     ),
 }

@@ -5,7 +5,10 @@ the rows of a breaker's refusal are replayed by ``test_breaker``):
 
 - every *simple* path (no state twice) from ``idle`` to each final state;
 - every path with up to ``ATTEMPT_BOUND`` attempts over two routes with different
-  api_modes (``anthropic_messages``, then ``chat_completions``), falling back at most once.
+  api_modes (``anthropic_messages``, then ``chat_completions``), falling back at most once;
+- every such path that falls back twice, over three routes (the third is
+  ``anthropic_messages`` again): so that each route of a chain, not only route 0, is one
+  whose attempt stalls, drops or is interrupted and cleaned up after attempts on others.
 
 Each path is mapped to a concrete scenario: a loopback fault script (one fault per
 request), a ``RetryPolicy`` and ``Timeouts``, and what the caller does and when:
@@ -19,15 +22,21 @@ the engine's policy is *infeasible* and only counted: an interrupted attempt alw
 the run cancelled, and a retryable fault never falls back before ``max_attempts`` (one
 policy for both routes).
 
-Scenarios are deduplicated and replayed on the real sync driver, the real SDKs and the
-loopback server, ``WORKERS`` at a time (each run owns its worker thread, which is what
-"on the owner" is checked against). Each must take exactly its path and keep every
+Scenarios are deduplicated and replayed on both real drivers, the real SDKs and the
+loopback server: the sync driver ``WORKERS`` at a time (each run owns its worker thread,
+which is what "on the owner" is checked against), the async driver (``engine.astream``)
+on ``ASYNC_LOOPS`` event loops of ``RUNS_PER_LOOP`` runs (each run owns its task). The
+caller's acts mean the same on both: a stuck async attempt is interrupted from outside
+its task (a loop callback or a timer thread, half the paths each), an on_transition
+interrupt runs in the run's task, and a hold blocks the run's loop (so a holding async
+run has its loop to itself). Each must take exactly its path and keep every
 invariant of ``tests/invariants.py``. A replay that took another path while keeping every
 invariant (a stall clock beat a slow answer on a loaded host), or whose only fault is a
 connection the server saw open after the final state (``KNOWN_OPEN``: an open issue, not
 yet explained), is run once more alone and its first try reported; every other invariant
 violation fails at once. The replays run in shards of
-at most ``SHARD_SIZE`` scenarios, each its own test with its own timeout.
+at most ``SHARD_SIZE`` scenarios per driver, each its own test with its own timeout and
+its own loopback server.
 """
 
 from __future__ import annotations
@@ -1031,7 +1040,10 @@ def test_paths_replay_on_the_real_engine(
     if broken:
         details = []
         for r in broken:
-            description = r.record.describe() if r.record is not None else ""
+            description = ""
+            if r.record is not None:
+                times = [(t.dest, round(t.at, 3)) for t in r.record.run.history]
+                description = f"{r.record.describe()}\n  transitions at: {times}"
             details.append(
                 f"{flavor} {path_id(r.path)} ({path_text(r.path)}):\n  "
                 + "\n  ".join(r.problems)
