@@ -1047,10 +1047,10 @@ def test_paths_replay_on_the_real_engine(
             + "\n  ".join(r.problems)
             + (f"\n{description}" if description else "")
         )
-    # The report needs no run: kept, 2,000 records would keep their engines, clients and
-    # SDK objects alive, and the collector's full passes over them grew to pauses of more
-    # than a second late in the module (async holding replays overran Timeouts.total by
-    # 1.2-1.5 s, all threads stopped).
+    # The report needs no run: kept, 2,000 records keep their engines, clients and SDK
+    # objects alive, and the collector's full passes over them stop every thread (seen:
+    # 0.73 s with the async half alone; async holding replays late in the module overran
+    # Timeouts.total by 1.2-1.5 s).
     for r in results.values():
         r.record = None
     REPLAYED[flavor].update(results)
