@@ -10,7 +10,8 @@ The integration tests run real runs (both providers' SDKs, both drivers, the loo
 server): a route that fails repeatedly is skipped while open, probed once per half-open
 period, restored by a successful probe; and every row of the run machine that a breaker
 causes (``skip_route``, ``exhaust_routes`` from each source) is replayed on the real
-drivers with the invariants of ``tests/invariants.py``.
+drivers with the invariants of ``tests/invariants.py``, after a fault on route 0 and,
+for the rows that follow an attempt, after faults on later routes (1 and 2) too.
 """
 
 from __future__ import annotations
@@ -416,14 +417,26 @@ def test_an_engine_without_breakers_never_skips(provider: Any) -> None:
 
 # -- every breaker row of the run machine, on the real drivers, with the invariants -----------
 
-# row -> (routes, routes whose breaker is open before the run, failures_to_open, script)
-ROW_CASES: dict[str, tuple[int, set[int], int, list[Any]]] = {
-    "idle->falling_back": (2, {0}, 5, [Healthy()]),
-    "retrying->falling_back": (2, set(), 1, [HttpError(status=529), Healthy()]),
-    "falling_back->falling_back": (3, {1}, 5, [HttpError(status=403), Healthy()]),
-    "idle->failed": (1, {0}, 5, []),
-    "retrying->failed": (1, set(), 1, [HttpError(status=529)]),
-    "falling_back->failed": (3, {1, 2}, 5, [HttpError(status=403)]),
+# row[@the route whose attempt faults before the breaker acts, if not route 0] ->
+# (routes, routes whose breaker is open before the run, failures_to_open, script,
+#  the route of each attempt). A 403 falls back at once; a 529 is retried, and with
+# failures_to_open=1 it opens its route's breaker, which then refuses the retry. The
+# later-route cases put the fault (and its cleanup) on route 1 or 2, after attempts on
+# the routes before it: a cleanup or breaker report aimed at another route shows there.
+E403, E529 = HttpError(status=403), HttpError(status=529)
+ROW_CASES: dict[str, tuple[int, set[int], int, list[Any], list[int]]] = {
+    "idle->falling_back": (2, {0}, 5, [Healthy()], [1]),
+    "retrying->falling_back": (2, set(), 1, [E529, Healthy()], [0, 1]),
+    "retrying->falling_back@route1": (3, set(), 1, [E403, E529, Healthy()], [0, 1, 2]),
+    "retrying->falling_back@route2": (4, set(), 1, [E403, E403, E529, Healthy()], [0, 1, 2, 3]),
+    "falling_back->falling_back": (3, {1}, 5, [E403, Healthy()], [0, 2]),
+    "falling_back->falling_back@route1": (4, {2}, 5, [E403, E403, Healthy()], [0, 1, 3]),
+    "idle->failed": (1, {0}, 5, [], []),
+    "retrying->failed": (1, set(), 1, [E529], [0]),
+    "retrying->failed@route1": (2, set(), 1, [E403, E529], [0, 1]),
+    "falling_back->failed": (3, {1, 2}, 5, [E403], [0]),
+    "falling_back->failed@route1": (3, {2}, 5, [E403, E403], [0, 1]),
+    "falling_back->failed@route2": (4, {3}, 5, [E403, E403, E403], [0, 1, 2]),
 }
 
 
@@ -432,13 +445,14 @@ ROW_CASES: dict[str, tuple[int, set[int], int, list[Any]]] = {
 def test_every_breaker_row_keeps_the_invariants(
     server: LoopbackServer, flavor: str, case: str
 ) -> None:
-    count, open_before, failures_to_open, script = ROW_CASES[case]
-    key = f"breaker-{case.replace('->', '-')}-{flavor}-{time.monotonic_ns()}"
-    providers = ("anthropic", "openai", "anthropic")[:count]
+    count, open_before, failures_to_open, script, attempt_routes = ROW_CASES[case]
+    row = case.split("@")[0]
+    key = f"breaker-{case.replace('->', '-').replace('@', '-')}-{flavor}-{time.monotonic_ns()}"
+    providers = ("anthropic", "openai", "anthropic", "openai")[:count]
     routes = make_routes(server, flavor, providers, tag=f"-{key}")  # type: ignore[arg-type]
     for index, route in enumerate(routes):
         route.name = f"{route.name}#{index}"
-    source, dest = case.split("->")
+    source, dest = row.split("->")
     engine = StreamEngine(
         routes=routes,
         timeouts=TIMEOUTS,
@@ -462,7 +476,8 @@ def test_every_breaker_row_keeps_the_invariants(
         else:
             asyncio.run(drive_async(record))
         path = record.path()
-        assert (source, dest) in [(row[1], row[2]) for row in path], record.path_text()
+        assert (source, dest) in [(r[1], r[2]) for r in path], record.path_text()
+        assert [a.route_index for a in record.run.attempts] == attempt_routes, record.describe()
         if dest == "failed":
             assert record.run.state == "failed"
             assert isinstance(record.error, StreamFailed)

@@ -8,10 +8,10 @@ every check here must then find it.
 - ``close_on_watchdog``: the clock's thread (or loop timer) closes the client itself.
 
 For each mutation: the path replays of ``test_paths`` (a few paths that pass through the
-switch's code) must break an invariant, with the expected name, and pass without the
-switch (the control); the Hypothesis state machines of ``test_stateful_engine`` (both
-drivers) and, for the machine-level mutation, ``test_stateful_core`` must find a
-counterexample.
+switch's code, some faulting a later route), on each driver, must break an invariant,
+with the expected name, and pass without the switch (the control); the Hypothesis
+state machines of ``test_stateful_engine`` (both drivers) and, for the machine-level
+mutation, ``test_stateful_core`` must find a counterexample.
 """
 
 from __future__ import annotations
@@ -48,10 +48,17 @@ pytestmark = pytest.mark.timeout(180)
 SWITCHES = tuple(MUTATIONS)
 
 # Paths (in test_paths' short notation) that take each switch's code, and the invariant
-# that must break. A stall is needed for the clock to fire; any cleanup for the others.
+# that must break, on each driver. A stall is needed for the clock to fire; any cleanup for
+# the others. Some fault a later route: route 1 (its only stall, for the clock), route 2.
 PATHS = {
     "misdirect_cleanup": (
-        ["C-S-stale-cl-retry-C-S-OK", "C-drop-cl-fallback-C-S-OK", "C-S-drop-cl-retry-C-S-OK"],
+        [
+            "C-S-stale-cl-retry-C-S-OK",
+            "C-drop-cl-fallback-C-S-OK",
+            "C-S-drop-cl-retry-C-S-OK",
+            "C-drop-cl-fallback-C-S-drop-cl-retry-C-S-OK",
+            "C-drop-cl-fallback-C-drop-cl-fallback-C-S-drop-cl-FAILED",
+        ],
         "no_foreign_adapter",
     ),
     "leak_connection": (
@@ -59,7 +66,11 @@ PATHS = {
         "own_cleanup",
     ),
     "close_on_watchdog": (
-        ["C-S-stale-cl-retry-C-S-OK", "C-stale-cl-fallback-C-S-OK"],
+        [
+            "C-S-stale-cl-retry-C-S-OK",
+            "C-stale-cl-fallback-C-S-OK",
+            "C-drop-cl-fallback-C-S-stale-cl-retry-C-S-OK",
+        ],
         "cleanup_on_owner",
     ),
 }
@@ -106,20 +117,25 @@ def _path(short: str) -> test_paths.Path:
     return matches[0]
 
 
+@pytest.mark.parametrize("flavor", test_paths.DRIVERS)
 @pytest.mark.parametrize("switch", SWITCHES)
-def test_path_replays_find_the_mutation(server: LoopbackServer, switch: str) -> None:
+def test_path_replays_find_the_mutation(
+    server: LoopbackServer, switch: str, flavor: Flavor
+) -> None:
     shorts, expected = PATHS[switch]
     for i, short in enumerate(shorts):
         path = _path(short)
         scenario = test_paths.SCENARIOS[path]
         assert scenario is not None
-        control = test_paths.replay(server, path, scenario, f"control-{switch}-{i}")
+        key = f"{switch}-{flavor}-{i}"
+        control = test_paths.replay(server, path, scenario, f"control-{key}", 0.0, flavor)
         assert not control.problems, f"{short} fails without the switch: {control.problems}"
         with switched(switch):
-            mutated = test_paths.replay(server, path, scenario, f"mutant-{switch}-{i}")
+            mutated = test_paths.replay(server, path, scenario, f"mutant-{key}", 0.0, flavor)
         names = {p.split("]", 1)[0].strip("[") for p in mutated.problems}
         assert expected in names, (
-            f"{switch} on path {short}: expected {expected} to break, got {mutated.problems}"
+            f"{switch} on path {short} ({flavor}): expected {expected} to break, "
+            f"got {mutated.problems}"
         )
 
 

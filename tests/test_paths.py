@@ -5,7 +5,10 @@ the rows of a breaker's refusal are replayed by ``test_breaker``):
 
 - every *simple* path (no state twice) from ``idle`` to each final state;
 - every path with up to ``ATTEMPT_BOUND`` attempts over two routes with different
-  api_modes (``anthropic_messages``, then ``chat_completions``), falling back at most once.
+  api_modes (``anthropic_messages``, then ``chat_completions``), falling back at most once;
+- every such path that falls back twice, over three routes (the third is
+  ``anthropic_messages`` again): so that each route of a chain, not only route 0, is one
+  whose attempt stalls, drops or is interrupted and cleaned up after attempts on others.
 
 Each path is mapped to a concrete scenario: a loopback fault script (one fault per
 request), a ``RetryPolicy`` and ``Timeouts``, and what the caller does and when:
@@ -19,26 +22,34 @@ the engine's policy is *infeasible* and only counted: an interrupted attempt alw
 the run cancelled, and a retryable fault never falls back before ``max_attempts`` (one
 policy for both routes).
 
-Scenarios are deduplicated and replayed on the real sync driver, the real SDKs and the
-loopback server, ``WORKERS`` at a time (each run owns its worker thread, which is what
-"on the owner" is checked against). Each must take exactly its path and keep every
+Scenarios are deduplicated and replayed on both real drivers, the real SDKs and the
+loopback server: the sync driver ``WORKERS`` at a time (each run owns its worker thread,
+which is what "on the owner" is checked against), the async driver (``engine.astream``)
+on ``ASYNC_LOOPS`` event loops of ``RUNS_PER_LOOP`` runs (each run owns its task). The
+caller's acts mean the same on both: a stuck async attempt is interrupted from outside
+its task (a loop callback or a timer thread, half the paths each), an on_transition
+interrupt runs in the run's task, and a hold blocks the run's loop (so a holding async
+run has its loop to itself). Each must take exactly its path and keep every
 invariant of ``tests/invariants.py``. A replay that took another path while keeping every
 invariant (a stall clock beat a slow answer on a loaded host), or whose only fault is a
 connection the server saw open after the final state (``KNOWN_OPEN``: an open issue, not
 yet explained), is run once more alone and its first try reported; every other invariant
 violation fails at once. The replays run in shards of
-at most ``SHARD_SIZE`` scenarios, each its own test with its own timeout.
+at most ``SHARD_SIZE`` scenarios per driver, each its own test with its own timeout and
+its own loopback server.
 """
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import itertools
 import random
 import sys
 import time
+import zlib
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from typing import Any, Final
@@ -46,9 +57,12 @@ from typing import Any, Final
 import pytest
 from invariants import (
     API_MODE,
+    Flavor,
     InvariantViolation,
     RunRecord,
+    drive_async,
     drive_sync,
+    interrupt_on_loop,
     make_routes,
     report,
     start_run,
@@ -86,7 +100,12 @@ from providers.loopback import (
 pytestmark = pytest.mark.timeout(120)
 
 PROVIDERS: Final = ("anthropic", "openai")
-MODES: Final = tuple(API_MODE[p] for p in PROVIDERS)
+CHAIN: Final = ("anthropic", "openai", "anthropic")
+"""The routes of a replay, in order: the first two for every enumerated path; the third
+(the first's provider again, so that a cleanup aimed at route 0 instead names the right
+api_mode and only the routes' client counts give it away) for the paths that fall back
+twice, so that every route of the chain is one whose attempt stalls, drops or is cut."""
+MODES: Final = tuple(API_MODE[p] for p in CHAIN)
 ATTEMPT_BOUND: Final = 3
 FIRST_TOKEN: Final = 0.6
 STALE: Final = 0.4
@@ -97,7 +116,12 @@ INTERRUPT_AFTER: Final = 0.06
 RETRY_AFTER: Final = "0.2"
 GENEROUS_TOTAL: Final = 5.0
 WORKERS: Final = 12
-"""Scenarios replayed at once, each run on its own worker thread (the owner)."""
+"""Sync scenarios replayed at once, each run on its own worker thread (the owner)."""
+ASYNC_LOOPS: Final = 6
+RUNS_PER_LOOP: Final = 2
+"""Async scenarios replayed at once: ASYNC_LOOPS event loops, each on a worker thread of
+its own, each running up to RUNS_PER_LOOP runs, each run in its own task (the owner)."""
+DRIVERS: Final[tuple[Flavor, ...]] = ("sync", "async")
 
 Row = tuple[str, str, str]
 Path = tuple[Row, ...]
@@ -233,6 +257,8 @@ class Scenario:
 
     script: tuple[Any, ...]
     retry: RetryPolicy
+    routes: int = len(PROVIDERS)
+    """How many routes of ``CHAIN`` the engine has."""
     total: float = GENEROUS_TOTAL
     interrupt_first: bool = False
     """interrupt() before iterating: idle -> cancelled."""
@@ -339,11 +365,11 @@ POLICIES: Final = tuple(
 class _Oracle:
     """The pure core, fed what a driver reports, on a fake clock."""
 
-    def __init__(self, retry: RetryPolicy) -> None:
-        routes = [RouteInfo(api_mode=m, model=f"m{i}", target=m) for i, m in enumerate(MODES)]
+    def __init__(self, retry: RetryPolicy, routes: int = len(PROVIDERS)) -> None:
+        infos = [RouteInfo(api_mode=m, model=f"m{i}", target=i) for i, m in enumerate(MODES)]
         self.t = 1000.0
         self.core = RunCore(
-            routes=routes,
+            routes=infos[:routes],
             timeouts=Timeouts(
                 connect=1, first_token=FIRST_TOKEN, stale=STALE, total=GENEROUS_TOTAL
             ),
@@ -357,7 +383,7 @@ class _Oracle:
         self.core.feed(event_type(at=self.t, **kwargs))
 
     def copy(self) -> _Oracle:
-        clone = _Oracle(self.core.retry)
+        clone = _Oracle(self.core.retry, len(self.core.routes))
         clone.t = self.t
         for name, value in vars(self.core).items():
             setattr(clone.core, name, list(value) if isinstance(value, list) else value)
@@ -391,6 +417,7 @@ def _attempt_plan(oracle: _Oracle, seg: Segment, plan: _Plan) -> tuple[_Oracle, 
     decision0 = core0.decision
     key = (
         core0.retry,
+        len(core0.routes),
         core0.state,
         None if decision0 is None else (decision0.kind, decision0.route_index, decision0.delay),
         tuple(core0.attempts_per_route),
@@ -456,22 +483,25 @@ def _attempt_plan(oracle: _Oracle, seg: Segment, plan: _Plan) -> tuple[_Oracle, 
 
 
 @functools.cache
-def _prefix_plan(policy: int, segments: tuple[Segment, ...]) -> tuple[_Oracle, _Plan] | None:
+def _prefix_plan(
+    policy: int, segments: tuple[Segment, ...], routes: int
+) -> tuple[_Oracle, _Plan] | None:
     if not segments:
-        return _Oracle(POLICIES[policy]), _Plan()
-    before = _prefix_plan(policy, segments[:-1])
+        return _Oracle(POLICIES[policy], routes), _Plan()
+    before = _prefix_plan(policy, segments[:-1], routes)
     if before is None:
         return None
     return _attempt_plan(before[0], segments[-1], before[1])
 
 
-def scenario_for(path: Path) -> Scenario | None:
-    """A scenario that makes the engine take ``path``, or None if its policy allows none."""
+def scenario_for(path: Path, routes: int = len(PROVIDERS)) -> Scenario | None:
+    """A scenario that makes the engine take ``path`` over the first ``routes`` routes of
+    ``CHAIN``, or None if its policy allows none."""
     before_any, segments = segments_of(path)
     if before_any:
         return Scenario(script=(), retry=POLICIES[0], interrupt_first=True)
     for policy in range(len(POLICIES)):
-        found = _prefix_plan(policy, tuple(segments))
+        found = _prefix_plan(policy, tuple(segments), routes)
         if found is None:
             continue
         oracle, plan = found
@@ -480,6 +510,7 @@ def scenario_for(path: Path) -> Scenario | None:
         scenario = Scenario(
             script=plan.script,
             retry=POLICIES[policy],
+            routes=routes,
             timers=plan.timers,
             interrupts=plan.interrupts,
             hold=plan.hold,
@@ -491,9 +522,19 @@ def scenario_for(path: Path) -> Scenario | None:
     return None
 
 
+def falls_back_twice(path: Path) -> bool:
+    return sum(1 for row in path if row == ("start_attempt", "falling_back", "connecting")) == 2
+
+
 SIMPLE: Final = simple_paths()
 BOUNDED: Final = bounded_paths()
-SCENARIOS: Final = {path: scenario_for(path) for path in BOUNDED}
+THIRD_ROUTE: Final = [p for p in bounded_paths(routes=len(CHAIN)) if falls_back_twice(p)]
+"""The paths that reach the third route (over all three): only these need it; every other
+path over three routes is one of ``BOUNDED`` with a route the run never reaches."""
+SCENARIOS: Final = {
+    **{path: scenario_for(path) for path in BOUNDED},
+    **{path: scenario_for(path, routes=len(CHAIN)) for path in THIRD_ROUTE},
+}
 FEASIBLE: Final = [path for path, scenario in SCENARIOS.items() if scenario is not None]
 INFEASIBLE: Final = [path for path, scenario in SCENARIOS.items() if scenario is None]
 DISTINCT: Final = {SCENARIOS[path]: path for path in FEASIBLE}
@@ -525,6 +566,7 @@ def path_id(path: Path) -> str:
 class Replay:
     path: Path
     scenario: Scenario
+    flavor: Flavor = "sync"
     record: RunRecord | None = None
     problems: list[str] = field(default_factory=list)
     seconds: float = 0.0
@@ -532,6 +574,8 @@ class Replay:
     """The path a first try took instead (short notation), when it was run again alone."""
     first_problems: list[str] = field(default_factory=list)
     """What the first try broke, when it was run again alone."""
+    interrupters: list[str] = field(default_factory=list)
+    """Async: who called interrupt() on a stuck attempt ("loop" or "thread"), per timer."""
 
     @property
     def only_timing(self) -> bool:
@@ -556,31 +600,42 @@ KNOWN_OPEN: Final = (
 TIMING_PROBLEMS: Final = ("[path]", "[connections]")
 
 
-def replay(
-    server: LoopbackServer, path: Path, scenario: Scenario, key: str, delay: float = 0.0
-) -> Replay:
-    """Run ``scenario`` on the real sync driver on this thread; check the path it took and
-    every invariant before the engine is closed, and that closing it leaves nothing open."""
-    time.sleep(delay)  # stagger the first runs of a pool: a burst of cold starts
-    result = Replay(path, scenario)
-    began = time.monotonic()
+def _listener(
+    scenario: Scenario, holder: list[RunRecord], arm_timer: Callable[[RunRecord], None]
+) -> Callable[[Any], None]:
+    """The caller's acts at the scenario's transitions, on the run's own thread (sync) or
+    in its own task (async). A hold sleeps there: on the async driver that holds the loop,
+    and with it the run's task, as a slow listener would (so a holding replay runs alone
+    on its loop)."""
     count = [0]
-    holder: list[RunRecord] = []
 
     def on_transition(_: Any) -> None:
         index = count[0]
         count[0] += 1
         record = holder[0]
         if index in scenario.timers:
-            record.interrupt_later(INTERRUPT_AFTER)
+            arm_timer(record)
         if index in scenario.interrupts:
             record.interrupt()
         if scenario.hold is not None and index == scenario.hold[0]:
             until = record.t_start + scenario.total - scenario.hold[1]
             time.sleep(max(0.0, until - time.monotonic()))
 
-    engine = StreamEngine(
-        routes=make_routes(server, "sync", PROVIDERS, tag=f"-{key}", shared_tls=True),
+    return on_transition
+
+
+def _engine(
+    server: LoopbackServer,
+    scenario: Scenario,
+    key: str,
+    flavor: Flavor,
+    on_transition: Callable[[Any], None],
+) -> StreamEngine:
+    routes = make_routes(server, flavor, CHAIN[: scenario.routes], tag=f"-{key}", shared_tls=True)
+    for index, route in enumerate(routes):
+        route.name = f"{route.name}#{index}"  # routes 0 and 2 share a model: one breaker each
+    return StreamEngine(
+        routes=routes,
         timeouts=Timeouts(
             connect=min(1.0, scenario.total),
             first_token=FIRST_TOKEN,
@@ -589,6 +644,36 @@ def replay(
         ),
         retry=scenario.retry,
         on_transition=on_transition,
+    )
+
+
+def _left_open(server: LoopbackServer, key: str) -> Callable[[], bool]:
+    return lambda: not [c for c in server.connection_log if key in c.keys and c.closed_at is None]
+
+
+def replay(
+    server: LoopbackServer,
+    path: Path,
+    scenario: Scenario,
+    key: str,
+    delay: float = 0.0,
+    flavor: Flavor = "sync",
+) -> Replay:
+    """Run ``scenario`` on the real ``flavor`` driver on this thread (async: in a task of
+    an event loop of its own); check the path it took and every invariant before the
+    engine is closed, and that closing it leaves nothing open."""
+    if flavor == "async":
+        return asyncio.run(areplay(server, path, scenario, key, delay))
+    time.sleep(delay)  # stagger the first runs of a pool: a burst of cold starts
+    result = Replay(path, scenario, flavor)
+    began = time.monotonic()
+    holder: list[RunRecord] = []
+    engine = _engine(
+        server,
+        scenario,
+        key,
+        "sync",
+        _listener(scenario, holder, lambda record: record.interrupt_later(INTERRUPT_AFTER)),
     )
     record: RunRecord | None = None
     try:
@@ -606,50 +691,181 @@ def replay(
         if record is not None:
             record.stop_timers()
         engine.close()
-    gone = server.wait_until(
-        lambda: not [c for c in server.connection_log if key in c.keys and c.closed_at is None],
-        timeout=2.0,
-    )
-    if not gone:
+    if not server.wait_until(_left_open(server, key), timeout=2.0):
         result.problems.append("[connections] engine.close() left a connection of the run open")
     result.seconds = time.monotonic() - began
     return result
 
 
-def replay_all(server: LoopbackServer, work: list[tuple[Scenario, Path]]) -> dict[Path, Replay]:
-    """Replay scenarios WORKERS at a time, longest first; each run owns its worker thread."""
-    ordered = sorted(work, key=lambda item: -item[0].estimate())
+def interrupter(path: Path) -> str:
+    """Who interrupts a stuck async attempt: a callback of the run's loop (the asyncio
+    caller's ``loop.call_later``: on the owner's thread, not in its task) or, as for the
+    sync driver, a timer thread. Fixed by the path, half of the paths each."""
+    return "thread" if zlib.crc32(path_id(path).encode()) % 2 else "loop"
+
+
+async def areplay(
+    server: LoopbackServer, path: Path, scenario: Scenario, key: str, delay: float = 0.0
+) -> Replay:
+    """``replay`` on the async driver (``engine.astream``), iterated in the current task:
+    the run's owner. Blocking checks run in a worker thread, so that other replays on the
+    same loop keep their clocks."""
+    await asyncio.sleep(delay)
+    result = Replay(path, scenario, "async")
+    began = time.monotonic()
+    holder: list[RunRecord] = []
+    handles: list[asyncio.TimerHandle] = []
+    via = interrupter(path)
+
+    def arm_timer(record: RunRecord) -> None:
+        result.interrupters.append(via)
+        if via == "thread":
+            record.interrupt_later(INTERRUPT_AFTER)
+        else:
+            handles.append(interrupt_on_loop(record, INTERRUPT_AFTER))
+
+    engine = _engine(server, scenario, key, "async", _listener(scenario, holder, arm_timer))
+    record: RunRecord | None = None
+    try:
+        record = start_run(engine, server, key, "async", scenario.script)
+        record.notes.append(f"expected path: {path_text(path)}")
+        holder.append(record)
+        if scenario.interrupt_first:
+            record.interrupt()
+        await drive_async(record)
+        for handle in handles:
+            handle.cancel()
+        result.record = record
+        if tuple(record.path()) != path:
+            result.problems.append(f"[path] took {record.path_text()}")
+        found = await asyncio.to_thread(violations, record)
+        result.problems += [f"[{name}] {message}" for name, message in found]
+    finally:
+        for handle in handles:
+            handle.cancel()
+        if record is not None:
+            record.stop_timers()
+        await engine.aclose()
+    if not await asyncio.to_thread(server.wait_until, _left_open(server, key), 2.0):
+        result.problems.append("[connections] engine.close() left a connection of the run open")
+    result.seconds = time.monotonic() - began
+    return result
+
+
+def _broken_replay(path: Path, scenario: Scenario, flavor: Flavor, exc: BaseException) -> Replay:
+    """The replay itself broke (not the run): reported as a problem of its path."""
+    result = Replay(path, scenario, flavor)
+    result.problems.append(f"[replay] {exc!r}")
+    return result
+
+
+def _replay_sync(
+    server: LoopbackServer, ordered: list[tuple[Scenario, Path]]
+) -> dict[Path, Replay]:
     results: dict[Path, Replay] = {}
+    with ThreadPoolExecutor(WORKERS, thread_name_prefix="path-replay") as pool:
+        futures = {
+            pool.submit(
+                replay,
+                server,
+                path,
+                scenario,
+                f"path-{path_id(path)}-{i}",
+                0.03 * i if i < WORKERS else 0.0,
+            ): (scenario, path)
+            for i, (scenario, path) in enumerate(ordered)
+        }
+        for future, (scenario, path) in futures.items():
+            try:
+                results[path] = future.result(timeout=60)
+            except Exception as exc:
+                results[path] = _broken_replay(path, scenario, "sync", exc)
+    return results
+
+
+async def _replay_on_one_loop(
+    server: LoopbackServer, batch: list[tuple[int, Scenario, Path]]
+) -> list[Replay]:
+    """The batch's replays at once, each in a task of its own (each task its run's owner)."""
+
+    async def one(i: int, scenario: Scenario, path: Path) -> Replay:
+        try:
+            async with asyncio.timeout(60):
+                return await areplay(
+                    server,
+                    path,
+                    scenario,
+                    f"apath-{path_id(path)}-{i}",
+                    0.03 * i if i < ASYNC_LOOPS * RUNS_PER_LOOP else 0.0,
+                )
+        except Exception as exc:
+            return _broken_replay(path, scenario, "async", exc)
+
+    tasks = [
+        asyncio.create_task(one(i, scenario, path), name=f"path-replay-{i}")
+        for i, scenario, path in batch
+    ]
+    return list(await asyncio.gather(*tasks))
+
+
+def _replay_async(
+    server: LoopbackServer, ordered: list[tuple[Scenario, Path]]
+) -> dict[Path, Replay]:
+    # Up to RUNS_PER_LOOP replays share a loop; one whose listener holds the loop (a hold)
+    # would hold its neighbours' clocks too, so it gets a loop of its own.
+    batches: list[list[tuple[int, Scenario, Path]]] = []
+    shared: list[tuple[int, Scenario, Path]] = []
+    for i, (scenario, path) in enumerate(ordered):
+        if scenario.hold is not None:
+            batches.append([(i, scenario, path)])
+            continue
+        shared.append((i, scenario, path))
+        if len(shared) == RUNS_PER_LOOP:
+            batches.append(shared)
+            shared = []
+    if shared:
+        batches.append(shared)
+    results: dict[Path, Replay] = {}
+    with ThreadPoolExecutor(ASYNC_LOOPS, thread_name_prefix="path-replay-loop") as pool:
+        futures = {
+            pool.submit(asyncio.run, _replay_on_one_loop(server, batch)): batch for batch in batches
+        }
+        for future, batch in futures.items():
+            try:
+                replays = future.result(timeout=90)
+            except Exception as exc:
+                replays = [
+                    _broken_replay(path, scenario, "async", exc) for _, scenario, path in batch
+                ]
+            results.update((r.path, r) for r in replays)
+    return results
+
+
+def replay_all(
+    server: LoopbackServer, work: list[tuple[Scenario, Path]], flavor: Flavor = "sync"
+) -> dict[Path, Replay]:
+    """Replay scenarios concurrently, longest first: sync, WORKERS at a time, each run on
+    its own worker thread (its owner); async, on ASYNC_LOOPS event loops (one per worker
+    thread), up to RUNS_PER_LOOP runs on each, each run in its own task (its owner)."""
+    ordered = sorted(work, key=lambda item: -item[0].estimate())
     # A dozen runs and the server's loop share the GIL: hand it over every 1 ms rather than
     # 5 ms, so a request is not held up for a quarter second behind a convoy of threads.
     interval = sys.getswitchinterval()
     sys.setswitchinterval(0.001)
     try:
-        with ThreadPoolExecutor(WORKERS, thread_name_prefix="path-replay") as pool:
-            futures = {
-                pool.submit(
-                    replay,
-                    server,
-                    path,
-                    scenario,
-                    f"path-{path_id(path)}-{i}",
-                    0.03 * i if i < WORKERS else 0.0,
-                ): path
-                for i, (scenario, path) in enumerate(ordered)
-            }
-            for future, path in futures.items():
-                try:
-                    results[path] = future.result(timeout=60)
-                except Exception as exc:  # the replay itself broke: report it as a problem
-                    results[path] = Replay(path, SCENARIOS[path] or Scenario((), POLICIES[0]))
-                    results[path].problems.append(f"[replay] {exc!r}")
+        if flavor == "sync":
+            results = _replay_sync(server, ordered)
+        else:
+            results = _replay_async(server, ordered)
     finally:
         sys.setswitchinterval(interval)
     # A replay whose only problems are a deviation or a connection seen open (only_timing)
     # is run once more, alone: only the second try counts; the first is reported.
     for path, result in list(results.items()):
         if result.only_timing:
-            again = replay(server, path, result.scenario, f"path-again-{path_id(path)}")
+            again = replay(
+                server, path, result.scenario, f"path-again-{flavor}-{path_id(path)}", 0.0, flavor
+            )
             assert result.record is not None
             again.first_try = path_id(tuple(result.record.path()))
             if again.first_try == path_id(path):
@@ -660,9 +876,10 @@ def replay_all(server: LoopbackServer, work: list[tuple[Scenario, Path]]) -> dic
 
 
 SHARD_SIZE: Final = 40
-"""Scenarios per replay test. The 846 replays are split so that one slow or stuck shard
-(its own ``pytest-timeout``) fails one test, not the whole enumeration; dealt round-robin
-from the longest-first order, every shard gets a like mix of long and short scenarios."""
+"""Scenarios per replay test. The replays of each driver are split so that one slow or
+stuck shard (its own ``pytest-timeout``) fails one test, not the whole enumeration; dealt
+round-robin from the longest-first order, every shard gets a like mix of long and short
+scenarios."""
 
 
 def shards() -> list[list[tuple[Scenario, Path]]]:
@@ -672,23 +889,29 @@ def shards() -> list[list[tuple[Scenario, Path]]]:
 
 
 SHARDS: Final = shards()
-REPLAYED: dict[Path, Replay] = {}
-"""Every replay this session ran, for the module's report."""
+REPLAYED: Final[dict[Flavor, dict[Path, Replay]]] = {flavor: {} for flavor in DRIVERS}
+"""Every replay this session ran, by driver, for the module's report."""
+SHARD_SECONDS: Final[dict[Flavor, float]] = dict.fromkeys(DRIVERS, 0.0)
+SHARDS_RUN: Final[dict[Flavor, int]] = dict.fromkeys(DRIVERS, 0)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def replay_report(request: pytest.FixtureRequest) -> Iterator[None]:
-    began = time.monotonic()
-    yield
-    if not REPLAYED:
-        return
-    seconds = time.monotonic() - began
-    results = REPLAYED
+def _driver_lines(flavor: Flavor) -> list[str]:
+    results = REPLAYED[flavor]
+    if not results:
+        return []
     failed = sum(1 for r in results.values() if r.problems)
     again = sum(1 for r in results.values() if r.first_try)
-    kinds = Counter(type(f).__name__ for r in results.values() for f in r.scenario.script)
+    if flavor == "sync":
+        how = f"the real sync driver ({WORKERS} threads at a time"
+    else:
+        via = Counter(v for r in results.values() for v in r.interrupters)
+        how = (
+            f"the real async driver, engine.astream ({ASYNC_LOOPS} loops on their own threads, "
+            f"up to {RUNS_PER_LOOP} runs each, a holding run alone; timer interrupts from a "
+            f"loop callback {via['loop']}, from a thread {via['thread']}"
+        )
     reruns = [
-        f"test_paths:   {path_id(r.path)} took {r.first_try} first"
+        f"test_paths:   {flavor}: {path_id(r.path)} took {r.first_try} first"
         + (
             f" ({'; '.join(p for p in r.first_problems if not p.startswith('[path]'))})"
             if len(r.first_problems) > 1
@@ -697,26 +920,38 @@ def replay_report(request: pytest.FixtureRequest) -> Iterator[None]:
         for r in results.values()
         if r.first_try
     ]
+    return [
+        f"test_paths: {flavor}: replayed {len(results)} of {len(DISTINCT)} distinct scenarios on "
+        f"{how}) in {SHARDS_RUN[flavor]} of {len(SHARDS)} shards, {SHARD_SECONDS[flavor]:.1f}s "
+        f"({sum(r.seconds for r in results.values()):.0f}s of runs), {failed} with problems, "
+        f"{again} run again alone after a timing deviation",
+        *reruns[:5],
+        *(
+            [f"test_paths:   {flavor}: a first try left a connection open: {KNOWN_OPEN}"]
+            if any(
+                p.startswith("[connections]") for r in results.values() for p in r.first_problems
+            )
+            else []
+        ),
+    ]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def replay_report(request: pytest.FixtureRequest) -> Iterator[None]:
+    yield
+    if not any(REPLAYED.values()):
+        return
+    kinds = Counter(type(f).__name__ for s in DISTINCT for f in s.script)
+    third = sum(1 for p in THIRD_ROUTE if SCENARIOS[p] is not None)
     report(
         request.config,
         [
             f"test_paths: {len(SIMPLE)} simple paths idle -> final; {len(BOUNDED)} paths of up to "
-            f"{ATTEMPT_BOUND} attempts over {' then '.join(MODES)}: {len(FEASIBLE)} feasible "
-            f"under the engine's policy, {len(INFEASIBLE)} not",
-            f"test_paths: replayed {len(results)} of {len(DISTINCT)} distinct scenarios on the "
-            f"real sync driver in {len(SHARDS)} shards, {seconds:.1f}s ({WORKERS} at a time, "
-            f"{sum(r.seconds for r in results.values()):.0f}s of runs), {failed} with problems, "
-            f"{again} run again alone after a timing deviation; faults used: {dict(kinds)}",
-            *reruns[:5],
-            *(
-                [f"test_paths:   a first try left a connection open: {KNOWN_OPEN}"]
-                if any(
-                    p.startswith("[connections]")
-                    for r in results.values()
-                    for p in r.first_problems
-                )
-                else []
-            ),
+            f"{ATTEMPT_BOUND} attempts over {' then '.join(MODES[:2])} and {len(THIRD_ROUTE)} "
+            f"more that fall back twice, to a third route ({MODES[2]}): {len(FEASIBLE)} "
+            f"feasible under the engine's policy ({third} of them over three routes), "
+            f"{len(INFEASIBLE)} not; faults per driver: {dict(kinds)}",
+            *(line for flavor in DRIVERS for line in _driver_lines(flavor)),
         ],
     )
 
@@ -764,43 +999,68 @@ def test_every_simple_path_is_feasible_or_explained() -> None:
         assert explained, f"no scenario for {path_text(path)}"
 
 
-def _shard_timeout(shard: list[tuple[Scenario, Path]]) -> float:
+def _shard_timeout(shard: list[tuple[Scenario, Path]], flavor: Flavor) -> float:
     """Generous: the shard's runs as if only a quarter of the workers made progress, plus
-    the lone reruns, plus a minute of slack for a machine busy with other work."""
+    the lone reruns, plus a minute of slack for a machine busy with other work. Async
+    counts its loops, not its runs: a holding run has a loop to itself."""
     runs = sum(scenario.estimate() for scenario, _ in shard)
-    return 60.0 + 4 * runs / WORKERS + max(scenario.estimate() for scenario, _ in shard) * 4
+    at_once = WORKERS if flavor == "sync" else ASYNC_LOOPS
+    return 60.0 + 4 * runs / at_once + max(scenario.estimate() for scenario, _ in shard) * 4
 
 
 @pytest.mark.parametrize(
-    "shard",
+    ("flavor", "shard"),
     [
         pytest.param(
+            flavor,
             shard,
-            id=f"shard-{k:02d}-of-{len(SHARDS)}",
-            marks=pytest.mark.timeout(_shard_timeout(shard)),
+            id=f"{flavor}-shard-{k:02d}-of-{len(SHARDS)}",
+            marks=pytest.mark.timeout(_shard_timeout(shard, flavor)),
         )
+        for flavor in DRIVERS
         for k, shard in enumerate(SHARDS)
     ],
 )
+@pytest.mark.usefixtures("server")  # the module's server warms both SDK stacks up
 def test_paths_replay_on_the_real_engine(
-    server: LoopbackServer, shard: list[tuple[Scenario, Path]]
+    flavor: Flavor, shard: list[tuple[Scenario, Path]]
 ) -> None:
-    """Each path of the shard is taken exactly, and every invariant holds on it."""
-    results = replay_all(server, shard)
-    REPLAYED.update(results)
+    """Each path of the shard is taken exactly on the ``flavor`` driver, and every
+    invariant holds on it. On a server of its own: the invariants read the server's
+    request and connection logs, which it copies whole under its lock on every read, so
+    with 2,000 replays' worth in one server the reads starve it of its lock (a shard took
+    four times as long in the second half of the module, and replays broke deadlines)."""
+    began = time.monotonic()
+    with LoopbackServer() as own:
+        results = replay_all(own, shard, flavor)
+    SHARD_SECONDS[flavor] += time.monotonic() - began
+    SHARDS_RUN[flavor] += 1
     broken = [r for r in results.values() if r.problems]
+    details = []
+    for r in broken:
+        description = ""
+        if r.record is not None:
+            times = [(t.dest, round(t.at, 3)) for t in r.record.run.history]
+            description = f"{r.record.describe()}\n  transitions at: {times}"
+        details.append(
+            f"{flavor} {path_id(r.path)} ({path_text(r.path)}):\n  "
+            + "\n  ".join(r.problems)
+            + (f"\n{description}" if description else "")
+        )
+    # The report needs no run: kept, 2,000 records keep their engines, clients and SDK
+    # objects alive, and the collector's full passes over them stop every thread (seen:
+    # 0.73 s with the async half alone; async holding replays late in the module overran
+    # Timeouts.total by 1.2-1.5 s).
+    for r in results.values():
+        r.record = None
+    REPLAYED[flavor].update(results)
     if broken:
-        details = []
-        for r in broken:
-            description = r.record.describe() if r.record is not None else ""
-            details.append(
-                f"{path_id(r.path)} ({path_text(r.path)}):\n  "
-                + "\n  ".join(r.problems)
-                + (f"\n{description}" if description else "")
-            )
         raise InvariantViolation(
             [
-                (p.split("] ", 1)[0].strip("["), f"{path_id(r.path)}: {p.split('] ', 1)[-1]}")
+                (
+                    p.split("] ", 1)[0].strip("["),
+                    f"{flavor} {path_id(r.path)}: {p.split('] ', 1)[-1]}",
+                )
                 for r in broken
                 for p in r.problems
             ]
@@ -809,7 +1069,7 @@ def test_paths_replay_on_the_real_engine(
 
 def test_every_row_is_replayed() -> None:
     """Every row of the table is on a replayed path; each shard checks that every replay
-    took exactly its path, so together the shards take every row."""
+    took exactly its path, so together the shards take every row (on each driver)."""
     replayed = {row for path in DISTINCT.values() for row in path}
     missing = set(table_rows()) - replayed
     assert not missing, f"rows no replay takes: {sorted(missing)}"
@@ -817,7 +1077,46 @@ def test_every_row_is_replayed() -> None:
     assert max(len(shard) for shard in SHARDS) <= SHARD_SIZE
 
 
-def test_total_runs_out_while_falling_back(server: LoopbackServer) -> None:
+def attempts_of(path: Path) -> list[tuple[int, str, str | None]]:
+    """(route index, how the attempt left connecting/streaming, where its cleanup led) for
+    each attempt of a path: a fallback moves to the next route of the chain."""
+    found: list[tuple[int, str, str | None]] = []
+    route = 0
+    for trigger, source, dest in path:
+        if trigger == "start_attempt":
+            if source == "falling_back":
+                route += 1
+            found.append((route, "open", None))
+        elif source in ("connecting", "streaming") and dest != "streaming":
+            found[-1] = (route, dest, None)
+        elif source == "cleanup":
+            found[-1] = (*found[-1][:2], dest)
+    return found
+
+
+def test_every_route_of_the_chain_faults_every_way() -> None:
+    """Not only route 0: on every route of the chain some replayed attempt stalls, drops
+    and is interrupted, and a cleanup of each route leads to each place it can (another
+    attempt on the route, the next route, the end of the run), so that a cleanup aimed at
+    the wrong route, from any route, breaks an invariant on some replay."""
+    seen = {attempt for path in DISTINCT.values() for attempt in attempts_of(path)}
+    exits = {(route, exit_) for route, exit_, _ in seen}
+    for route in range(len(CHAIN)):
+        assert {e for r, e in exits if r == route} == {
+            "completed",
+            "stale",
+            "dropped",
+            "interrupted",
+        }, route
+        afterwards = {after for r, _, after in seen if r == route and after is not None}
+        last = route == len(CHAIN) - 1
+        assert afterwards == {"retrying", "failed", "cancelled"} | (
+            set() if last else {"falling_back"}
+        ), (route, afterwards)
+
+
+@pytest.mark.parametrize("flavor", DRIVERS)
+def test_total_runs_out_while_falling_back(server: LoopbackServer, flavor: Flavor) -> None:
     path = (
         ("start_attempt", "idle", "connecting"),
         ("drop", "connecting", "dropped"),
@@ -825,12 +1124,12 @@ def test_total_runs_out_while_falling_back(server: LoopbackServer) -> None:
         ("finish_cleanup", "cleanup", "falling_back"),
         ("expire", "falling_back", "failed"),
     )
-    # HTTP 401 on route 0 falls back at once; the listener holds the run's thread on
-    # cleanup -> falling_back until 20 ms after the deadline: the run must expire.
+    # HTTP 401 on route 0 falls back at once; the listener holds the run's thread (async:
+    # its loop) on cleanup -> falling_back until 20 ms after the deadline: it must expire.
     scenario = Scenario(
         script=(HttpError(status=401), Healthy()), retry=POLICIES[0], total=1.0, hold=(3, -0.02)
     )
-    result = replay(server, path, scenario, "falling-back-expires")
+    result = replay(server, path, scenario, f"falling-back-expires-{flavor}", 0.0, flavor)
     assert not result.problems, "\n".join(
         [*result.problems, result.record.describe() if result.record else ""]
     )
