@@ -43,7 +43,8 @@ PYTEST = ("-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", "-rfE")
 # and pytest-timeout's interruption (2). 3 and 4 are pytest's own trouble (internal
 # error, bad usage) and 5 means nothing ran: the runner reports those as errors.
 KILLING_CODES = frozenset({1, 2})
-_FAILED_LINE = re.compile(r"^(?:FAILED|ERROR) (\S+)", re.MULTILINE)
+# "FAILED <node id> - <message>" in pytest's short summary (a node id may hold spaces).
+_FAILED_LINE = re.compile(r"^(?:FAILED|ERROR) (.+?)(?: - .*)?$", re.MULTILINE)
 
 
 class NotApplicable(Exception):
