@@ -1,0 +1,1 @@
+"""Source-text mutations of the package, run on demand (``python tests/mutation/run.py``)."""
