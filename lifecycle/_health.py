@@ -101,21 +101,18 @@ class BreakerStatus:
     """Seconds until an open breaker lets a probe through (None if not open)."""
 
 
-def verdict_of(outcome: str, fault: Fault | None, *, clock: str | None = None) -> Verdict:
+def verdict_of(outcome: str, fault: Fault | None) -> Verdict:
     """What an attempt's end tells its route's breaker. Stalls count against the route,
     and so do provider faults worth retrying or falling back from (5xx, 529, 429, a
     dropped connection, bad credentials); the caller's own errors (400), interrupts and
-    its ``Timeouts.total`` (outcome ``deadline``) judge nothing. ``clock`` is the clock
-    that ended a stale attempt (``Diagnostics.stall_clock``)."""
+    its ``Timeouts.total`` judge nothing. (``total`` is the caller's budget, and it runs
+    on while the caller holds an event: an attempt it ends is outcome ``deadline``, never
+    ``stale``, so only the provider's first_token and stale clocks make a stall.)"""
     if outcome == "completed":
         return "success"
-    if outcome == "deadline":
-        return "neutral"
     if outcome == "stale":
-        # total is the caller's budget, and it runs on while the caller holds an event:
-        # its end says nothing of the provider. first_token and stale are the provider's.
-        return "neutral" if clock == "total" else "stale"
-    if outcome == "interrupted" or fault is None:
+        return "stale"
+    if outcome in ("deadline", "interrupted") or fault is None:
         return "neutral"
     if fault.retryable or fault.fallback_eligible:
         return "dropped"

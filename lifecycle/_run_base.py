@@ -244,9 +244,7 @@ class RunBase:
         fault = None if attempt.outcome == "completed" else self._core.last_fault
         probe_id, self._probe_id = self._probe_id, None
         route = self._routes[attempt.route_index]
-        verdict = verdict_of(
-            attempt.outcome or "interrupted", fault, clock=attempt.diagnostics.stall_clock
-        )
+        verdict = verdict_of(attempt.outcome or "interrupted", fault)
         return route.name, verdict, probe_id, self._admitted_at
 
     # -- shared decisions -----------------------------------------------------------------

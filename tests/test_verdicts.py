@@ -304,9 +304,7 @@ def test_the_policy_decides_and_judges_each_fault_class(row: Verdict, api: str) 
     else:
         assert core.state == row.then
     fault = None if attempt.outcome == "completed" else core.last_fault
-    verdict = verdict_of(
-        attempt.outcome or "interrupted", fault, clock=attempt.diagnostics.stall_clock
-    )
+    verdict = verdict_of(attempt.outcome or "interrupted", fault)
     assert COUNTS_OF[verdict] == row.counts, (verdict, fault)
 
 

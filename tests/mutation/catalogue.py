@@ -60,7 +60,7 @@ CATALOGUE: Final[tuple[Mutation, ...]] = (
         old="self.first_token_due = sent_at + first_token",
         new="self.first_token_due = sent_at + stale",
         why="the first_token deadline copied from the stale line next to it",
-        first=("tests/test_driver_faults.py", "tests/test_config.py"),
+        first=("tests/test_attempt_clocks.py", "tests/test_driver_faults.py"),
     ),
     Mutation(
         name="stale_never_brought_forward",
@@ -69,7 +69,7 @@ CATALOGUE: Final[tuple[Mutation, ...]] = (
         old="if due < watch.first_token_due:",
         new="if due > watch.first_token_due:",
         why="comparison flipped: a stale deadline shorter than first_token's rest is not pushed",
-        first=("tests/test_driver_faults.py", "tests/test_verdicts.py"),
+        first=("tests/test_attempt_clocks.py", "tests/test_driver_faults.py"),
     ),
     Mutation(
         name="loop_timer_holding_defers_total",
@@ -78,7 +78,11 @@ CATALOGUE: Final[tuple[Mutation, ...]] = (
         old='    if watch.holding and clock != "total":\n        due = min(current + watch.stale,',
         new="    if watch.holding:\n        due = min(current + watch.stale,",
         why="on the loop timer, a caller holding an event also holds off Timeouts.total",
-        first=("tests/test_driver_faults.py", "tests/test_caller_input.py"),
+        first=(
+            "tests/test_driver_faults.py",
+            "tests/test_caller_input.py",
+            "tests/test_verdicts.py",
+        ),
     ),
     # -- abort from a foreign thread -------------------------------------------------------
     Mutation(
@@ -93,7 +97,7 @@ CATALOGUE: Final[tuple[Mutation, ...]] = (
             "            return True"
         ),
         why="abort() also closes the socket, to free its descriptor at once (from any thread)",
-        first=("tests/test_mutations.py", "tests/test_driver_faults.py"),
+        first=("tests/test_real_closes.py", "tests/test_mutations.py"),
     ),
     # -- cleanup order and target ----------------------------------------------------------
     Mutation(
@@ -103,7 +107,11 @@ CATALOGUE: Final[tuple[Mutation, ...]] = (
         old='        shut = connection.abort(reason="cleanup")',
         new='        connection.release()\n        shut = connection.abort(reason="cleanup")',
         why="release first, so that the connection is released even if the abort raises",
-        first=("tests/test_driver_faults.py", "tests/test_driver_interrupt.py"),
+        first=(
+            "tests/test_real_closes.py",
+            "tests/test_driver_faults.py",
+            "tests/test_driver_interrupt.py",
+        ),
     ),
     Mutation(
         name="rebuild_when_cancelled",
@@ -150,7 +158,7 @@ CATALOGUE: Final[tuple[Mutation, ...]] = (
         old="to_close = self._cleanup_retire(plan, lease, route.sync_clients)",
         new="to_close = self._cleanup_retire(plan, lease, self._routes[0].sync_clients)",
         why="the sync cleanup retires in the primary route's slot whichever route failed",
-        first=("tests/test_driver_faults.py", "tests/test_client_slots.py"),
+        first=("tests/test_driver_faults.py", "tests/test_client_slots.py", "tests/test_paths.py"),
     ),
     # -- client retirement ------------------------------------------------------------------
     Mutation(
@@ -160,7 +168,7 @@ CATALOGUE: Final[tuple[Mutation, ...]] = (
         old="if generation.retired and generation.users == 0 and not generation.closed:",
         new="if generation.retired and not generation.closed:",
         why="a retired client closed by the first run that releases it, not the last",
-        first=("tests/test_client_slots.py", "tests/test_async_driver.py"),
+        first=("tests/test_shared_client_retirement.py", "tests/test_client_slots.py"),
     ),
     # -- policy ------------------------------------------------------------------------------
     Mutation(
@@ -179,7 +187,11 @@ CATALOGUE: Final[tuple[Mutation, ...]] = (
         old="policy.initial_backoff * 2 ** max(0, failed_attempts - 1)",
         new="policy.initial_backoff * 2**failed_attempts",
         why="the exponent counts the failures instead of the failures before this one",
-        first=("tests/test_driver_policy.py", "tests/test_retry_after.py"),
+        first=(
+            "tests/test_config.py",
+            "tests/test_driver_policy.py",
+            "tests/test_stateful_core.py",
+        ),
     ),
     Mutation(
         name="stale_before_fallback_one_late",
@@ -210,7 +222,7 @@ CATALOGUE: Final[tuple[Mutation, ...]] = (
         old='if self.decision.kind in ("retry", "fallback") and self.committed:',
         new='if self.decision.kind == "retry" and self.committed:',
         why="only a retry was thought to re-deliver; a fallback's new model starts afresh",
-        first=("tests/test_delivery.py", "tests/test_driver_policy.py"),
+        first=("tests/test_restart_event.py", "tests/test_delivery.py"),
     ),
     Mutation(
         name="continue_after_cut_tool_call",
@@ -238,8 +250,8 @@ CATALOGUE: Final[tuple[Mutation, ...]] = (
         name="total_clock_charged_to_breaker",
         bug_class="breaker",
         file="lifecycle/_health.py",
-        old='return "neutral" if clock == "total" else "stale"',
-        new='return "stale"',
+        old='if outcome in ("deadline", "interrupted") or fault is None:',
+        new='if outcome == "interrupted" or fault is None:',
         why="every stall charged to the route, the caller's own Timeouts.total too",
         first=("tests/test_verdicts.py", "tests/test_breaker.py"),
     ),
@@ -269,16 +281,33 @@ CATALOGUE: Final[tuple[Mutation, ...]] = (
         old="if connection is not None and connection is not owner:",
         new="if connection is not None and owner is None:",
         why="only a fresh connection is attached; a pooled one keeps its first attempt",
-        first=("tests/test_sockets.py", "tests/test_connect_abort.py"),
+        first=(
+            "tests/test_sockets.py",
+            "tests/test_pooled_connection.py",
+            "tests/test_real_closes.py",
+        ),
     ),
     Mutation(
         name="closed_stream_not_detached",
         bug_class="socket finding",
         file="providers/_sockets.py",
-        old="                owner.detach(sock)\n        self._inner.close()",
-        new="                pass\n        self._inner.close()",
+        old="    def close(self) -> None:\n        self.let_go()\n        self._inner.close()",
+        new="    def close(self) -> None:\n        self._inner.close()",
         why="the sync stream's close leaves its socket attached, so an abort may hit a reused fd",
-        first=("tests/test_sockets.py", "tests/test_connect_abort.py"),
+        first=(
+            "tests/test_sockets.py",
+            "tests/test_real_closes.py",
+            "tests/test_pooled_connection.py",
+        ),
+    ),
+    Mutation(
+        name="response_close_keeps_the_socket",
+        bug_class="socket finding",
+        file="providers/_sockets.py",
+        old="    def close(self) -> None:\n        self._network.let_go()\n",
+        new="    def close(self) -> None:\n",
+        why="a closed response's connection, back in the pool, stays the attempt's to abort",
+        first=("tests/test_pooled_connection.py", "tests/test_sockets.py"),
     ),
     Mutation(
         name="connect_socket_attached_late",
@@ -297,7 +326,7 @@ CATALOGUE: Final[tuple[Mutation, ...]] = (
         old="diag.ttft = at - sent_at",
         new="diag.ttft = at - attempt.started_at",
         why="ttft measured from the attempt's start (client lease included), not the request",
-        first=("tests/test_driver_policy.py", "tests/test_otel.py"),
+        first=("tests/test_attempt_clocks.py", "tests/test_driver_policy.py"),
     ),
     Mutation(
         name="async_ttft_from_first_byte",
