@@ -79,6 +79,7 @@ CATALOGUE: Final[tuple[Mutation, ...]] = (
         new="    if watch.holding:\n        due = min(current + watch.stale,",
         why="on the loop timer, a caller holding an event also holds off Timeouts.total",
         first=(
+            "tests/test_ending_cleanup.py",
             "tests/test_driver_faults.py",
             "tests/test_caller_input.py",
             "tests/test_verdicts.py",
@@ -108,6 +109,7 @@ CATALOGUE: Final[tuple[Mutation, ...]] = (
         new='        connection.release()\n        shut = connection.abort(reason="cleanup")',
         why="release first, so that the connection is released even if the abort raises",
         first=(
+            "tests/test_ending_cleanup.py",
             "tests/test_real_closes.py",
             "tests/test_driver_faults.py",
             "tests/test_driver_interrupt.py",
@@ -120,7 +122,11 @@ CATALOGUE: Final[tuple[Mutation, ...]] = (
         old="if cancelled or out_of_time:",
         new="if cancelled and out_of_time:",
         why="the deferred rebuild's condition written with and instead of or",
-        first=("tests/test_driver_interrupt.py", "tests/test_driver_faults.py"),
+        first=(
+            "tests/test_ending_cleanup.py",
+            "tests/test_driver_interrupt.py",
+            "tests/test_driver_faults.py",
+        ),
     ),
     Mutation(
         name="cleanup_aimed_at_next_route",
