@@ -218,23 +218,14 @@ def _count(owner: AttemptConnection | None, data: bytes) -> None:
         count_read(owner, len(data), _now())
 
 
-class _TaggedStream:
-    """A sync network stream that reports its socket to the attempt writing on it."""
+class _Owned:
+    """A network stream (sync or async) and the attempt that owns its connection now."""
 
     __slots__ = ("_inner", "_owner")
 
     def __init__(self, inner: Any, owner: AttemptConnection | None = None) -> None:
         self._inner = inner
         self._owner = owner
-
-    def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
-        data: bytes = self._inner.read(max_bytes, timeout)
-        _count(self._owner, data)
-        return data
-
-    def write(self, buffer: bytes, timeout: float | None = None) -> None:
-        self._owner = _claim(self._owner, self._inner)
-        self._inner.write(buffer, timeout)
 
     def let_go(self) -> None:
         """The response on this connection is closing: the connection is the pool's again,
@@ -245,6 +236,24 @@ class _TaggedStream:
             sock = self._inner.get_extra_info("socket")
             if sock is not None:
                 owner.detach(sock)
+
+    def get_extra_info(self, info: str) -> Any:
+        return self._inner.get_extra_info(info)
+
+
+class _TaggedStream(_Owned):
+    """A sync network stream that reports its socket to the attempt writing on it."""
+
+    __slots__ = ()
+
+    def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        data: bytes = self._inner.read(max_bytes, timeout)
+        _count(self._owner, data)
+        return data
+
+    def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        self._owner = _claim(self._owner, self._inner)
+        self._inner.write(buffer, timeout)
 
     def close(self) -> None:
         self.let_go()
@@ -259,9 +268,6 @@ class _TaggedStream:
             # descriptor to it): the attempt must hold that one while it handshakes.
             ssl_context = _AttachingContext(ssl_context, owner)
         return _TaggedStream(self._inner.start_tls(ssl_context, server_hostname, timeout), owner)
-
-    def get_extra_info(self, info: str) -> Any:
-        return self._inner.get_extra_info(info)
 
 
 class _AttachingContext:
@@ -410,12 +416,8 @@ def _wait_writable(
                 return
 
 
-class _AsyncTaggedStream:
-    __slots__ = ("_inner", "_owner")
-
-    def __init__(self, inner: Any, owner: AttemptConnection | None = None) -> None:
-        self._inner = inner
-        self._owner = owner
+class _AsyncTaggedStream(_Owned):
+    __slots__ = ()
 
     async def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
         data: bytes = await self._inner.read(max_bytes, timeout)
@@ -426,15 +428,6 @@ class _AsyncTaggedStream:
         self._owner = _claim(self._owner, self._inner)
         await self._inner.write(buffer, timeout)
 
-    def let_go(self) -> None:
-        """As ``_TaggedStream.let_go``."""
-        owner = self._owner
-        if owner is not None:
-            self._owner = None
-            sock = self._inner.get_extra_info("socket")
-            if sock is not None:
-                owner.detach(sock)
-
     async def aclose(self) -> None:
         self.let_go()
         await self._inner.aclose()
@@ -444,9 +437,6 @@ class _AsyncTaggedStream:
     ) -> _AsyncTaggedStream:
         inner = await self._inner.start_tls(ssl_context, server_hostname, timeout)
         return _AsyncTaggedStream(inner, self._owner)
-
-    def get_extra_info(self, info: str) -> Any:
-        return self._inner.get_extra_info(info)
 
 
 class _AsyncTaggingBackend:

@@ -677,11 +677,7 @@ def replay(
     )
     record: RunRecord | None = None
     try:
-        record = start_run(engine, server, key, "sync", scenario.script)
-        record.notes.append(f"expected path: {path_text(path)}")
-        holder.append(record)
-        if scenario.interrupt_first:
-            record.interrupt()
+        record = _begin(engine, server, key, "sync", scenario, path, holder)
         drive_sync(record)
         result.record = record
         if tuple(record.path()) != path:
@@ -695,6 +691,24 @@ def replay(
         result.problems.append("[connections] engine.close() left a connection of the run open")
     result.seconds = time.monotonic() - began
     return result
+
+
+def _begin(
+    engine: StreamEngine,
+    server: LoopbackServer,
+    key: str,
+    flavor: Flavor,
+    scenario: Scenario,
+    path: Path,
+    holder: list[RunRecord],
+) -> RunRecord:
+    """The run of a replay, known to its listener, interrupted first if the path says so."""
+    record = start_run(engine, server, key, flavor, scenario.script)
+    record.notes.append(f"expected path: {path_text(path)}")
+    holder.append(record)
+    if scenario.interrupt_first:
+        record.interrupt()
+    return record
 
 
 def interrupter(path: Path) -> str:
@@ -727,11 +741,7 @@ async def areplay(
     engine = _engine(server, scenario, key, "async", _listener(scenario, holder, arm_timer))
     record: RunRecord | None = None
     try:
-        record = start_run(engine, server, key, "async", scenario.script)
-        record.notes.append(f"expected path: {path_text(path)}")
-        holder.append(record)
-        if scenario.interrupt_first:
-            record.interrupt()
+        record = _begin(engine, server, key, "async", scenario, path, holder)
         await drive_async(record)
         for handle in handles:
             handle.cancel()
