@@ -27,7 +27,8 @@ Every peer gets the same 2 s budget, configured as a competent user would:
   2); the fallback case is a ``FallbackModel`` of the two.
 
 The columns: the outcome (``completed``, ``completed (cut)`` when the text is not the
-recording's whole answer, the exception that reached the caller, or ``blocked at 30 s``),
+recording's whole answer, the exception that reached the caller, or ``no answer at 30 s``:
+blocked, or still retrying, as the request count tells),
 the seconds from the faulty request reaching the server to the answer's end in the
 caller (both ``time.monotonic()``, one clock across processes on Linux), the requests
 the server saw (``first+second`` for the fallback case), and the connections of the
@@ -93,7 +94,8 @@ class FaultCase:
 
 
 # Each fault is followed by a healthy answer, so a peer that retries can complete; the
-# fallback case's first provider stalls on every request it gets.
+# fallback cases' first provider stalls on every request it gets (100 is more than any
+# peer sends within the cap), so only a fallback to the second one answers.
 FAULTS: tuple[FaultCase, ...] = (
     FaultCase(
         name="silent",
@@ -122,8 +124,14 @@ FAULTS: tuple[FaultCase, ...] = (
     ),
     FaultCase(
         name="fallback",
-        title="first provider stalls, second healthy",
-        first=(StallAfterEvents(n=1),) * 10,
+        title="first provider silent after the first event, second healthy",
+        first=(StallAfterEvents(n=1),) * 100,
+        fallback=True,
+    ),
+    FaultCase(
+        name="fallback-before-headers",
+        title="first provider stuck before the headers, second healthy",
+        first=(StallBeforeHeaders(),) * 100,
         fallback=True,
     ),
 )
@@ -491,6 +499,7 @@ def run_case(
     *,
     cap: float = CAP,
     budget: float = BUDGET,
+    settle: float = SETTLE,
     python: str = sys.executable,
 ) -> CaseResult:
     """Run one (peer, provider, fault) in a child interpreter; kill it at ``cap``."""
@@ -539,7 +548,7 @@ def run_case(
             if ready is not None and "ready" in ready:
                 result = lines.next(timeout=cap)
                 blocked = result is None and child.poll() is None
-            time.sleep(SETTLE)
+            time.sleep(settle)
             counted = count_connections(server, model, second_model)
         finally:
             stop_child(child)
@@ -569,7 +578,7 @@ def run_case(
     seconds: float | None = None
     detail = ""
     if blocked:
-        outcome = f"blocked at {cap:g} s"
+        outcome = f"no answer at {cap:g} s"
     elif result is None:
         outcome = "child died"
         detail = stderr.strip().splitlines()[-1] if stderr.strip() else f"rc {child.returncode}"
