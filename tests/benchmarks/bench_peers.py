@@ -26,15 +26,15 @@ Every peer gets the same 2 s budget, configured as a competent user would:
   settings ``timeout=2`` and ``first_event_timeout=2`` (SDK retries at their default,
   2); the fallback case is a ``FallbackModel`` of the two.
 
-The columns: the outcome (``completed``, ``completed (cut)`` when the text is not the
-recording's whole answer, the exception that reached the caller, or ``no answer at 30 s``:
-blocked, or still retrying, as the request count tells),
-the seconds from the faulty request reaching the server to the answer's end in the
-caller (both ``time.monotonic()``, one clock across processes on Linux), the requests
-the server saw (``first+second`` for the fallback case), and the connections of the
-case still open at the server half a second after the call returned, with the client
-objects still alive (``open (n on a faulted request)``: a faulted one is a socket the
-peer abandoned without closing).
+The columns: the outcome (``completed``; ``completed, wrong text`` when the text is not
+the recording's whole answer, cut short or with parts repeated; the exception that
+reached the caller; or ``no answer at 30 s``, blocked or still retrying, as the request
+count tells), the seconds from the faulty request reaching the server to the answer's
+end in the caller (both ``time.monotonic()``, one clock across processes on Linux), the
+requests the server saw (``first+second`` for the fallback cases), and the connections
+of the case still open at the server half a second after the call returned, with the
+client objects still alive (``open (n on a faulted request)``: a faulted one is a socket
+the call is stuck on or the peer abandoned without closing).
 """
 
 from __future__ import annotations
@@ -585,7 +585,7 @@ def run_case(
     elif result["outcome"] == "completed":
         text = result["text"]
         whole = {expected_text(provider)} | ({expected_text(second)} if case.fallback else set())
-        outcome = "completed" if text in whole else "completed (cut)"
+        outcome = "completed" if text in whole else "completed, wrong text"
         if outcome != "completed":
             detail = f"text {text!r}"
         if fault_at is not None:
@@ -806,7 +806,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(markdown_table(results, cases))
     details = [r for r in results if r.detail and r.outcome != "n/a"]
     if details:
-        print("\nexceptions and cut answers:")
+        print("\nexceptions and wrong answers:")
         for r in details:
             print(f"- {r.peer} {r.provider} {r.fault}: {r.detail}")
     if any(r.off_machine for r in results):
