@@ -159,6 +159,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--stalls", type=int, default=50)
     parser.add_argument("--streams", type=int, default=30)
+    parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
     print(
         f"machine: {platform.machine()}, {platform.python_implementation()} "
@@ -180,18 +181,30 @@ def main() -> int:
                     f"{pct(late, 0.5) * 1e3:14.2f} {pct(late, 0.99) * 1e3:14.2f}",
                     flush=True,
                 )
-        print(f"\nper-event cost, median of {args.streams} streams each, engine vs bare SDK")
+        print(
+            f"\nper-event cost, engine vs bare SDK: the ratio of median wall times over "
+            f"{args.streams} interleaved streams each, measured {args.repeats} times "
+            "(ratio: the median of those; spread: lowest to highest)"
+        )
         print(
             f"{'driver':<7} {'provider':<10} {'recording':<10} {'events':>6} {'bare ms':>8} "
-            f"{'engine ms':>9} {'ratio':>6}"
+            f"{'engine ms':>9} {'ratio':>6} {'spread':>13}"
         )
         for is_async in (False, True):
             for provider in ("anthropic", "openai"):
-                bare, wrapped, events = overhead(provider, server, args.streams, is_async=is_async)
+                runs = [
+                    overhead(provider, server, args.streams, is_async=is_async)
+                    for _ in range(args.repeats)
+                ]
+                ratios = sorted(wrapped / bare for bare, wrapped, _ in runs)
+                bare = statistics.median(b for b, _, _ in runs)
+                wrapped = statistics.median(w for _, w, _ in runs)
+                events = runs[-1][2]
                 print(
                     f"{'async' if is_async else 'sync':<7} {provider:<10} "
-                    f"{RECORDING[provider]:<10} "
-                    f"{events:6d} {bare * 1e3:8.2f} {wrapped * 1e3:9.2f} {wrapped / bare:6.3f}",
+                    f"{RECORDING[provider]:<10} {events:6d} {bare * 1e3:8.2f} "
+                    f"{wrapped * 1e3:9.2f} {statistics.median(ratios):6.3f} "
+                    f"{ratios[0]:6.3f}-{ratios[-1]:.3f}",
                     flush=True,
                 )
         server.wait_idle(5)
