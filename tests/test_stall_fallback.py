@@ -89,9 +89,7 @@ def test_a_single_route_that_stalls_is_retried_per_max_attempts(provider: Any) -
     assert len(provider.requests()) == RetryPolicy().max_attempts == 3
 
 
-@pytest.mark.parametrize(
-    ("stale_before_fallback", "stale_on_route_0"), [(None, 3), (2, 2), (1, 1)]
-)
+@pytest.mark.parametrize(("stale_before_fallback", "stale_on_route_0"), [(None, 3), (2, 2), (1, 1)])
 def test_same_route_retries_after_a_stall_when_the_caller_asks(
     provider: Any, stale_before_fallback: int | None, stale_on_route_0: int
 ) -> None:
