@@ -217,6 +217,7 @@ CATALOGUE: Final[tuple[Mutation, ...]] = (
         why="the old default back: a stall retried on its route while a later one could answer",
         first=(
             "tests/test_stall_fallback.py",
+            "tests/test_config.py",
             "tests/test_verdicts.py",
             "tests/test_stateful_core.py",
         ),
