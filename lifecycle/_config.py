@@ -71,8 +71,16 @@ class RetryPolicy:
     the same route to continue the delivered text as an assistant prefix and stitches
     the answer without a ``restart``, for text-only output (a tool call or thinking
     block, or a fallback to another route, restarts instead).
-    ``stale_before_fallback`` (opt-in): after that many stale attempts on one route in
-    one run, fall back to the next route at once instead of retrying a silent one.
+    ``stale_before_fallback``: how many stale attempts one route may have in one run
+    before the next route takes over, at once and without backoff. The default, 1, moves
+    on after the first stall: a stall is the provider's, not the request's, and each
+    retry of a silent route costs another whole ``first_token`` or ``stale`` budget. A
+    stall on the last route is retried there, up to ``max_attempts``, since nothing else
+    can answer. ``None`` retries a stall on its route like any transient fault, up to
+    ``max_attempts``, before the next route (for one provider the caller prefers to wait
+    for, or to continue there under ``on_partial="continue"``). Faults that end an
+    attempt at once (drops, 408, 409, 429, 5xx, 529) are not stalls: this leaves them to
+    ``max_attempts``.
     """
 
     max_attempts: int = 3
@@ -81,7 +89,7 @@ class RetryPolicy:
     jitter: float = 1.0
     max_retry_after: float = 60.0
     on_partial: OnPartial = "restart"
-    stale_before_fallback: int | None = None
+    stale_before_fallback: int | None = 1
 
     def __post_init__(self) -> None:
         if self.stale_before_fallback is not None:

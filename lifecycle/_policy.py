@@ -59,6 +59,9 @@ def decide(
         )
     has_next = route_index + 1 < route_count
     fallback = Decision(kind="fallback", reason=fault.reason, route_index=route_index + 1)
+    # A stall costs a whole stall budget per attempt and says the provider is stuck, not
+    # that the request is wrong: by default (1) the next route takes over at once. Faults
+    # that end an attempt at once cost a retry only its backoff, and keep max_attempts.
     eager = policy.stale_before_fallback
     if fault.outcome == "stale" and eager is not None and stale_on_route >= eager and has_next:
         return Decision(

@@ -17,9 +17,11 @@ The rules, in the order they apply to a finished cleanup:
    after the deadline): fail. "the caller's budget".
 3. output reached the caller and ``on_partial="fail"``: fail ("fails instead, with the
    partial message attached").
-4. a stale attempt, ``stale_before_fallback`` set, that many stale attempts on this
-   route in this run, and a next route: fall back ("after that many stale attempts on
-   one route in one run, fall back to the next route at once").
+4. a stale attempt, that many stale attempts on this route in this run as
+   ``stale_before_fallback`` allows (1 when the caller did not set it: "by default a
+   stall moves to the next route at once"; ``None``: no such limit), and a next route:
+   fall back ("the next route takes over, at once and without backoff"). A stall on the
+   last route goes on to rule 5.
 5. a retryable fault with attempts left on the route (``max_attempts`` counts attempts
    per route, 1 means no retry): a Retry-After above ``max_retry_after`` moves to the
    next route at once (fails without one); otherwise wait the Retry-After (even above
@@ -37,7 +39,7 @@ Retry-After header, by the README's table, not from the classifier's flags.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Final, Literal
 
 from lifecycle._config import RetryPolicy, Timeouts
 from lifecycle._events import (
@@ -57,6 +59,10 @@ from lifecycle._events import (
 __all__ = ["Expected", "PolicyModel", "Verdict", "status_verdict"]
 
 Kind = Literal["retry", "fallback", "fail", "cancel"]
+UNSET: Final = "unset"
+"""A ``RetryPolicy`` field the caller did not pass: the model applies the README's default."""
+STALE_BEFORE_FALLBACK_DEFAULT: Final = 1
+"""README, "Retry, fallback and the commit point": a stall moves to the next route at once."""
 DEST: dict[str, str] = {
     "retry": "retrying",
     "fallback": "falling_back",
@@ -111,10 +117,23 @@ class PolicyModel:
     """One run: the model's own counts, and what it expects of the core."""
 
     def __init__(
-        self, *, routes: int, retry: RetryPolicy, timeouts: Timeouts, started_at: float
+        self,
+        *,
+        routes: int,
+        retry: RetryPolicy,
+        stale_before_fallback: int | Literal["unset"] | None,
+        timeouts: Timeouts,
+        started_at: float,
     ) -> None:
+        """``stale_before_fallback``: what the caller passed to ``retry``, or ``UNSET``:
+        the model keeps its own default rather than the policy's."""
         self.routes = routes
         self.retry = retry
+        self.stale_limit = (
+            STALE_BEFORE_FALLBACK_DEFAULT
+            if stale_before_fallback == UNSET
+            else stale_before_fallback
+        )
         self.deadline = started_at + timeouts.total
         self.state = "idle"
         self.attempts = [0] * routes
@@ -200,7 +219,7 @@ class PolicyModel:
             return expect({"fail"}, "rule 2: Timeouts.total ran out")
         if self.committed and policy.on_partial == "fail":
             return expect({"fail"}, "rule 3: output delivered, on_partial='fail'")
-        limit = policy.stale_before_fallback
+        limit = self.stale_limit
         if verdict.stale and limit is not None and self.stale[route] >= limit and has_next:
             return expect({"fallback"}, f"rule 4: {self.stale[route]} stale, stale_before_fallback")
         if verdict.retry and self.attempts[route] < policy.max_attempts:

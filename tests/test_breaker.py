@@ -391,18 +391,23 @@ def test_concurrent_runs_in_a_half_open_period_send_exactly_one_probe(provider: 
     assert engine.breakers()[name].state == "closed"
 
 
-def test_stale_before_fallback_moves_on_after_one_stall(provider: Any) -> None:
+def test_stale_before_fallback_moves_on_after_that_many_stalls(provider: Any) -> None:
     engine = provider.engine(
         timeouts=Timeouts(connect=5, first_token=0.4, stale=0.4, total=30),
         retry=RetryPolicy(
-            max_attempts=3, initial_backoff=0.0, max_backoff=0.0, stale_before_fallback=1
+            max_attempts=3, initial_backoff=0.0, max_backoff=0.0, stale_before_fallback=2
         ),
     )
-    provider.script([StallAfterEvents(n=1), Healthy()])
+    provider.script([StallAfterEvents(n=1), StallAfterEvents(n=1), Healthy()])
     run, _seen = provider.run_to_end(engine)
     assert run.state == "completed"
-    # Without stale_before_fallback the stall would be retried on route 0 (max_attempts=3).
-    assert [(a.route_index, a.outcome) for a in run.attempts] == [(0, "stale"), (1, "completed")]
+    # The default (1) would fall back after the first stall; None would retry the third
+    # attempt on route 0 (max_attempts=3), which the script lets complete there.
+    assert [(a.route_index, a.outcome) for a in run.attempts] == [
+        (0, "stale"),
+        (0, "stale"),
+        (1, "completed"),
+    ]
 
 
 def test_an_engine_without_breakers_never_skips(provider: Any) -> None:
@@ -538,8 +543,9 @@ def test_hooks_see_each_run_and_attempt_in_order(provider: Any) -> None:
         ("attempt_end", (1, "stale")),
         ("attempt_end", (2, "completed")),
     ]
+    assert [a.route_index for a in run.attempts] == [0, 1]
     assert calls[-1] == ("end", "completed")
     assert [c[1] for c in calls if c[0] == "transition"] == [t.dest for t in run.history]
     # an attempt ends after its cleanup: right after the transition out of cleanup
     first_end = calls.index(("attempt_end", (1, "stale")))
-    assert calls[first_end - 1] == ("transition", "retrying")
+    assert calls[first_end - 1] == ("transition", "falling_back")  # a stall: the next route

@@ -92,7 +92,7 @@ def test_configuration_is_frozen_keyword_only_and_hashable(config: Any) -> None:
 def test_the_defaults_are_the_documented_ones() -> None:
     """README and the docstrings quote these figures: changing one is a release note."""
     assert dataclasses.astuple(Timeouts()) == (10.0, 60.0, 180.0, 900.0)
-    assert dataclasses.astuple(RetryPolicy()) == (3, 0.5, 30.0, 1.0, 60.0, "restart", None)
+    assert dataclasses.astuple(RetryPolicy()) == (3, 0.5, 30.0, 1.0, 60.0, "restart", 1)
     assert dataclasses.astuple(BreakerPolicy()) == (5, 30.0, 2.0, 600.0, 900.0, False)
 
 

@@ -19,16 +19,16 @@ RETRY = RetryPolicy(max_attempts=2, initial_backoff=0.0, max_backoff=0.0)
 
 
 def test_the_engines_context_closes_every_client_it_built(provider: Any) -> None:
-    # A stall, then a 529 on the first route (two cleanups: two clients closed there and
+    # A 529, then a stall on the first route (two cleanups: two clients closed there and
     # a third built), then the fallback completes on the other route.
-    provider.script([StallAfterEvents(n=1), HttpError(status=529)])
+    provider.script([HttpError(status=529), StallAfterEvents(n=1)])
     routes = [provider.route(), provider.other_route()]
     engine, run, seen = provider.run_in_own_engine(routes, timeouts=TIMEOUTS, retry=RETRY)
     assert seen.error is None, repr(seen.error)
     assert run.state == "completed"
     assert [(a.route_index, a.outcome) for a in run.attempts] == [
-        (0, "stale"),
         (0, "error"),
+        (0, "stale"),
         (1, "completed"),
     ]
     first = provider.built[provider.model]

@@ -33,8 +33,12 @@ STALE = 0.5
 BOUND = PROMPT
 """Allowance over the threshold: prompt, not hung (see tests/bounds.py)."""
 TIMEOUTS = Timeouts(connect=5, first_token=STALE, stale=STALE, total=30)
-RETRY = RetryPolicy(max_attempts=2, initial_backoff=0.0, max_backoff=0.0)
-"""No backoff: the time to the next attempt is the engine's own (detection and cleanup)."""
+RETRY = RetryPolicy(
+    max_attempts=2, initial_backoff=0.0, max_backoff=0.0, stale_before_fallback=None
+)
+"""No backoff: the time to the next attempt is the engine's own (detection and cleanup).
+Stalls are retried on their route (the default falls back at once: test_stall_fallback),
+so that each fault's recovery shows on the one route, the other provider untouched."""
 
 # fault, attempt 1 outcome, its clock (None: not a stall), meaningful events delivered
 FAULTS: list[tuple[Any, str, str | None, int]] = [

@@ -19,8 +19,9 @@ backoff that follows (the "expire" row) or during the attempt that follows (the 
 clock). The mapping is found and checked with the pure ``RunCore`` (same table, same
 policy), fed the faults the adapters classify. A path that no scenario produces under
 the engine's policy is *infeasible* and only counted: an interrupted attempt always ends
-the run cancelled, and a retryable fault never falls back before ``max_attempts`` (one
-policy for both routes).
+the run cancelled, and a retryable fault other than a stall never falls back before
+``max_attempts`` (one policy for both routes; a stall falls back at once by default, and
+is retried on a route before the last only under ``stale_before_fallback=None``).
 
 Scenarios are deduplicated and replayed on both real drivers, the real SDKs and the
 loopback server: the sync driver ``WORKERS`` at a time (each run owns its worker thread,
@@ -354,12 +355,17 @@ POLICIES: Final = tuple(
         max_backoff=backoff,
         jitter=0.0,
         on_partial=on_partial,  # type: ignore[arg-type]
+        **stale_retries,
     )
+    for stale_retries in ({}, {"stale_before_fallback": None})
     for backoff in (0.0, 0.2)
     for on_partial in ("restart", "fail")
     for max_attempts in (2, 1, 3)
 )
-"""Tried in order; zero backoff first (a backoff is only needed for a deadline to pass)."""
+"""Tried in order; the default stall rule first (a stall falls back at once when a later
+route exists), then the caller's same-route stall retries (``stale_before_fallback=None``),
+for the paths that retry a stall on a route before the last; zero backoff first (a
+backoff is only needed for a deadline to pass)."""
 
 
 class _Oracle:

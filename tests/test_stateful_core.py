@@ -26,7 +26,7 @@ import itertools
 import random
 from collections import Counter
 from collections.abc import Iterator
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import pytest
 from hypothesis import settings
@@ -41,7 +41,7 @@ from hypothesis.stateful import (
 )
 from hypothesis_profiles import PROFILE, budget
 from invariants import report
-from policy_model import PolicyModel, Verdict, status_verdict
+from policy_model import UNSET, PolicyModel, Verdict, status_verdict
 from transitions import MachineError
 
 from lifecycle._config import RetryPolicy, Timeouts
@@ -99,21 +99,33 @@ _CAP_EXTRA = st.just(0.0) | st.floats(0.0, 30.0)
 _JITTER = st.sampled_from([0.0, 1.0]) | st.floats(0.0, 1.0)
 _MAX_RETRY_AFTER = st.sampled_from((0.25, 0.5, 90.0)) | st.floats(0.0, 120.0)
 _ON_PARTIAL = st.sampled_from(["restart", "fail", "continue"])
-_STALE_BEFORE_FALLBACK = st.none() | st.integers(1, 3)
+# UNSET leaves the field out: the model then applies the README's default, not the
+# policy's, so a changed default disagrees with it.
+_STALE_BEFORE_FALLBACK: st.SearchStrategy[int | Literal["unset"] | None] = (
+    st.just(UNSET) | st.none() | st.integers(1, 3)
+)
+RetryChoice = tuple[RetryPolicy, int | Literal["unset"] | None]
+"""A policy and the ``stale_before_fallback`` the caller passed to it (or ``UNSET``)."""
 
 
 @st.composite
-def retry_policies(draw: st.DrawFn) -> RetryPolicy:
+def retry_policies(draw: st.DrawFn) -> RetryChoice:
     initial = draw(_INITIAL_BACKOFF)
-    return RetryPolicy(
+    stale_before_fallback = draw(_STALE_BEFORE_FALLBACK)
+    policy = RetryPolicy(
         max_attempts=draw(st.integers(1, 4)),
         initial_backoff=initial,
         max_backoff=initial * draw(_CAP_FACTOR) + draw(_CAP_EXTRA),
         jitter=draw(_JITTER),
         max_retry_after=draw(_MAX_RETRY_AFTER),
         on_partial=draw(_ON_PARTIAL),
-        stale_before_fallback=draw(_STALE_BEFORE_FALLBACK),
+        **(
+            {}
+            if stale_before_fallback == UNSET
+            else {"stale_before_fallback": stale_before_fallback}
+        ),
     )
+    return policy, stale_before_fallback
 
 
 @st.composite
@@ -209,7 +221,8 @@ class CoreMachine(RuleBasedStateMachine):
         clocks=timeouts(),
         seed=st.integers(0, 2**32 - 1),
     )
-    def start(self, modes: list[str], retry: RetryPolicy, clocks: Timeouts, seed: int) -> None:
+    def start(self, modes: list[str], retry: RetryChoice, clocks: Timeouts, seed: int) -> None:
+        policy, stale_before_fallback = retry
         STATS["runs"] += 1
         self.final = None
         self.fed = []
@@ -219,9 +232,15 @@ class CoreMachine(RuleBasedStateMachine):
             for i, mode in enumerate(modes)
         ]
         self.core = RunCore(
-            routes=routes, timeouts=clocks, retry=retry, started_at=T0, rng=random.Random(seed)
+            routes=routes, timeouts=clocks, retry=policy, started_at=T0, rng=random.Random(seed)
         )
-        self.model = PolicyModel(routes=len(routes), retry=retry, timeouts=clocks, started_at=T0)
+        self.model = PolicyModel(
+            routes=len(routes),
+            retry=policy,
+            stale_before_fallback=stale_before_fallback,
+            timeouts=clocks,
+            started_at=T0,
+        )
 
     def _check(self, condition: bool, message: str) -> None:
         if not condition:
@@ -388,7 +407,7 @@ class CoreMachine(RuleBasedStateMachine):
         clocks=timeouts(),
         seed=st.integers(0, 2**32 - 1),
     )
-    def next_run(self, modes: list[str], retry: RetryPolicy, clocks: Timeouts, seed: int) -> None:
+    def next_run(self, modes: list[str], retry: RetryChoice, clocks: Timeouts, seed: int) -> None:
         """The run is over: the rest of the example drives a new one."""
         self.start(modes, retry, clocks, seed)
 

@@ -122,7 +122,8 @@ def expected_attempts(primary: list[Any], fallback: list[Any]) -> list[tuple[int
     requests take faults from ``primary`` and its fallback's from ``fallback`` (one list
     twice for a script both routes share): ``RETRY.max_attempts`` on the primary, then as
     many on the fallback, until one is served ``Healthy`` (what an exhausted script
-    serves)."""
+    serves). A stall on the primary moves to the fallback at once (the default
+    ``stale_before_fallback=1``); on the fallback, the last route, it is retried."""
     queues = (list(primary), list(fallback)) if primary is not fallback else (list(primary),) * 2
     attempts: list[tuple[int, Any]] = []
     for route_index, queue in enumerate(queues):
@@ -131,6 +132,8 @@ def expected_attempts(primary: list[Any], fallback: list[Any]) -> list[tuple[int
             attempts.append((route_index, fault))
             if isinstance(fault, Healthy):
                 return attempts
+            if OUTCOME_OF_FAULT[type(fault)] == "stale" and route_index < len(queues) - 1:
+                break
     return attempts
 
 

@@ -141,13 +141,14 @@ VERDICTS: Final[tuple[Verdict, ...]] = (
         counts="failure",
         then="retry",
     ),
-    # the clocks on the provider
+    # the clocks on the provider: a stall is the provider's, and a retry would cost a whole
+    # budget again, so the next route runs at once (retried here only on the last route)
     Verdict(
         name="no first token within Timeouts.first_token",
         cause=StallAfterHeaders(),
         outcome="stale",
         counts="failure",
-        then="retry",
+        then="fallback",
         timeouts=STALL,
     ),
     Verdict(
@@ -155,7 +156,7 @@ VERDICTS: Final[tuple[Verdict, ...]] = (
         cause=StallAfterEvents(n=1),
         outcome="stale",
         counts="failure",
-        then="retry",
+        then="fallback",
         timeouts=STALL,
     ),
     # the stream's shape

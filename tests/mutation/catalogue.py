@@ -206,7 +206,30 @@ CATALOGUE: Final[tuple[Mutation, ...]] = (
         old="stale_on_route >= eager",
         new="stale_on_route > eager",
         why="stale_before_fallback read as stale attempts allowed before falling back",
-        first=("tests/test_breaker.py", "tests/test_driver_policy.py"),
+        first=("tests/test_stall_fallback.py", "tests/test_breaker.py"),
+    ),
+    Mutation(
+        name="stall_retried_before_the_next_route",
+        bug_class="policy",
+        file="lifecycle/_config.py",
+        old="    stale_before_fallback: int | None = 1\n",
+        new="    stale_before_fallback: int | None = None\n",
+        why="the old default back: a stall retried on its route while a later one could answer",
+        first=(
+            "tests/test_stall_fallback.py",
+            "tests/test_config.py",
+            "tests/test_verdicts.py",
+            "tests/test_stateful_core.py",
+        ),
+    ),
+    Mutation(
+        name="stall_on_the_last_route_not_retried",
+        bug_class="policy",
+        file="lifecycle/_policy.py",
+        old="stale_on_route >= eager and has_next:",
+        new="stale_on_route >= eager:",
+        why="'a stall moves on' applied to the last route too, where nothing else can answer",
+        first=("tests/test_stall_fallback.py", "tests/test_stateful_core.py"),
     ),
     # -- commit point and delivery -----------------------------------------------------------
     Mutation(
