@@ -65,6 +65,14 @@ class Target:
     index: int
 
 
+SIM_POLICY = RetryPolicy(
+    max_attempts=2, initial_backoff=0.5, max_backoff=4.0, jitter=0.0, stale_before_fallback=None
+)
+"""Stalls are retried on their route like any transient fault, so that the scenarios
+below walk the ``retrying`` rows after a stall as well; the default's at-once fallback
+after a stall has scenarios of its own (``test_a_stall_falls_back_at_once_by_default``)."""
+
+
 class Sim:
     """Feeds a ``RunCore`` the events a driver would, on a fake monotonic timeline."""
 
@@ -83,8 +91,7 @@ class Sim:
         self.core = RunCore(
             routes=routes,
             timeouts=timeouts or Timeouts(first_token=1.0, stale=1.0, total=100.0),
-            retry=retry
-            or RetryPolicy(max_attempts=2, initial_backoff=0.5, max_backoff=4.0, jitter=0.0),
+            retry=retry or SIM_POLICY,
             started_at=T0,
             rng=random.Random(seed),
         )
@@ -202,6 +209,30 @@ def test_stall_while_connecting_then_retry() -> None:
         "completed",
     ]
     assert [a.route_index for a in sim.core.attempts] == [0, 0]
+
+
+@pytest.mark.parametrize("delivered", [False, True], ids=["connecting", "streaming"])
+def test_a_stall_falls_back_at_once_by_default(delivered: bool) -> None:
+    policy = RetryPolicy(max_attempts=2, initial_backoff=0.5, max_backoff=4.0, jitter=0.0)
+    sim = Sim(retry=policy).start()
+    if delivered:
+        sim.first()
+    sim.stall("stale" if delivered else "first_token").cleaned()
+    assert sim.state == "falling_back"
+    decision = sim.core.decision
+    assert decision is not None and (decision.kind, decision.route_index) == ("fallback", 1)
+    assert decision.delay == 0
+    assert sim.core.restart_pending is delivered
+    # On the last route nothing else can answer: its stall is retried there.
+    sim.start().stall("first_token").cleaned()
+    assert sim.state == "retrying"
+    assert sim.core.decision is not None and sim.core.decision.route_index == 1
+    sim.start().first().finish()
+    assert [(a.route_index, a.outcome) for a in sim.core.attempts] == [
+        (0, "stale"),
+        (1, "stale"),
+        (1, "completed"),
+    ]
 
 
 def test_stall_while_streaming_then_restart() -> None:
@@ -557,7 +588,7 @@ def test_on_partial_fail_after_output_was_delivered() -> None:
 
 
 def test_on_partial_fail_still_retries_before_any_output() -> None:
-    policy = RetryPolicy(max_attempts=3, on_partial="fail")
+    policy = RetryPolicy(max_attempts=3, on_partial="fail", stale_before_fallback=None)
     sim = Sim(retry=policy).start().stall("first_token").cleaned()
     assert sim.state == "retrying"
 
@@ -596,7 +627,7 @@ def test_backoff_that_would_pass_the_deadline_fails() -> None:
     "modes", [(ANTHROPIC, OPENAI), (OPENAI, ANTHROPIC)], ids=["anthropic-first", "openai-first"]
 )
 def test_cleanup_targets_the_active_attempts_route(modes: tuple[str, str]) -> None:
-    sim = Sim(modes, retry=RetryPolicy(max_attempts=2))
+    sim = Sim(modes, retry=RetryPolicy(max_attempts=2, stale_before_fallback=None))
     sim.start().first().stall()  # route 0 stalls
     assert_cleanup_targets_active_route(sim.core)
     assert sim.core.pending_cleanup is not None
