@@ -277,6 +277,13 @@ class StreamEngine:
         self._end_runs()
         loop = asyncio.get_running_loop()
         for route in self.routes:
+            # A spare's build in flight is awaited here, so that take_idle (and close()
+            # below) never block the loop waiting for the builder thread.
+            for slot in (route.sync_clients, *route.async_slots()):
+                building = slot.building
+                if building is not None:
+                    with contextlib.suppress(Exception):
+                        await asyncio.wrap_future(building)
             for slot in route.async_slots():
                 clients = slot.take_idle()
                 if clients and slot.loop in (None, loop):
@@ -300,7 +307,9 @@ class StreamEngine:
     def close(self) -> None:
         """End the runs in flight with ``EngineClosed`` and close every client this
         engine's routes built: at once if nobody streams on it, else by its last run.
-        Async clients are closed on their own event loop (abandoned if it is closed)."""
+        Async clients are closed on their own event loop (abandoned if it is closed).
+        Each slot's spare is closed too, its build waited for if in flight, so no builder
+        thread outlives close()."""
         self._closing.set()
         self._closed = True
         self._end_runs()
