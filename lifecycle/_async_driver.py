@@ -189,6 +189,7 @@ class AsyncRun(RunBase):
                             stream = await route.aopen(lease.client, request, timeouts)
                         finally:
                             active_connection.reset(token)
+                            self._replenish(lease)
                         diag.http_status = stream.http_status
                         diag.headers = header_subset(stream.headers)
                         connection.attach(stream.socket)

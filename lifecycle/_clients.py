@@ -1,8 +1,8 @@
 """Shared SDK clients per route and flavour (sync or async), with retirement.
 
 Building a client costs ~60 ms (mostly ``ssl.create_default_context()``), so concurrent
-runs of a route share one: up to ``streams_per_client`` at once, beyond which the slot builds
-another (the SDKs' connection pools scan every pooled connection on each request and
+runs of a route share one: up to ``streams_per_client`` at once, beyond which the slot
+builds another (the SDKs' connection pools scan every pooled connection on each request and
 each response close, so one client carrying 10,000 streams spends most of a CPU there;
 measured in ``tests/benchmarks/bench_scale.py``). Below that many concurrent streams a
 route has exactly one client. After a fault, cleanup *retires* the attempt's client:
@@ -11,17 +11,22 @@ alone, and whichever run releases it last closes it, on its own thread or task.
 
 The successor is built before it is needed: once a slot has been leased from, it keeps
 one *spare* client, built by a short-lived builder thread (``BUILDER_THREAD``), so the
-cleanup after a fault only moves the spare in (no factory call on the run's path) and the
-builder makes the next one. A thread per build, not a resident builder: builds are rare
-(a slot's first lease, then one per retired client), a thread start is ~0.1 ms against a
-~60 ms build, and a thread that ends by itself needs no stopping at ``engine.close()``,
-nor restarting after ``os.fork()``. Async clients are built on that thread too, never on
-the event loop: the SDKs' async clients bind nothing to a loop when constructed (httpx's
-and httpx2's pools create their locks, events and network backend lazily, at the first
-request), so a client built there is used on the loop like one built on it. A failed
-build is kept, not retried: the attempt that needed the client gets its error, and the
-next build happens only when an attempt asks again, so a failing factory is called at
-most once per attempt, never in a loop.
+cleanup after a fault only moves the spare in (no factory call on the run's path); the
+builder makes the next one once the next attempt's request is out (``replenish``): a
+build holds the GIL in stretches of milliseconds, and must not delay that request.
+
+A thread per build, not a resident builder: builds are rare (a slot's first lease,
+then one per retired client), a thread start is ~0.1 ms against a ~60 ms build, and a
+thread that ends by itself needs no stopping at ``engine.close()`` (which only waits
+for a build in flight) nor restarting after ``os.fork()``.
+
+Async clients are built on that thread too, never on the event loop: the SDKs' async
+clients bind nothing to a loop when constructed (httpx's and httpx2's pools create their
+locks, events and network backend lazily, at the first request), so a client built
+there is used on the loop like one built on it. A failed build is kept, not retried:
+the attempt that needed the client gets its error, and the next build happens only
+when an attempt asks again, so a failing factory is called at most once per attempt,
+never in a loop.
 
 The slot does no I/O itself: ``release`` and ``retire`` hand back the client that must
 be closed now, and the driver closes it in the right way for its flavour.
@@ -179,8 +184,14 @@ class ClientSlot:
 
     def _hand_out(self, generation: _Generation) -> ClientLease:
         generation.users += 1
-        self._start_spare()
         return ClientLease(self, generation)
+
+    def replenish(self) -> None:
+        """Have the builder make the next spare unless one is there or coming. The
+        drivers call it once the attempt's request is out: a build holds the GIL for
+        milliseconds at a time, so one started at the lease would delay that request."""
+        with self._lock:
+            self._start_spare()
 
     def _take_spare(self) -> _Generation:
         """Under the lock, the spare's build done: make it live, or raise its error (once:
@@ -245,9 +256,7 @@ class ClientSlot:
         error = spare.exception()
         if error is not None:
             raise error
-        generation = self._take_spare()
-        self._start_spare()
-        return generation
+        return self._take_spare()  # the next spare: once the next request is out
 
     def _start_spare(self) -> None:
         """Under the lock: have the builder make a spare unless one is there or coming

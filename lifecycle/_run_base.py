@@ -478,6 +478,13 @@ class RunBase:
             )
         )
 
+    def _replenish(self, lease: ClientLease) -> None:
+        """The attempt's request is out (or failed): the builder may make the slot's next
+        spare now, off this run's path. Not once the engine is closing: close() has
+        taken the spares, and a build begun after it would outlive it."""
+        if not self._engine_closed:
+            lease.slot.replenish()
+
     def _rebuild_deferred(self, plan: CleanupPlan) -> bool:
         """The run is ending (cancelled, or out of ``Timeouts.total``): the retired client's
         successor is not moved in, recorded as deferred. True if so."""

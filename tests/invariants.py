@@ -20,8 +20,8 @@ Invariants (each raises ``InvariantViolation`` naming itself):
 - ``no_foreign_adapter``: no client of another route (or of the other flavour) was
   built, closed or rebuilt because of an attempt: each slot's ``built_count`` is what
   the attempts on *its* route explain (a lease with no client takes the spare, or builds
-  the slot's first; every lease and every successor moved in has the builder make the
-  next spare), and cleanup details name only the attempt's mode. Every faulty attempt
+  the slot's first; once each attempt's request is out the builder makes the next
+  spare), and cleanup details name only the attempt's mode. Every faulty attempt
   that was not deferred left its successor (the spare) in place before the next attempt.
 - ``cleanup_on_owner``: close, rebuild and stream close ran on ``run.owner`` (sync: the
   thread; async: "thread/task"); never on "lifecycle-watchdog" or a loop timer. A client
@@ -591,14 +591,13 @@ def _expected_builds(
             else:  # an async slot's first client is built off the loop too
                 by_builder += 1
             filled = True
-        if not spare:  # every lease leaves a spare coming
+        if not spare:  # once its request is out, the builder makes the next spare
             by_builder, spare = by_builder + 1, True
         if exit_ in FAULT_STATES:  # cleanup retires it; the spare moves in unless deferred
             filled = False
             for step in attempt.diagnostics.cleanup:
                 if step.step == "rebuild" and "generation" in step.detail:
-                    filled = True
-                    by_builder += 1  # and the builder makes the next spare
+                    filled, spare = True, False
     return ExpectedBuilds(inline=inline, by_builder=by_builder, filled=filled, spare=spare)
 
 

@@ -151,9 +151,7 @@ def test_a_factory_error_in_the_builder_reaches_the_attempt_that_needed_it(
     assert len(rebuild) == 1 and "rebuild failed: RuntimeError" in rebuild[0]
     # As when the factory raised on the attempt's own thread (client_build_fault).
     assert second.outcome == "dropped" and second.diagnostics.error_type == "RuntimeError"
-    assert f"client factory of {route.name} failed: RuntimeError: vault refused" in str(
-        seen.error
-    )
+    assert f"client factory of {route.name} failed: RuntimeError: vault refused" in str(seen.error)
     everything = str(seen.error) + repr(run.attempts) + " ".join(rebuild)
     assert secret not in everything
     settle(route)
