@@ -228,6 +228,7 @@ def test_the_child_starts_with_no_client_of_the_parent(provider: Any) -> None:
         empty = {"live": slot.live_clients, "spare": slot.has_spare, "building": slot.building}
         before = len(slot.builds_log)
         slot.release(slot.lease())
+        slot.replenish()  # as the driver does once the request is out
         slot.wait_for_builder(10)
         return {
             **empty,
