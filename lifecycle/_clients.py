@@ -371,11 +371,10 @@ class ClientSlot:
     def take_idle(self) -> list[Any]:
         """For the engine's close(): every client nobody streams on, to close now; a
         client still in use is retired instead, and closed by its last user (on that
-        user's thread or task). The slot hands out nothing it had before. A spare being
-        built is waited for (up to ``BUILDER_WAIT``), and closed with the idle ones."""
-        self.wait_for_builder()
+        user's thread or task). The slot hands out nothing it had before. The spare is
+        left for ``take_spare``."""
         with self._lock:
-            clients = self._drop_spare()
+            clients = []
             for generation in self._live:
                 generation.retired = True
                 if generation.users == 0:
@@ -385,6 +384,14 @@ class ClientSlot:
                     self._retired.append(generation)
             self._live.clear()
             return clients
+
+    def take_spare(self) -> list[Any]:
+        """For the engine's close(): the spare, to close now (its build waited for, up to
+        ``BUILDER_WAIT``, so no builder outlives close). It never sent a request, so it
+        has no connection bound to any loop: an async spare may be closed anywhere."""
+        self.wait_for_builder()
+        with self._lock:
+            return self._drop_spare()
 
     def _drop_spare(self) -> list[Any]:
         """Under the lock: forget the spare (and any build in flight); its client if built."""

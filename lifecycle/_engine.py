@@ -15,7 +15,6 @@ from types import TracebackType
 from typing import Any, Final
 
 from ._async_driver import AsyncRun
-from ._clients import ClientSlot
 from ._config import BreakerPolicy, RetryPolicy, Timeouts
 from ._errors import EngineClosed, MissingCredentials
 from ._health import BreakerStatus, HealthStore, RouteHealth
@@ -285,12 +284,14 @@ class StreamEngine:
                     with contextlib.suppress(Exception):
                         await asyncio.wrap_future(building)
             for slot in route.async_slots():
+                for spare in slot.take_spare():
+                    await route.aclose_client(spare)
                 clients = slot.take_idle()
                 if clients and slot.loop in (None, loop):
                     for client in clients:
                         await route.aclose_client(client)
                 elif clients:
-                    await asyncio.to_thread(self._close_on_own_loop, route, slot, clients)
+                    await asyncio.to_thread(self._close_on_own_loop, route, slot.loop, clients)
         self.close()
 
     async def __aenter__(self) -> StreamEngine:
@@ -314,17 +315,21 @@ class StreamEngine:
         self._closed = True
         self._end_runs()
         for route in self.routes:
-            for client in route.sync_clients.take_idle():
+            for client in (*route.sync_clients.take_spare(), *route.sync_clients.take_idle()):
                 route.close_client(client)
             for slot in route.async_slots():
+                spares = slot.take_spare()
+                if spares:  # never used: bound to no loop, closed like a client of none
+                    self._close_on_own_loop(route, None, spares)
                 clients = slot.take_idle()
                 if clients:
-                    self._close_on_own_loop(route, slot, clients)
+                    self._close_on_own_loop(route, slot.loop, clients)
 
-    def _close_on_own_loop(self, route: Route, slot: ClientSlot, clients: list[Any]) -> None:
-        """Close async ``clients`` on the loop they belong to: their connections and
-        locks are that loop's, and closing them on another one fails."""
-        loop = slot.loop
+    def _close_on_own_loop(
+        self, route: Route, loop: asyncio.AbstractEventLoop | None, clients: list[Any]
+    ) -> None:
+        """Close async ``clients`` on ``loop``, the one they belong to: their connections
+        and locks are that loop's, and closing them on another one fails."""
 
         async def close_all() -> None:
             for client in clients:
