@@ -282,9 +282,7 @@ class ClientSlot:
         generation: _Generation | None = None
         with self._lock:
             if epoch == self._epoch:
-                self._built += 1
-                self.builds_log.append(threading.current_thread().name)
-                generation = _Generation(client=client, number=self._built)
+                generation = self._generation_of(client)
         if generation is None:
             # The slot was emptied while this was built, and closing gave up waiting: a
             # never-used client (no connection yet), kept referenced so nothing closes it.
@@ -308,7 +306,10 @@ class ClientSlot:
         return not builder.is_alive()
 
     def _new_generation(self) -> _Generation:
-        client = self.build()
+        return self._generation_of(self.build())
+
+    def _generation_of(self, client: Any) -> _Generation:
+        """Under the lock: number, and log, a client just built (or adopted) here."""
         self._built += 1
         self.builds_log.append(threading.current_thread().name)
         return _Generation(client=client, number=self._built)
@@ -336,9 +337,7 @@ class ClientSlot:
         with self._lock:
             if self._live:
                 return False
-            self._built += 1
-            self.builds_log.append(threading.current_thread().name)
-            self._live.append(_Generation(client=client, number=self._built))
+            self._live.append(self._generation_of(client))
             return True
 
     def retire_current(self) -> Any | None:
