@@ -21,7 +21,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Final
 
 from ._abort import AttemptConnection, active_connection
-from ._clients import ClientLease
+from ._clients import ClientLease, ClientSlot, _Generation
 from ._events import (
     AttemptFailed,
     AttemptStarted,
@@ -40,7 +40,7 @@ from ._watchdog import arm_on_loop, disarm_on_loop, progressed_on_loop
 
 if TYPE_CHECKING:
     from ._health import RouteHealth
-    from ._machine import RunCore
+    from ._machine import CleanupPlan, RunCore
 
 __all__ = ["AsyncRun"]
 
@@ -153,7 +153,12 @@ class AsyncRun(RunBase):
             caller_left: BaseException | None = None
             try:
                 try:
-                    lease = route.async_slot(loop).lease()
+                    lease = await route.async_slot(loop).alease()
+                except asyncio.CancelledError as exc:
+                    # Cancelled while its client was being built (off the loop): the
+                    # attempt ends interrupted, with the usual (empty) cleanup.
+                    core.feed(InterruptRequested(at=now()))
+                    caller_left = await self._clean_up(connection, None, None, leaving=exc)
                 except Exception as exc:
                     diag.error_type = type(exc).__name__
                     diag.cause_chain = cause_chain(exc)
@@ -184,6 +189,7 @@ class AsyncRun(RunBase):
                             stream = await route.aopen(lease.client, request, timeouts)
                         finally:
                             active_connection.reset(token)
+                            self._replenish(lease)
                         diag.http_status = stream.http_status
                         diag.headers = header_subset(stream.headers)
                         connection.attach(stream.socket)
@@ -389,7 +395,27 @@ class AsyncRun(RunBase):
             error, leaving = await _settle(route.aclose_client(to_close), leaving)
             self._cleanup_closed(plan, lease, error)
         self._leaving = leaving is not None
-        self._cleanup_rebuild(plan, route.async_slot(loop))
+        return await self._acleanup_rebuild(plan, route.async_slot(loop), leaving)
+
+    async def _acleanup_rebuild(
+        self, plan: CleanupPlan, slot: ClientSlot, leaving: BaseException | None
+    ) -> BaseException | None:
+        """The successor of the retired client is the slot's spare, its build (if still in
+        flight, on the builder thread) awaited: the loop never runs a factory. Shielded
+        like a close: a cancellation meanwhile is kept, the spare still moved in."""
+        if self._rebuild_deferred(plan):
+            return leaving
+        successor: list[_Generation | None] = []
+
+        async def move_in() -> None:
+            successor.append(await slot.asuccessor())
+
+        error, leaving = await _settle(move_in(), leaving)
+        if isinstance(error, Exception) or not successor:
+            failure = error if isinstance(error, Exception) else RuntimeError("no successor")
+            self._record_successor(plan, None, failure)
+        else:
+            self._record_successor(plan, successor[0], None)
         return leaving
 
     def _clean_up_after_close(self, connection: AttemptConnection, lease: ClientLease) -> None:
@@ -397,12 +423,11 @@ class AsyncRun(RunBase):
         on the success path when the caller's cancellation arrived."""
         plan = self._core.pending_cleanup
         assert plan is not None, "the machine planned no cleanup"
-        route: Route = plan.route  # type: ignore[assignment]
         self._cleanup_abort(plan, connection)
         self._cleanup_stream_closed(plan, None)
         self._cleanup_closed(plan, lease, None)
         self._leaving = True
-        self._cleanup_rebuild(plan, route.async_slot(asyncio.get_running_loop()))
+        self._rebuild_deferred(plan)
 
 
 async def _settle_idempotent(make: Callable[[], Awaitable[object]]) -> BaseException | None:

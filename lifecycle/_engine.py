@@ -15,7 +15,6 @@ from types import TracebackType
 from typing import Any, Final
 
 from ._async_driver import AsyncRun
-from ._clients import ClientSlot
 from ._config import BreakerPolicy, RetryPolicy, Timeouts
 from ._errors import EngineClosed, MissingCredentials
 from ._health import BreakerStatus, HealthStore, RouteHealth
@@ -277,13 +276,22 @@ class StreamEngine:
         self._end_runs()
         loop = asyncio.get_running_loop()
         for route in self.routes:
+            # A spare's build in flight is awaited here, so that take_idle (and close()
+            # below) never block the loop waiting for the builder thread.
+            for slot in (route.sync_clients, *route.async_slots()):
+                building = slot.building
+                if building is not None:
+                    with contextlib.suppress(Exception):
+                        await asyncio.wrap_future(building)
             for slot in route.async_slots():
+                for spare in slot.take_spare():
+                    await route.aclose_client(spare)
                 clients = slot.take_idle()
                 if clients and slot.loop in (None, loop):
                     for client in clients:
                         await route.aclose_client(client)
                 elif clients:
-                    await asyncio.to_thread(self._close_on_own_loop, route, slot, clients)
+                    await asyncio.to_thread(self._close_on_own_loop, route, slot.loop, clients)
         self.close()
 
     async def __aenter__(self) -> StreamEngine:
@@ -300,22 +308,28 @@ class StreamEngine:
     def close(self) -> None:
         """End the runs in flight with ``EngineClosed`` and close every client this
         engine's routes built: at once if nobody streams on it, else by its last run.
-        Async clients are closed on their own event loop (abandoned if it is closed)."""
+        Async clients are closed on their own event loop (abandoned if it is closed).
+        Each slot's spare is closed too, its build waited for if in flight, so no builder
+        thread outlives close()."""
         self._closing.set()
         self._closed = True
         self._end_runs()
         for route in self.routes:
-            for client in route.sync_clients.take_idle():
+            for client in (*route.sync_clients.take_spare(), *route.sync_clients.take_idle()):
                 route.close_client(client)
             for slot in route.async_slots():
+                spares = slot.take_spare()
+                if spares:  # never used: bound to no loop, closed like a client of none
+                    self._close_on_own_loop(route, None, spares)
                 clients = slot.take_idle()
                 if clients:
-                    self._close_on_own_loop(route, slot, clients)
+                    self._close_on_own_loop(route, slot.loop, clients)
 
-    def _close_on_own_loop(self, route: Route, slot: ClientSlot, clients: list[Any]) -> None:
-        """Close async ``clients`` on the loop they belong to: their connections and
-        locks are that loop's, and closing them on another one fails."""
-        loop = slot.loop
+    def _close_on_own_loop(
+        self, route: Route, loop: asyncio.AbstractEventLoop | None, clients: list[Any]
+    ) -> None:
+        """Close async ``clients`` on ``loop``, the one they belong to: their connections
+        and locks are that loop's, and closing them on another one fails."""
 
         async def close_all() -> None:
             for client in clients:

@@ -16,7 +16,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from ._abort import AttemptConnection, OversizedEvent
-from ._clients import ClientLease, ClientSlot
+from ._clients import ClientLease, ClientSlot, _Generation
 from ._errors import EngineClosed, Fault, Interrupted, StreamFailed
 from ._events import (
     AttemptFailed,
@@ -478,13 +478,21 @@ class RunBase:
             )
         )
 
-    def _cleanup_rebuild(self, plan: CleanupPlan, slot: ClientSlot) -> None:
+    def _replenish(self, lease: ClientLease) -> None:
+        """The attempt's request is out (or failed): the builder may make the slot's next
+        spare now, off this run's path. Not once the engine is closing: close() has
+        taken the spares, and a build begun after it would outlive it."""
+        if not self._engine_closed:
+            lease.slot.replenish()
+
+    def _rebuild_deferred(self, plan: CleanupPlan) -> bool:
+        """The run is ending (cancelled, or out of ``Timeouts.total``): the retired client's
+        successor is not moved in, recorded as deferred. True if so."""
         cancelled = self._core.interrupt_requested or self._interrupted or self._leaving
         out_of_time = self._core.total_expired or now() >= self._core.deadline
         if cancelled or out_of_time:
-            # The run is ending: building a client (~20-40 ms of TLS set-up) would only
-            # delay the caller. The slot is empty, so the next run on this route builds
-            # a fresh client on its own thread.
+            # The run is ending: waiting for a spare's build in flight would only delay
+            # the caller. The slot keeps its spare (if any) for the next run's lease.
             why = "this one is cancelled" if cancelled else "Timeouts.total ran out"
             plan.attempt.diagnostics.cleanup.append(
                 CleanupStep(
@@ -494,12 +502,27 @@ class RunBase:
                     detail=f"{plan.api_mode}: deferred to the next run ({why})",
                 )
             )
+            return True
+        return False
+
+    def _cleanup_rebuild(self, plan: CleanupPlan, slot: ClientSlot) -> None:
+        """Sync: the successor of the retired client is the slot's spare (waited for if
+        its build is in flight), moved in here: no factory call on this thread."""
+        if self._rebuild_deferred(plan):
             return
         try:
-            slot.rebuild()
-            detail = f"{plan.api_mode} client generation {slot.built_count}"
+            self._record_successor(plan, slot.successor(), None)
         except Exception as exc:
-            detail = f"{plan.api_mode}: rebuild failed: {redact(repr(exc))[:200]}"
+            self._record_successor(plan, None, exc)
+
+    def _record_successor(
+        self, plan: CleanupPlan, generation: _Generation | None, error: Exception | None
+    ) -> None:
+        if error is not None:
+            detail = f"{plan.api_mode}: rebuild failed: {redact(repr(error))[:200]}"
+        else:
+            assert generation is not None
+            detail = f"{plan.api_mode} client generation {generation.number}"
         plan.attempt.diagnostics.cleanup.append(
             CleanupStep(
                 step="rebuild", thread=_here(), at=now() - plan.attempt.started_at, detail=detail

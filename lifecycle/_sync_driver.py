@@ -201,7 +201,10 @@ class Run(RunBase):
                 total_due=core.deadline,
             )
             try:
-                stream = self._open(route, lease.client, request, connection)
+                try:
+                    stream = self._open(route, lease.client, request, connection)
+                finally:
+                    self._replenish(lease)
                 diag.http_status = stream.http_status
                 diag.headers = header_subset(stream.headers)
                 connection.attach(stream.socket)

@@ -37,6 +37,7 @@ from lifecycle import (
     StreamEvent,
     Timeouts,
 )
+from lifecycle._clients import BUILDER_THREAD
 from providers import AnthropicMessages, OpenAIChatCompletions
 from providers.loopback import ConnectionRecord, LoopbackServer, RequestRecord, recordings
 
@@ -386,8 +387,16 @@ class ProviderKit:
 
     @property
     def builder(self) -> str:
-        """The thread name a route's client slot logs for each client it builds."""
-        return threading.current_thread().name
+        """The thread that builds a slot's first client: the caller's (sync), the builder
+        thread (async: never the loop). Every later client is the builder thread's."""
+        return BUILDER_THREAD if self.is_async else threading.current_thread().name
+
+    def settle(self) -> None:
+        """Wait for every spare build of this kit's routes in flight (counts are exact
+        after): a run's spare is built on the builder thread once its request is out."""
+        for route in self._routes.values():
+            for slot in (route.sync_clients, *route.async_slots()):
+                assert slot.wait_for_builder(10), f"{route.name}: a spare's build hangs"
 
     def clients(self, route: Route | None = None) -> Any:
         """The ``ClientSlot`` of ``route`` (default: ``route()``) this driver uses."""

@@ -19,10 +19,14 @@ Invariants (each raises ``InvariantViolation`` naming itself):
   An attempt that completed ran no cleanup.
 - ``no_foreign_adapter``: no client of another route (or of the other flavour) was
   built, closed or rebuilt because of an attempt: each slot's ``built_count`` is what
-  the attempts on *its* route explain, and cleanup details name only the attempt's mode.
+  the attempts on *its* route explain (a lease with no client takes the spare, or builds
+  the slot's first; once each attempt's request is out the builder makes the next
+  spare), and cleanup details name only the attempt's mode. Every faulty attempt
+  that was not deferred left its successor (the spare) in place before the next attempt.
 - ``cleanup_on_owner``: close, rebuild and stream close ran on ``run.owner`` (sync: the
-  thread; async: "thread/task"), and so did every client build; never on
-  "lifecycle-watchdog" or a loop timer.
+  thread; async: "thread/task"); never on "lifecycle-watchdog" or a loop timer. A client
+  was built on the owner's thread only by a sync lease that found no client and no spare
+  (the slot's first); every other build ran on the builder thread, none on the loop.
 - ``bounds``: attempts per route <= max_attempts; no attempt starts after Timeouts.total
   ran out; no request reaches the server after interrupt() or after the final state;
   no more requests than attempts; elapsed <= Timeouts.total + slack.
@@ -66,7 +70,7 @@ from lifecycle import (
     StreamFailed,
     Timeouts,
 )
-from lifecycle._clients import ClientSlot
+from lifecycle._clients import BUILDER_THREAD, ClientSlot
 from providers import AnthropicMessages, OpenAIChatCompletions
 from providers.loopback import KEY_HEADER, LoopbackServer, RequestRecord
 
@@ -194,10 +198,31 @@ class SlotState:
     built: int
     filled: bool
     builds_logged: int
+    spare: bool
 
 
 def _slot_state(slot: ClientSlot) -> SlotState:
-    return SlotState(slot.built_count, slot.current_client is not None, len(slot.builds_log))
+    # A spare's build still in flight would make the counts depend on timing.
+    slot.wait_for_builder()
+    return SlotState(
+        slot.built_count, slot.current_client is not None, len(slot.builds_log), slot.has_spare
+    )
+
+
+def settle_builders(routes: Sequence[Route]) -> None:
+    """Wait for every spare build of ``routes`` in flight: counts are exact after."""
+    for route in routes:
+        for slot in (route.sync_clients, *route.async_slots()):
+            slot.wait_for_builder()
+
+
+@dataclass(frozen=True)
+class ExpectedBuilds:
+    inline: int
+    """Builds on the owner's thread: sync leases that found neither client nor spare."""
+    by_builder: int
+    filled: bool
+    spare: bool
 
 
 @dataclass(eq=False)
@@ -519,17 +544,8 @@ def inv_no_foreign_adapter(record: RunRecord) -> None:
     other: Flavor = "async" if record.flavor == "sync" else "sync"
     for index, route in enumerate(record.routes):
         before = record.slots_before[index]
-        built, filled = before.built, before.filled
-        for attempt, exit_ in segments:
-            if attempt.route_index != index:
-                continue
-            if not filled:  # the attempt's lease builds a client
-                built, filled = built + 1, True
-            if exit_ in FAULT_STATES:  # cleanup retires it, and rebuilds unless deferred
-                filled = False
-                for step in attempt.diagnostics.cleanup:
-                    if step.step == "rebuild" and "generation" in step.detail:
-                        built, filled = built + 1, True
+        expected = _expected_builds(record, index, segments)
+        built = before.built + expected.inline + expected.by_builder
         slot = _slot(route, record.flavor)
         if slot.built_count != built:
             used = sorted({a.route_index for a in run.attempts})
@@ -539,15 +555,50 @@ def inv_no_foreign_adapter(record: RunRecord) -> None:
                 f"client(s) in this run, its own attempts explain {built - before.built} "
                 f"(routes used by attempts: {used})",
             )
-        if (slot.current_client is not None) != filled:
+        if (slot.current_client is not None) != expected.filled:
             raise _fail(
                 "no_foreign_adapter",
-                f"route {index} ({route.api_mode}) {'has' if not filled else 'lacks'} a current "
+                f"route {index} ({route.api_mode}) "
+                f"{'has' if not expected.filled else 'lacks'} a current "
                 "client its own attempts do not explain",
+            )
+        if slot.has_spare != expected.spare:
+            raise _fail(
+                "no_foreign_adapter",
+                f"route {index} ({route.api_mode}) {'lacks' if expected.spare else 'has'} "
+                "a spare client its own attempts do not explain",
             )
         other_slot = _slot(route, other)
         if other_slot.built_count != record.other_slots_before[index].built:
             raise _fail("no_foreign_adapter", f"route {index}'s {other} slot built a client")
+
+
+def _expected_builds(
+    record: RunRecord, index: int, segments: list[tuple[Any, str]]
+) -> ExpectedBuilds:
+    """What the attempts on route ``index`` make its slot build, and leave in it."""
+    before = record.slots_before[index]
+    filled, spare = before.filled, before.spare
+    inline = by_builder = 0
+    for attempt, exit_ in segments:
+        if attempt.route_index != index:
+            continue
+        if not filled:  # the lease takes the spare, or builds the slot's first client
+            if spare:
+                spare = False
+            elif record.flavor == "sync":
+                inline += 1
+            else:  # an async slot's first client is built off the loop too
+                by_builder += 1
+            filled = True
+        if not spare:  # once its request is out, the builder makes the next spare
+            by_builder, spare = by_builder + 1, True
+        if exit_ in FAULT_STATES:  # cleanup retires it; the spare moves in unless deferred
+            filled = False
+            for step in attempt.diagnostics.cleanup:
+                if step.step == "rebuild" and "generation" in step.detail:
+                    filled, spare = True, False
+    return ExpectedBuilds(inline=inline, by_builder=by_builder, filled=filled, spare=spare)
 
 
 def inv_cleanup_on_owner(record: RunRecord) -> None:
@@ -570,13 +621,23 @@ def inv_cleanup_on_owner(record: RunRecord) -> None:
                 raise _fail("cleanup_on_owner", f"{step.step} on {step.thread!r}")
     if not record.exclusive:
         return
+    segments = _segments(record)
     for index, route in enumerate(record.routes):
         slot = _slot(route, record.flavor)
         builders = slot.builds_log[record.slots_before[index].builds_logged :]
-        if any(name != owner_thread for name in builders):
+        expected = _expected_builds(record, index, segments)
+        on_owner = builders.count(owner_thread)
+        on_builder = builders.count(BUILDER_THREAD)
+        if (
+            on_owner != expected.inline
+            or on_builder != expected.by_builder
+            or on_owner + on_builder != len(builders)
+        ):
             raise _fail(
                 "cleanup_on_owner",
-                f"route {index} ({route.api_mode}) clients built on {builders}, owner {owner!r}",
+                f"route {index} ({route.api_mode}) clients built on {builders}, owner "
+                f"{owner!r}: expected {expected.inline} on the owner (a sync slot's first) "
+                f"and {expected.by_builder} on {BUILDER_THREAD}",
             )
 
 
@@ -717,6 +778,7 @@ INVARIANTS: Final[tuple[tuple[str, Callable[[RunRecord], None]], ...]] = (
 def violations(record: RunRecord) -> list[tuple[str, str]]:
     """Every invariant the run breaks, as (name, message); empty if it keeps them all."""
     found: list[tuple[str, str]] = []
+    settle_builders(record.routes)
     for name, check in INVARIANTS:
         try:
             check(record)

@@ -11,6 +11,9 @@ package itself carries no switch for them.
 - ``close_on_watchdog``: when a clock runs out, ``Watch.fire`` (the watchdog thread, or
   the async driver's loop timer) also closes the attempt's client from its own thread,
   the hazard the design forbids.
+- ``rebuild_on_the_run``: cleanup builds the retired client's successor by calling the
+  factory on the run's own thread (or its event loop), as it did before spare clients,
+  instead of moving the spare in.
 """
 
 from __future__ import annotations
@@ -177,10 +180,28 @@ def _close_from_the_clock(
         route.close_client(client)
 
 
+def _rebuild_on_the_run(patch: pytest.MonkeyPatch) -> None:
+    def rebuild_here(self: RunBase, plan: CleanupPlan, slot: ClientSlot) -> None:
+        if self._rebuild_deferred(plan):
+            return
+        slot.rebuild()  # the factory, on this thread: the ~60 ms the spare was for
+        self._record_successor(plan, slot.successor(), None)
+
+    async def arebuild_here(
+        self: AsyncRun, plan: CleanupPlan, slot: ClientSlot, leaving: BaseException | None
+    ) -> BaseException | None:
+        rebuild_here(self, plan, slot)
+        return leaving
+
+    patch.setattr(RunBase, "_cleanup_rebuild", rebuild_here)
+    patch.setattr(AsyncRun, "_acleanup_rebuild", arebuild_here)
+
+
 MUTATIONS: dict[str, Callable[[pytest.MonkeyPatch], None]] = {
     "misdirect_cleanup": _misdirect_cleanup,
     "leak_connection": _leak_connection,
     "close_on_watchdog": _close_on_watchdog,
+    "rebuild_on_the_run": _rebuild_on_the_run,
 }
 
 

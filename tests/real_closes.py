@@ -300,24 +300,17 @@ def _register_client(slot: Any, client: Any) -> None:
 
 def _observe_clients() -> None:
     slot_class = _clients.ClientSlot
-    new_generation = slot_class._new_generation
-    adopt = slot_class.adopt
+    generation_of = slot_class._generation_of
 
-    @functools.wraps(new_generation)
-    def traced_new_generation(self: Any) -> Any:
-        generation = new_generation(self)
-        _register_client(self, generation.client)
+    # Every client a slot takes in passes here: built on a run's thread, built by the
+    # builder thread (a spare), or adopted (check_factories).
+    @functools.wraps(generation_of)
+    def traced_generation_of(self: Any, client: Any) -> Any:
+        generation = generation_of(self, client)
+        _register_client(self, client)
         return generation
 
-    @functools.wraps(adopt)
-    def traced_adopt(self: Any, client: Any) -> bool:
-        adopted = adopt(self, client)
-        if adopted:
-            _register_client(self, client)
-        return adopted
-
-    slot_class._new_generation = traced_new_generation  # type: ignore[method-assign]
-    slot_class.adopt = traced_adopt  # type: ignore[method-assign]
+    slot_class._generation_of = traced_generation_of  # type: ignore[method-assign]
 
     def is_open(client: Any) -> bool:
         closed = getattr(client, "is_closed", False)

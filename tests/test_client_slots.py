@@ -4,12 +4,13 @@ once, then more; retirement of one client leaves the others serving."""
 from __future__ import annotations
 
 import itertools
+import threading
 from typing import Any
 
 import pytest
 
 from lifecycle import RetryPolicy, Timeouts
-from lifecycle._clients import ClientSlot
+from lifecycle._clients import BUILDER_THREAD, ClientSlot
 from providers.loopback import Healthy, StallAfterEvents
 
 
@@ -26,9 +27,13 @@ def slot(cap: int) -> ClientSlot:
 def test_one_client_until_the_cap_then_another() -> None:
     s = slot(3)
     leases = [s.lease() for _ in range(3)]
-    assert {lease.client.number for lease in leases} == {1} and s.built_count == 1
+    assert s.built_count == 1 and not s.has_spare and s.building is None
+    s.replenish()  # as a driver does once the request is out
+    assert s.wait_for_builder()
+    assert {lease.client.number for lease in leases} == {1}
+    assert s.built_count == 2 and s.has_spare, "the first client, and its spare"
     fourth = s.lease()
-    assert fourth.client.number == 2 and s.live_clients == 2
+    assert fourth.client.number == 2 and s.live_clients == 2, "the spare, moved in"
     s.release(leases[0])
     assert s.lease().client.number == 1, "the oldest client with room is used first"
 
@@ -49,11 +54,60 @@ def test_retiring_one_client_leaves_the_others_serving() -> None:
 def test_take_all_returns_every_unclosed_client() -> None:
     s = slot(1)
     a, b, c = s.lease(), s.lease(), s.lease()
+    s.replenish()
     s.retire(a)
-    assert {x.number for x in s.take_all()} == {1, 2, 3}
+    assert s.wait_for_builder()
+    assert {x.number for x in s.take_all()} == {1, 2, 3, 4}, "the spare too"
     assert s.live_clients == 0
     assert s.release(a) == (None, 0), "closed by take_all already"
     del b, c
+
+
+def test_a_slot_never_leased_builds_nothing() -> None:
+    s = slot(1)
+    assert s.building is None and not s.has_spare and s.built_count == 0
+    assert s.take_idle() == [] and s.built_count == 0
+
+
+def test_the_successor_is_the_spare_built_on_the_builder() -> None:
+    s = slot(1)
+    first = s.lease()
+    s.replenish()
+    assert s.wait_for_builder() and s.has_spare
+    s.retire(first)
+    s.release(first)
+    successor = s.successor()
+    assert successor is not None and successor.number == 2
+    assert s.current_client is successor.client
+    assert not s.has_spare and s.building is None, "the next spare: after the next request"
+    assert s.builds_log == [threading.current_thread().name, BUILDER_THREAD]
+
+
+def test_a_failed_spare_build_reaches_the_lease_that_needs_it_once() -> None:
+    calls: list[str] = []
+
+    def build() -> Built:
+        calls.append(threading.current_thread().name)
+        if len(calls) == 2:
+            raise LookupError("no credentials for the spare")
+        return Built(len(calls))
+
+    s = ClientSlot(build=build, streams_per_client=1)
+    first = s.lease()
+    s.replenish()
+    assert s.wait_for_builder() and not s.has_spare
+    s.retire(first)
+    s.release(first)
+    with pytest.raises(LookupError, match="spare"):
+        s.successor()  # cleanup records it; the error stays for the next lease
+    with pytest.raises(LookupError, match="spare"):
+        s.lease()
+    assert s.lease().client.number == 3, "the lease after builds anew, on its own thread"
+    s.replenish()
+    s.replenish()  # one spare at a time
+    assert s.wait_for_builder()
+    here = threading.current_thread().name
+    assert calls == [here, BUILDER_THREAD, here, BUILDER_THREAD], "no retry loop"
 
 
 def test_streams_per_client_is_checked(provider: Any) -> None:
@@ -79,7 +133,8 @@ def test_concurrent_runs_beyond_the_cap_get_their_own_clients(provider: Any) -> 
     assert [run.state for run in runs] == ["completed"] * 5
     assert sum(len(run.attempts) for run in runs) == 6  # one stall, retried
     slot_ = provider.clients(route)
-    assert slot_.built_count == 3, "five streams at two per client, and no more"
+    assert slot_.wait_for_builder()
+    assert slot_.built_count == 4, "five streams at two per client, and one spare"
     if provider.is_async:
         provider.run_coroutine(engine.aclose())
     else:

@@ -17,6 +17,7 @@ import pytest
 from bounds import PROMPT
 
 from lifecycle import RetryPolicy, StreamFailed, Timeouts
+from lifecycle._clients import BUILDER_THREAD
 from providers.loopback import (
     DropAfterEvents,
     Healthy,
@@ -122,13 +123,16 @@ def check_recovery(
         assert any(s.step == "abort" and s.thread == kit.watchdog for s in steps), steps
     assert names.index("close") < names.index("rebuild")
 
-    # The stale client itself is closed; its successor (built here) serves attempt 2.
+    # The stale client itself is closed; its successor (the spare, built on the builder
+    # thread once attempt 1's request was out) serves attempt 2, and attempt 2's request
+    # had the builder make the next spare.
+    kit.settle()
     clients = kit.built[kit.model]
-    assert len(clients) == 2
-    assert clients[0].is_closed()
-    assert not clients[1].is_closed()
-    assert kit.clients().built_count == 2
-    assert kit.clients().builds_log == [kit.builder, kit.builder]
+    assert len(clients) == 3
+    assert [client.is_closed() for client in clients] == [True, False, False]
+    assert kit.clients().built_count == 3
+    assert kit.clients().builds_log == [kit.builder, BUILDER_THREAD, BUILDER_THREAD]
+    assert kit.clients().current_client is not None and kit.clients().has_spare
     # Nothing of the other provider was touched.
     assert kit.clients(kit.other_route()).built_count == 0
     assert kit.built.get(kit.other_model, []) == []

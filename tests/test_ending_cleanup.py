@@ -42,7 +42,10 @@ def test_a_cancelled_run_does_not_rebuild_its_retired_client(provider: ProviderK
     assert _steps(attempt, "rebuild") == [
         f"{provider.api_mode}: deferred to the next run (this one is cancelled)"
     ]
-    assert provider.clients().built_count == 1
+    provider.settle()
+    # The first client and its spare; the spare was not moved in: the next run takes it.
+    assert provider.clients().built_count == 2
+    assert provider.clients().current_client is None and provider.clients().has_spare
 
 
 def test_a_run_out_of_time_does_not_rebuild_its_retired_client(provider: ProviderKit) -> None:
@@ -56,7 +59,9 @@ def test_a_run_out_of_time_does_not_rebuild_its_retired_client(provider: Provide
     assert _steps(attempt, "rebuild") == [
         f"{provider.api_mode}: deferred to the next run (Timeouts.total ran out)"
     ]
-    assert provider.clients().built_count == 1
+    provider.settle()
+    assert provider.clients().built_count == 2
+    assert provider.clients().current_client is None and provider.clients().has_spare
 
 
 def test_a_caller_leaving_mid_stream_has_its_socket_shut_before_the_stream_closes(

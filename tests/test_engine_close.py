@@ -240,10 +240,17 @@ def test_a_run_close_has_not_reached_yet_writes_no_request(
     leasing, lease_may_return = threading.Event(), threading.Event()
     lease = ClientSlot.lease
 
+    alease = ClientSlot.alease
+
     def held_lease(self: ClientSlot) -> Any:
         leasing.set()
         assert lease_may_return.wait(10)
         return lease(self)
+
+    async def held_alease(self: ClientSlot) -> Any:
+        leasing.set()
+        assert lease_may_return.wait(10)  # holds the loop, as the run's own step would
+        return await alease(self)
 
     end_runs = StreamEngine._end_runs
     connections: list[Any] = []
@@ -261,6 +268,7 @@ def test_a_run_close_has_not_reached_yet_writes_no_request(
         end_runs(self)
 
     monkeypatch.setattr(ClientSlot, "lease", held_lease)
+    monkeypatch.setattr(ClientSlot, "alease", held_alease)
     monkeypatch.setattr(StreamEngine, "_end_runs", end_runs_after_the_write)
     streamer = Streamer()
     if provider.is_async:

@@ -19,6 +19,7 @@ import pytest
 from conftest import REQUEST, open_connections_of
 
 from lifecycle import RetryPolicy, StreamEngine, Timeouts
+from lifecycle._clients import BUILDER_THREAD
 
 pytestmark = [pytest.mark.timeout(60), pytest.mark.parametrize("driver", ["async"])]
 
@@ -51,6 +52,7 @@ def test_asyncio_run_twice(provider: Any) -> None:
     closed, and a request on its client would fail with "Event loop is closed"."""
     engine = engine_of(provider)
     assert asyncio.run(one_run(engine)) == ["completed"]
+    provider.settle()
 
     async def second() -> list[str | None]:
         outcomes = await one_run(engine)
@@ -59,10 +61,11 @@ def test_asyncio_run_twice(provider: Any) -> None:
 
     assert asyncio.run(second()) == ["completed"]
     built = provider.built[provider.model]
-    assert len(built) == 2
-    assert built[1].is_closed(), "aclose() closes the client of its own loop"
-    # The first loop's client was abandoned with its loop; collecting it frees its socket.
-    del built[0]
+    assert len(built) == 4, "each loop: its client and that client's spare"
+    assert built[2].is_closed() and built[3].is_closed(), "aclose() closes its own loop's"
+    # The first loop's clients were abandoned with its loop (its spare never opened a
+    # connection); collecting them frees the first one's socket.
+    del built[0:2]
     gc.collect()
     check_nothing_open(provider)
 
@@ -75,7 +78,8 @@ def test_close_after_two_loops_closes_each_loops_clients_on_it(provider: Any) ->
     try:
         for loop in loops:
             assert loop.run_until_complete(one_run(engine)) == ["completed"]
-        assert len(provider.built[provider.model]) == 2
+        provider.settle()
+        assert len(provider.built[provider.model]) == 4, "two clients and their spares"
         engine.close()
         check_nothing_open(provider)
     finally:
@@ -85,8 +89,9 @@ def test_close_after_two_loops_closes_each_loops_clients_on_it(provider: Any) ->
 
 def test_two_loops_in_two_threads_at_once(provider: Any) -> None:
     """Two threads, each running its own loop with two runs, all streaming at the same
-    time: every run completes at its first attempt, each loop built one client (on its
-    own thread), and ``engine.close()`` afterwards closes both on their loops."""
+    time: every run completes at its first attempt, each loop has a slot of its own with
+    one client and its spare (built off the loop, on the builder thread), and
+    ``engine.close()`` afterwards closes all four on their loops."""
     engine = engine_of(provider)
     together = threading.Barrier(2, timeout=10)
     results: dict[str, Any] = {}
@@ -116,10 +121,11 @@ def test_two_loops_in_two_threads_at_once(provider: Any) -> None:
             "loop-1": [["completed"], ["completed"]],
         }
         route = provider.route()
-        assert sorted(name for slot in route.async_slots() for name in slot.builds_log) == [
-            "loop-0",
-            "loop-1",
-        ]
+        slots = route.async_slots()
+        assert {slot.loop for slot in slots} == set(loops) and len(slots) == 2
+        for slot in slots:
+            assert slot.wait_for_builder()
+            assert slot.builds_log == [BUILDER_THREAD, BUILDER_THREAD]
         engine.close()
         check_nothing_open(provider)
     finally:

@@ -115,5 +115,7 @@ def test_leaving_the_loop_at_the_stop_completes_the_run(provider: Any, fault: An
     assert run.state == "completed", [a.as_dict() for a in run.attempts]
     assert [a.outcome for a in run.attempts] == ["completed"]
     assert run.message is not None and run.message.text == provider.text()
-    assert provider.clients().built_count == 1
+    provider.settle()
+    assert provider.clients().built_count == 2, "its client, kept, and that client's spare"
+    assert provider.clients().current_client is not None and provider.clients().has_spare
     assert len(provider.requests()) == 1

@@ -23,6 +23,7 @@ import pytest
 from conftest import REQUEST
 
 from lifecycle import RetryPolicy, StreamEngine, Timeouts
+from lifecycle._clients import BUILDER_THREAD
 from lifecycle._watchdog import watchdog
 from providers.loopback import Healthy
 
@@ -208,22 +209,42 @@ def test_multiprocessing_fork_while_the_parent_streams(provider: Any) -> None:
 @pytest.mark.parametrize("driver", ["sync"])
 def test_the_child_starts_with_no_client_of_the_parent(provider: Any) -> None:
     """The parent's clients are abandoned in the child, not closed: the child's slot is
-    empty, while in the parent the client and its pooled connection live on."""
+    empty (no spare, no build in flight), while in the parent the client, its pooled
+    connection and its spare live on. The child's first lease builds its own client, on
+    its own thread, and its own builder makes its spare."""
     engine = engine_of(provider)
     with engine.stream(**REQUEST) as run:
         for _ in run:
             pass
     route = provider.route()
-    parent_client = route.sync_clients.current_client
+    slot = route.sync_clients
+    parent_client = slot.current_client
     assert parent_client is not None
+    assert slot.wait_for_builder(10) and slot.has_spare
+    parent_spare = provider.built[provider.model][-1]
+    assert parent_spare is not parent_client
 
     def inspect_child() -> dict[str, Any]:
+        empty = {"live": slot.live_clients, "spare": slot.has_spare, "building": slot.building}
+        before = len(slot.builds_log)
+        slot.release(slot.lease())
+        slot.replenish()  # as the driver does once the request is out
+        slot.wait_for_builder(10)
         return {
-            "live": route.sync_clients.live_clients,
-            "parent_client_closed": parent_client.is_closed(),
+            **empty,
+            "built_in_child": slot.builds_log[before:],
+            "child_spare": slot.has_spare,
+            "parent_clients_closed": (parent_client.is_closed(), parent_spare.is_closed()),
         }
 
     report = in_forked_child(inspect_child)
-    assert report == {"live": 0, "parent_client_closed": False}
-    assert route.sync_clients.current_client is parent_client
-    assert not parent_client.is_closed()
+    assert report == {
+        "live": 0,
+        "spare": False,
+        "building": None,
+        "built_in_child": [threading.current_thread().name, BUILDER_THREAD],
+        "child_spare": True,
+        "parent_clients_closed": [False, False],
+    }
+    assert slot.current_client is parent_client and slot.has_spare
+    assert not parent_client.is_closed() and not parent_spare.is_closed()

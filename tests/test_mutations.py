@@ -73,11 +73,19 @@ PATHS = {
         ],
         "cleanup_on_owner",
     ),
+    "rebuild_on_the_run": (
+        [
+            "C-S-stale-cl-retry-C-S-OK",
+            "C-drop-cl-fallback-C-S-drop-cl-retry-C-S-OK",
+        ],
+        "cleanup_on_owner",
+    ),
 }
 ENGINE_FINDS = {
     "misdirect_cleanup": "no_foreign_adapter",
     "leak_connection": "own_cleanup",
     "close_on_watchdog": "cleanup_on_owner",
+    "rebuild_on_the_run": "cleanup_on_owner",
 }
 HUNT = {"phases": (Phase.explicit, Phase.generate), "database": None, "max_examples": 30}
 """No shrinking: each shrink step is a real run; the first counterexample is proof enough."""

@@ -132,8 +132,10 @@ def test_other_runs_finish_on_a_shared_client_retired_under_them(provider: Provi
     assert callers["a"].text == provider.text()
 
     slot = provider.clients(route)
+    provider.settle()
     traces = real_closes.clients_of(slot)
-    assert len(traces) == 2, [t.description for t in traces]  # the shared one, A's retry's
+    # The shared one, the spare that A's retry took, and the spare built after it.
+    assert len(traces) == 3, [t.description for t in traces]
     closes = traces[0].closes()
     assert len(closes) == 1, closes
     (close,) = closes
@@ -141,5 +143,6 @@ def test_other_runs_finish_on_a_shared_client_retired_under_them(provider: Provi
     assert closer in {owners[name] for name in OTHERS}, (closer, owners)
     assert close.at > max(callers[name].received_at[-1] for name in OTHERS)
     assert traces[1].closes() == [], "A's new client is the engine's to close"
+    assert traces[2].closes() == [], "so is the spare"
     # What the engine recorded agrees (checked last: the checks above see what ran).
     assert "retired; closed by the last of 2 other run(s)" in close_step.detail, close_step

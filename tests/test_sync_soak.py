@@ -98,6 +98,8 @@ class Side:
         self.built: list[Any] = []
         self.faulted = 0
         """Attempts on this route that ended in a fault."""
+        self.spare_left = False
+        """The route's spare is built and unused after the route's last attempt."""
         self.text = recordings.load(provider, "text_basic").text()  # type: ignore[arg-type]
         if provider == "anthropic":
 
@@ -232,8 +234,17 @@ def test_soak_random_faults_leave_nothing_behind(soak_server: LoopbackServer) ->
             check_run(run, events, error, sides, me, expected, served)
             outcomes[run.state] += 1
             for attempt in run.attempts:
+                side = sides[attempt.route_index]
+                # Once its request is out, the builder makes the route's spare (if it
+                # has none); a fault's cleanup moves the spare in, unless deferred.
+                side.spare_left = True
                 if attempt.outcome != "completed":
-                    sides[attempt.route_index].faulted += 1
+                    side.faulted += 1
+                    if any(
+                        step.step == "rebuild" and "generation" in step.detail
+                        for step in attempt.diagnostics.cleanup
+                    ):
+                        side.spare_left = False
     finally:
         for engine, _ in engines:
             engine.close()
@@ -242,9 +253,11 @@ def test_soak_random_faults_leave_nothing_behind(soak_server: LoopbackServer) ->
     assert soak_server.open_connections == 0
     for _, sides in engines:
         for side in sides.values():
-            # The first client, and one successor per attempt that ended in a fault (its
-            # cleanup retires the client and builds the next): no more.
-            assert len(side.built) == 1 + side.faulted, (side.model, side.faulted)
+            # The first client, one successor per attempt that ended in a fault (its
+            # cleanup retires the client and the spare takes its place), and the spare
+            # left at the end: no more.
+            expected = 1 + side.faulted + side.spare_left
+            assert len(side.built) == expected, (side.model, side.faulted, side.spare_left)
             assert all(client.is_closed() for client in side.built)
     watchdogs = [t for t in threading.enumerate() if t.name == WATCHDOG]
     assert len(watchdogs) == 1

@@ -146,13 +146,15 @@ CATALOGUE: Final[tuple[Mutation, ...]] = (
         file="lifecycle/_async_driver.py",
         old=(
             "        self._leaving = leaving is not None\n"
-            "        self._cleanup_rebuild(plan, route.async_slot(loop))"
+            "        return await self._acleanup_rebuild(plan, route.async_slot(loop), leaving)"
         ),
         new=(
             "        self._leaving = leaving is not None\n"
             "        after = (plan.attempt.route_index + 1) % len(self._routes)\n"
             "        next_route = self._routes[after]\n"
-            "        self._cleanup_rebuild(plan, next_route.async_slot(loop))"
+            "        return await self._acleanup_rebuild(\n"
+            "            plan, next_route.async_slot(loop), leaving\n"
+            "        )"
         ),
         why="the async cleanup rebuilds a client for the route the run falls back to",
         first=("tests/test_async_driver.py", "tests/test_driver_faults.py"),
@@ -167,6 +169,18 @@ CATALOGUE: Final[tuple[Mutation, ...]] = (
         first=("tests/test_driver_faults.py", "tests/test_client_slots.py", "tests/test_paths.py"),
     ),
     # -- client retirement ------------------------------------------------------------------
+    Mutation(
+        name="successor_built_on_the_run",
+        bug_class="client retirement",
+        file="lifecycle/_run_base.py",
+        old="            self._record_successor(plan, slot.successor(), None)",
+        new=(
+            "            slot.rebuild()\n"
+            "            self._record_successor(plan, slot.successor(), None)"
+        ),
+        why="the retired client's successor built by the factory in cleanup, as before spares",
+        first=("tests/test_spare_client.py", "tests/test_driver_faults.py", "tests/test_paths.py"),
+    ),
     Mutation(
         name="retired_client_closed_under_other_runs",
         bug_class="client retirement",
