@@ -65,7 +65,9 @@ class RetryPolicy:
     reduced by a random fraction of up to ``jitter`` (1.0 is "full jitter").
     A provider's Retry-After (or retry-after-ms) replaces the computed backoff, even
     above ``max_backoff``, up to ``max_retry_after``; a longer one moves to the next
-    route at once. ``on_partial`` decides what happens once the caller has seen
+    route at once. So does a wait (Retry-After or backoff) that would reach the end of
+    ``Timeouts.total``, since another route may answer within the budget; on the last
+    route that wait fails the run. ``on_partial`` decides what happens once the caller has seen
     output: ``"restart"`` yields a ``restart`` event and retries, ``"fail"`` raises
     ``StreamFailed`` with the partial message attached, ``"continue"`` (opt-in) asks
     the same route to continue the delivered text as an assistant prefix and stitches

@@ -85,6 +85,14 @@ def decide(
             else:
                 delay = backoff_delay(policy, attempts_on_route, rng)
             if now + delay >= deadline:
+                # The wait is this route's to lose, not the run's: another route may
+                # answer within the budget at once (as above max_retry_after).
+                if has_next:
+                    return Decision(
+                        kind="fallback",
+                        reason=f"{fault.reason}; the wait would pass Timeouts.total",
+                        route_index=route_index + 1,
+                    )
                 return Decision(
                     kind="fail",
                     reason=f"{fault.reason}; the backoff would pass Timeouts.total",

@@ -27,7 +27,8 @@ The rules, in the order they apply to a finished cleanup:
    next route at once (fails without one); otherwise wait the Retry-After (even above
    ``max_backoff``) or the backoff ``min(max_backoff, initial_backoff * 2**(n-1))``
    reduced by a random fraction of up to ``jitter``, n the attempts made on the route;
-   a wait that reaches ``Timeouts.total`` fails (the total includes backoff).
+   a wait that reaches ``Timeouts.total`` (the total includes backoff) moves to the next
+   route at once, and fails without one.
 6. a retryable fault with the route's attempts used up: the next route, or fail.
 7. not retryable: the next route if the fault is fallback-eligible and there is one;
    a fault that is neither is a request error: fail fast.
@@ -102,6 +103,7 @@ class Expected:
     kinds: frozenset[str]
     """One kind, or two when jitter leaves the wait on either side of the deadline."""
     route: int
+    """The route a retry or a failure names; a fallback names the next one."""
     rule: str
     """Which of the rules decided, for the failure message."""
     delay: tuple[float, float] = (0.0, 0.0)
@@ -110,7 +112,10 @@ class Expected:
     def __str__(self) -> str:
         low, high = self.delay
         wait = f", delay in [{low!r}, {high!r}]" if "retry" in self.kinds else ""
-        return f"{'/'.join(sorted(self.kinds))} on route {self.route}{wait} ({self.rule})"
+        return f"{'/'.join(sorted(self.kinds))} from route {self.route}{wait} ({self.rule})"
+
+    def route_of(self, kind: str) -> int:
+        return self.route + 1 if kind == "fallback" else self.route
 
 
 class PolicyModel:
@@ -185,7 +190,7 @@ class PolicyModel:
             self.continuable = event.continuable
             self.expected = self._decide(event.at)
             kinds = self.expected.kinds
-            self.state = DEST[next(iter(kinds))] if len(kinds) == 1 else "retrying or failed"
+            self.state = " or ".join(sorted(DEST[kind] for kind in kinds))
         elif isinstance(event, RoutesExhausted):
             self.expected = Expected(kinds=frozenset({"fail"}), route=-1, rule="no route left")
             self.state = "failed"
@@ -205,7 +210,7 @@ class PolicyModel:
         def expect(kinds: set[str], rule: str, delay: tuple[float, float] = (0.0, 0.0)) -> Expected:
             return Expected(
                 kinds=frozenset(kinds),
-                route=route + 1 if kinds == {"fallback"} else route,
+                route=route,
                 rule=rule,
                 delay=delay,
             )
@@ -236,7 +241,7 @@ class PolicyModel:
                 rule = f"rule 5: backoff after {n} attempt(s)"
             kinds = {"retry"} if now + low < self.deadline else set()
             if now + high >= self.deadline:
-                kinds.add("fail")
+                kinds.add("fallback" if has_next else "fail")
                 rule += ", reaching Timeouts.total" + (" or not" if "retry" in kinds else "")
             return expect(kinds, rule, (low, high))
         if verdict.retry:
@@ -259,7 +264,7 @@ class PolicyModel:
         the model left open (a jittered wait either side of the deadline) is settled
         by the core's, once it is checked to be one of the two."""
         expected = self.expected
-        if self.state == "retrying or failed" and state in ("retrying", "failed"):
+        if " or " in self.state and state in self.state.split(" or "):
             self.state = state
         if state != self.state:
             return f"state {state}, the model expects {self.state}" + (
@@ -269,7 +274,7 @@ class PolicyModel:
             return "a restart or continuation pending before any output reached the caller"
         if expected is None or self.state not in DEST.values():
             return None
-        if kind not in expected.kinds or route != expected.route:
+        if kind not in expected.kinds or route != expected.route_of(kind):
             return f"decided {kind} on route {route}, the model expects {expected}"
         low, high = expected.delay
         if kind == "retry":
