@@ -16,9 +16,11 @@ from __future__ import annotations
 
 import itertools
 import logging
+import os
 import threading
 import time
 import uuid
+import weakref
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Protocol, TypeVar
@@ -59,6 +61,7 @@ class LocalHealthStore:
     def __init__(self) -> None:
         self._cores: dict[str, BreakerCore] = {}
         self._lock = threading.Lock()
+        _ALL_LOCAL_STORES.add(self)
 
     def update(self, route: str, policy: BreakerPolicy, change: Callable[[BreakerCore], T]) -> T:
         with self._lock:
@@ -146,6 +149,15 @@ class RouteHealth:
         self._warned = False
         self._lock = threading.Lock()
         """Guards ``_degraded_until`` and ``_warned``: runs on many threads report."""
+        _ALL_ROUTE_HEALTH.add(self)
+
+    def _renew_after_fork(self) -> None:
+        # The parent's lock may have been held by another of its threads at the fork;
+        # and each worker forked from one engine needs probe ids of its own, or a
+        # fleet-wide store takes one worker's half-open probe for another's.
+        self._lock = threading.Lock()
+        self._probe_prefix = uuid.uuid4().hex[:16] + "-"
+        self._probe_counter = itertools.count(1)
 
     # -- what drivers call --------------------------------------------------------------
     def new_probe_id(self) -> str:
@@ -298,3 +310,20 @@ def _with_changes(
         return change(core), list(core.changes)
 
     return apply
+
+
+_ALL_LOCAL_STORES: weakref.WeakSet[LocalHealthStore] = weakref.WeakSet()
+_ALL_ROUTE_HEALTH: weakref.WeakSet[RouteHealth] = weakref.WeakSet()
+
+
+def _renew_in_child() -> None:
+    for store in list(_ALL_LOCAL_STORES):
+        # A parent's thread may have held it mid-update: that one core may be half
+        # changed, which a breaker (advice, never a verdict) survives; a lock nobody
+        # can release would block every admission of the child.
+        store._lock = threading.Lock()
+    for health in list(_ALL_ROUTE_HEALTH):
+        health._renew_after_fork()
+
+
+os.register_at_fork(after_in_child=_renew_in_child)

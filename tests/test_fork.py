@@ -11,19 +11,23 @@ one), and the parent's stream runs on unaffected: one attempt, completed.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import multiprocessing
 import os
+import select
+import signal
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
 from conftest import REQUEST
 
-from lifecycle import RetryPolicy, StreamEngine, Timeouts
+from lifecycle import BreakerPolicy, RetryPolicy, StreamEngine, Timeouts
 from lifecycle._clients import BUILDER_THREAD
+from lifecycle._health import RouteHealth
 from lifecycle._watchdog import watchdog
 from providers.loopback import Healthy
 
@@ -116,8 +120,12 @@ def child_run(engine: StreamEngine, *, use_async: bool) -> dict[str, Any]:
     return {"state": state, "outcomes": outcomes, "inherited_heap": inherited_heap}
 
 
-def in_forked_child(work: Callable[[], dict[str, Any]]) -> dict[str, Any]:
-    """Run ``work`` in a child made by ``os.fork()``; returns what it reported."""
+def in_forked_child(
+    work: Callable[[], dict[str, Any]], *, within: float | None = None
+) -> dict[str, Any]:
+    """Run ``work`` in a child made by ``os.fork()``; returns what it reported.
+    ``within``: seconds the child has to report, after which it is killed and the test
+    fails (a child that hangs must fail the test, not hang it)."""
     read_end, write_end = os.pipe()
     pid = os.fork()
     if pid == 0:  # the child: report through the pipe, never return into pytest
@@ -133,6 +141,11 @@ def in_forked_child(work: Callable[[], dict[str, Any]]) -> dict[str, Any]:
         finally:
             os._exit(code)
     os.close(write_end)
+    if within is not None and not select.select([read_end], [], [], within)[0]:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        os.close(read_end)
+        raise AssertionError(f"the forked child did not report within {within:g} s: it hangs")
     with os.fdopen(read_end, "rb") as reader:
         data = reader.read()
     _, status = os.waitpid(pid, 0)
@@ -248,3 +261,78 @@ def test_the_child_starts_with_no_client_of_the_parent(provider: Any) -> None:
     }
     assert slot.current_client is parent_client and slot.has_spare
     assert not parent_client.is_closed() and not parent_spare.is_closed()
+
+
+CHILD_BOUND = 10.0
+"""Seconds a forked child has for a few breaker operations that take microseconds."""
+DEAD_REDIS = "redis://127.0.0.1:1/0"
+"""Nothing listens there: a shared store that refuses every call (the run degrades)."""
+
+
+@contextlib.contextmanager
+def held_by_another_thread(lock: Any) -> Iterator[None]:
+    """``lock`` held by another thread of this process for the block: a fork in the block
+    copies it held, with no thread in the child to release it."""
+    taken, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with lock:
+            taken.set()
+            release.wait(30)
+
+    thread = threading.Thread(target=hold, name="lock-holder")
+    thread.start()
+    try:
+        assert taken.wait(10), "the holder thread never took the lock"
+        yield
+    finally:
+        release.set()
+        thread.join(10)
+
+
+def route_health_degrading() -> tuple[Any, Any, Callable[[], None]]:
+    """A RouteHealth whose shared store refuses: a report degrades (``RouteHealth._lock``)."""
+    from lifecycle.redis_health import RedisHealthStore
+
+    health = RouteHealth(policy=BreakerPolicy(), store=RedisHealthStore(url=DEAD_REDIS))
+    return health, health._lock, lambda: health.report("r", "dropped", None)
+
+
+def route_health_local() -> tuple[Any, Any, Callable[[], None]]:
+    """The default store: every admission takes ``LocalHealthStore._lock``."""
+    health = RouteHealth(policy=BreakerPolicy())
+    return health, health.store._lock, lambda: health.admit("r", health.new_probe_id())
+
+
+LOCKED = {
+    "route-health-degrading": route_health_degrading,
+    "local-health-store": route_health_local,
+}
+
+
+@pytest.mark.parametrize("case", list(LOCKED))
+def test_a_child_forked_while_a_lock_is_held_does_not_hang(case: str) -> None:
+    """A pre-fork server forks while another thread of the parent (a run reporting) holds
+    a lock: the child's copy of it is held by nobody, and its first use must not block."""
+    owner, lock, use = LOCKED[case]()
+
+    def child() -> dict[str, Any]:
+        use()
+        use()
+        return {"used": True}
+
+    with held_by_another_thread(lock):
+        report = in_forked_child(child, within=CHILD_BOUND)
+    assert report == {"used": True}, report
+    use()  # the parent's lock, released by its holder, still works
+    del owner
+
+
+def test_parent_and_child_draw_different_probe_ids() -> None:
+    """Workers forked from one engine share a fleet-wide store: a half-open breaker's probe
+    is known by its id, so the child's ids must not repeat the parent's."""
+    health = RouteHealth(policy=BreakerPolicy())
+    health.new_probe_id()
+    child_ids = in_forked_child(lambda: {"ids": [health.new_probe_id() for _ in range(3)]})
+    parent_ids = [health.new_probe_id() for _ in range(3)]
+    assert not set(child_ids["ids"]) & set(parent_ids), (child_ids, parent_ids)
