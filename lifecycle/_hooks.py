@@ -27,6 +27,7 @@ import threading
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Final
 
+from ._fork import renew_lock_after_fork
 from ._machine import FINAL_STATES
 from ._run import AttemptRecord, Transition
 
@@ -74,6 +75,7 @@ class HookDispatcher:
         self.hooks = tuple(hooks)
         self._reported: set[tuple[int, str]] = set()
         self._lock = threading.Lock()
+        renew_lock_after_fork(self)
 
     def __bool__(self) -> bool:
         return bool(self.hooks)

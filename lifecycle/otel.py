@@ -50,6 +50,7 @@ from opentelemetry.metrics import CallbackOptions, Histogram, Meter, MeterProvid
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode, TracerProvider
 from opentelemetry.util.types import AttributeValue
 
+from ._fork import renew_lock_after_fork
 from ._hooks import LifecycleHooks
 from ._message import Usage
 from ._run import AttemptRecord, Transition
@@ -243,6 +244,7 @@ class OpenTelemetryHooks(LifecycleHooks):
         self._breaker_states: dict[str, int] = {}
         self._traces: dict[str, _RunTrace] = {}
         self._lock = threading.Lock()
+        renew_lock_after_fork(self)
         meter.create_observable_gauge(
             "lifecycle.breaker.state",
             callbacks=[self._observe_breakers],

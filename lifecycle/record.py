@@ -35,6 +35,7 @@ import time
 from types import TracebackType
 from typing import IO, TYPE_CHECKING, Any, Final
 
+from ._fork import renew_lock_after_fork
 from ._hooks import LifecycleHooks
 from ._run import AttemptRecord, Transition, redact
 
@@ -69,6 +70,7 @@ class TransitionRecorder(LifecycleHooks):
         if file is not None and append:
             raise TypeError("TransitionRecorder(append=True) applies to path=... only")
         self._lock = threading.Lock()
+        renew_lock_after_fork(self)
         self._owned = path is not None
         if path is not None:
             self._file: IO[str] = open(path, "a" if append else "w", encoding="utf-8")  # noqa: SIM115

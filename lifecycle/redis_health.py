@@ -83,6 +83,7 @@ from redis.backoff import NoBackoff
 
 from ._breaker import BreakerCore
 from ._config import BreakerPolicy
+from ._fork import renew_lock_after_fork
 
 __all__ = ["RedisHealthStore"]
 
@@ -192,6 +193,7 @@ class RedisHealthStore:
             asyncio.AbstractEventLoop, redis.asyncio.Redis
         ] = weakref.WeakKeyDictionary()
         self._lock = threading.Lock()
+        renew_lock_after_fork(self)
 
     def key(self, route: str) -> str:
         """The Redis key of ``route``'s breaker hash."""

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import json
 import multiprocessing
 import os
@@ -25,9 +26,11 @@ from typing import Any
 import pytest
 from conftest import REQUEST
 
-from lifecycle import BreakerPolicy, RetryPolicy, StreamEngine, Timeouts
+from lifecycle import BreakerPolicy, LifecycleHooks, RetryPolicy, StreamEngine, Timeouts
+from lifecycle._breaker import BreakerChange
 from lifecycle._clients import BUILDER_THREAD
 from lifecycle._health import RouteHealth
+from lifecycle._hooks import HookDispatcher
 from lifecycle._watchdog import watchdog
 from providers.loopback import Healthy
 
@@ -304,9 +307,56 @@ def route_health_local() -> tuple[Any, Any, Callable[[], None]]:
     return health, health.store._lock, lambda: health.admit("r", health.new_probe_id())
 
 
+CHANGE = BreakerChange(
+    route="r", source="closed", trigger="trip", dest="open", at=0.0, failures=5, reopen_at=30.0
+)
+
+
+class RaisingHook(LifecycleHooks):
+    def on_breaker_change(self, change: BreakerChange) -> None:
+        raise RuntimeError("a hook's bug")
+
+
+def hook_dispatcher() -> tuple[Any, Any, Callable[[], None]]:
+    """A hook that raises is reported once, under ``HookDispatcher._lock``."""
+    dispatcher = HookDispatcher([RaisingHook()])
+    return dispatcher, dispatcher._lock, lambda: dispatcher.breaker_changed(CHANGE)
+
+
+def redis_health_store() -> tuple[Any, Any, Callable[[], None]]:
+    """``RedisHealthStore._lock`` guards its per-loop async clients (and their closing)."""
+    from lifecycle.redis_health import RedisHealthStore
+
+    store = RedisHealthStore(url=DEAD_REDIS)
+    return store, store._lock, lambda: asyncio.run(store.aclose())
+
+
+def otel_hooks() -> tuple[Any, Any, Callable[[], None]]:
+    """Every run's hooks and every breaker change take ``OpenTelemetryHooks._lock``."""
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.trace import TracerProvider
+
+    from lifecycle.otel import OpenTelemetryHooks
+
+    hooks = OpenTelemetryHooks(tracer_provider=TracerProvider(), meter_provider=MeterProvider())
+    return hooks, hooks._lock, lambda: hooks.on_breaker_change(CHANGE)
+
+
+def transition_recorder() -> tuple[Any, Any, Callable[[], None]]:
+    """Every record is written under ``TransitionRecorder._lock``."""
+    from lifecycle.record import TransitionRecorder
+
+    recorder = TransitionRecorder(file=io.StringIO())
+    return recorder, recorder._lock, lambda: recorder.on_breaker_change(CHANGE)
+
+
 LOCKED = {
     "route-health-degrading": route_health_degrading,
     "local-health-store": route_health_local,
+    "hook-dispatcher": hook_dispatcher,
+    "redis-health-store": redis_health_store,
+    "otel-hooks": otel_hooks,
+    "transition-recorder": transition_recorder,
 }
 
 
