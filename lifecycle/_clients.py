@@ -51,6 +51,8 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
+from ._errors import EngineClosed
+
 __all__ = ["BUILDER_THREAD", "ClientLease", "ClientSlot"]
 
 BUILDER_THREAD = "lifecycle-client-builder"
@@ -114,6 +116,11 @@ class ClientSlot:
     _epoch: int = 0
     """Bumped whenever the slot is emptied (close, a closed loop, a fork): a build that
     was in flight then is not this slot's any more."""
+    _closed: bool = False
+    """``engine.close()`` took the slot's clients: no spare is built until a lease (the
+    route used again, by another engine) reopens it. A run that ends after close (its
+    request out, or its cleanup asking for a successor, as close ran) would otherwise
+    start a build whose client nobody closes."""
 
     def __post_init__(self) -> None:
         _ALL_SLOTS.add(self)
@@ -146,6 +153,7 @@ class ClientSlot:
         failed build, or after ``engine.close()``) builds here."""
         while True:
             with self._lock:
+                self._closed = False
                 generation = self._with_room()
                 spare = self._spare
                 if generation is None:
@@ -164,6 +172,7 @@ class ClientSlot:
         (a ~60 ms TLS set-up would stall every task of it), its build is awaited."""
         while True:
             with self._lock:
+                self._closed = False
                 generation = self._with_room()
                 if generation is not None:
                     return self._hand_out(generation)
@@ -248,6 +257,8 @@ class ClientSlot:
     def _successor_ready(self) -> _Generation | None:
         if self._live:
             return self._live[0]
+        if self._closed:
+            raise EngineClosed("the engine was closed: no successor client is built")
         self._start_spare()  # none yet (the lease failed to build): one on the builder
         spare = self._spare
         assert spare is not None
@@ -260,8 +271,9 @@ class ClientSlot:
 
     def _start_spare(self) -> None:
         """Under the lock: have the builder make a spare unless one is there or coming
-        (a failed one included: it waits for the attempt that needs it)."""
-        if self._spare is not None:
+        (a failed one included: it waits for the attempt that needs it); never once
+        the engine closed the slot."""
+        if self._spare is not None or self._closed:
             return
         spare: Future[_Generation] = Future()
         # Running from the start: an awaiting task's cancellation must not cancel it.
@@ -373,6 +385,7 @@ class ClientSlot:
         user's thread or task). The slot hands out nothing it had before. The spare is
         left for ``take_spare``."""
         with self._lock:
+            self._closed = True
             clients = []
             for generation in self._live:
                 generation.retired = True
@@ -390,6 +403,7 @@ class ClientSlot:
         has no connection bound to any loop: an async spare may be closed anywhere."""
         self.wait_for_builder()
         with self._lock:
+            self._closed = True
             return self._drop_spare()
 
     def _drop_spare(self) -> list[Any]:

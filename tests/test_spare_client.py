@@ -6,6 +6,7 @@ any factory call on its path. Real SDKs over loopback HTTP, both drivers and pro
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 import time
 from collections.abc import Callable
@@ -196,3 +197,70 @@ def test_engine_close_waits_for_a_spare_in_flight(provider: Any) -> None:
     assert not [t for t in threading.enumerate() if t.name == BUILDER_THREAD]
     built = provider.built[provider.model]
     assert len(built) == 2 and [client.is_closed() for client in built] == [True, True]
+
+
+def close_engine(provider: Any, engine: Any) -> None:
+    if provider.is_async:
+        provider.run_coroutine(engine.aclose())
+    else:
+        engine.close()
+
+
+def after_close_move_in(provider: Any, slot: Any) -> None:
+    """A cleanup's successor, as a run's cleanup asks for it (its driver's flavour)."""
+    with contextlib.suppress(Exception):  # no successor after close: the point is no build
+        if provider.is_async:
+            provider.run_coroutine(slot.asuccessor())
+        else:
+            slot.successor()
+
+
+AFTER_CLOSE: dict[str, Callable[[Any, Any], None]] = {
+    "replenish": lambda provider, slot: slot.replenish(),
+    "successor": after_close_move_in,
+}
+
+
+@pytest.mark.parametrize("call", list(AFTER_CLOSE))
+def test_no_spare_is_built_after_engine_close(provider: Any, call: str) -> None:
+    """A run whose request went out (``replenish``), or whose cleanup asked for the retired
+    client's successor, just as another thread closed the engine, calls the slot after
+    close() took its clients: the slot must not start a build then, or the client built
+    after close() is never closed (its connection pool leaks)."""
+    route = provider.route()
+    engine = provider.make_engine([route])
+    provider.script([Healthy()])
+    run, _ = provider.run_to_end(engine)
+    assert run.state == "completed"
+    close_engine(provider, engine)
+    built = provider.built[provider.model]
+    assert len(built) == 2, "the run's client and its spare"
+    slot = provider.clients(route)
+    AFTER_CLOSE[call](provider, slot)
+    settle(route)
+    assert len(built) == 2, f"{len(built) - 2} client(s) built after close()"
+    assert [client.is_closed() for client in built] == [True, True]
+    assert not slot.has_spare and slot.building is None
+
+
+def test_a_route_used_again_after_close_gets_its_spare_and_closes_it(provider: Any) -> None:
+    """The route's slot was closed with its engine; another engine over the same route
+    leases from it again, which reopens it: the run completes, its spare is built, and
+    that engine's close closes every client."""
+    route = provider.route()
+    first = provider.make_engine([route])
+    provider.script([Healthy()])
+    run, _ = provider.run_to_end(first)
+    assert run.state == "completed"
+    close_engine(provider, first)
+    second = provider.make_engine([route])
+    provider.script([Healthy()])
+    run, _ = provider.run_to_end(second)
+    assert run.state == "completed"
+    settle(route)
+    slot = provider.clients(route)
+    assert slot.has_spare, "the reopened slot keeps a spare again"
+    built = provider.built[provider.model]
+    assert len(built) == 4, "each engine's run: its client and its spare"
+    close_engine(provider, second)
+    assert [client.is_closed() for client in built] == [True] * 4
