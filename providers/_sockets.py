@@ -146,19 +146,38 @@ def _let_go_when_responses_close(pool: Any) -> None:
     pool.handle_request = handle_request
 
 
-class _LettingGo:
-    """A response body whose close first releases its socket from the attempt."""
+BODY_END_READS = 4
+"""How many reads a closing response may take to reach the end of its body (the openai
+SDK closes at ``data: [DONE]``, one 5-byte chunked terminator before the end)."""
 
-    __slots__ = ("_inner", "_network")
+
+class _LettingGo:
+    """A response body whose close first releases its socket from the attempt.
+
+    The openai SDK closes a stream's response at ``data: [DONE]``, before reading the
+    chunked terminator that follows it; httpcore then cannot know the body ended and
+    drops the connection, so every OpenAI stream would open a new one (a TLS handshake
+    per run against the real API). A close here first reads on to the body's end, but
+    only what has already arrived: the reads do not wait (a body still streaming, or a
+    stalled one, is dropped as before), and there are at most ``BODY_END_READS``.
+    """
+
+    __slots__ = ("_body", "_inner", "_network")
 
     def __init__(self, inner: Any, network: _TaggedStream) -> None:
         self._inner = inner
         self._network = network
+        self._body: Iterator[bytes] | None = None
 
     def __iter__(self) -> Iterator[bytes]:
-        yield from self._inner
+        self._body = iter(self._inner)
+        yield from self._body
 
     def close(self) -> None:
+        body = self._body
+        if body is not None:
+            self._body = None
+            self._network.read_to_body_end(body)
         self._network.let_go()
         close = getattr(self._inner, "close", None)
         if close is not None:
@@ -166,17 +185,25 @@ class _LettingGo:
 
 
 class _AsyncLettingGo:
-    __slots__ = ("_inner", "_network")
+    """``_LettingGo`` for async bodies."""
+
+    __slots__ = ("_body", "_inner", "_network")
 
     def __init__(self, inner: Any, network: _AsyncTaggedStream) -> None:
         self._inner = inner
         self._network = network
+        self._body: AsyncIterator[bytes] | None = None
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
-        async for chunk in self._inner:
+        self._body = body = self._inner.__aiter__()
+        async for chunk in body:
             yield chunk
 
     async def aclose(self) -> None:
+        body = self._body
+        if body is not None:
+            self._body = None
+            await self._network.read_to_body_end(body)
         self._network.let_go()
         aclose = getattr(self._inner, "aclose", None)
         if aclose is not None:
@@ -244,12 +271,33 @@ class _Owned:
 class _TaggedStream(_Owned):
     """A sync network stream that reports its socket to the attempt writing on it."""
 
-    __slots__ = ()
+    __slots__ = ("_no_wait",)
+
+    def __init__(self, inner: Any, owner: AttemptConnection | None = None) -> None:
+        super().__init__(inner, owner)
+        self._no_wait = False
 
     def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
-        data: bytes = self._inner.read(max_bytes, timeout)
+        # A zero timeout makes the socket non-blocking for this read: what has not
+        # arrived yet raises (httpcore's ReadError) instead of being waited for.
+        data: bytes = self._inner.read(max_bytes, 0.0 if self._no_wait else timeout)
         _count(self._owner, data)
         return data
+
+    def read_to_body_end(self, body: Iterator[bytes]) -> None:
+        """Take what is left of a closing response's body, without waiting for any of it:
+        a body that reaches its end leaves its connection reusable. Anything else (data
+        not there yet, too much of it, a shut socket) leaves the close to drop it."""
+        self._no_wait = True
+        try:
+            for _ in range(BODY_END_READS):
+                next(body)
+        except StopIteration:
+            pass
+        except Exception:
+            pass  # httpcore has closed the connection, as the plain close would
+        finally:
+            self._no_wait = False
 
     def write(self, buffer: bytes, timeout: float | None = None) -> None:
         self._owner = _claim(self._owner, self._inner)
@@ -416,13 +464,36 @@ def _wait_writable(
                 return
 
 
+ASYNC_NO_WAIT = 0.001
+"""The async ``read_to_body_end``'s read timeout: anyio's ``fail_after(0)`` cancels at
+the read's first checkpoint, before even data already buffered is returned."""
+
+
 class _AsyncTaggedStream(_Owned):
-    __slots__ = ()
+    __slots__ = ("_no_wait",)
+
+    def __init__(self, inner: Any, owner: AttemptConnection | None = None) -> None:
+        super().__init__(inner, owner)
+        self._no_wait = False
 
     async def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
-        data: bytes = await self._inner.read(max_bytes, timeout)
+        data: bytes = await self._inner.read(max_bytes, ASYNC_NO_WAIT if self._no_wait else timeout)
         _count(self._owner, data)
         return data
+
+    async def read_to_body_end(self, body: AsyncIterator[bytes]) -> None:
+        """``_TaggedStream.read_to_body_end``, each read waiting at most ``ASYNC_NO_WAIT``.
+        A cancellation of the caller's is not swallowed (only errors are)."""
+        self._no_wait = True
+        try:
+            for _ in range(BODY_END_READS):
+                await body.__anext__()
+        except StopAsyncIteration:
+            pass
+        except Exception:
+            pass  # httpcore has closed the connection, as the plain close would
+        finally:
+            self._no_wait = False
 
     async def write(self, buffer: bytes, timeout: float | None = None) -> None:
         self._owner = _claim(self._owner, self._inner)
