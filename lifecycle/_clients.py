@@ -279,13 +279,27 @@ class ClientSlot:
         # Running from the start: an awaiting task's cancellation must not cancel it.
         spare.set_running_or_notify_cancel()
         self._spare = spare
+        # Thread.start() returns only once the new thread runs, and that thread would go
+        # straight on into the factory holding the GIL (an SDK client's set-up before its
+        # TLS context is Python), keeping the caller, an event loop, stopped meanwhile:
+        # the builder waits for the caller to be out of start() first.
+        caller_out = threading.Event()
         builder = threading.Thread(
-            target=self._build_spare, args=(spare, self._epoch), name=BUILDER_THREAD, daemon=True
+            target=self._build_spare,
+            args=(spare, self._epoch, caller_out),
+            name=BUILDER_THREAD,
+            daemon=True,
         )
         self._builder = builder
-        builder.start()
+        try:
+            builder.start()
+        finally:
+            caller_out.set()
 
-    def _build_spare(self, spare: Future[_Generation], epoch: int) -> None:
+    def _build_spare(
+        self, spare: Future[_Generation], epoch: int, caller_out: threading.Event
+    ) -> None:
+        caller_out.wait()
         try:
             client = self.build()
         except BaseException as exc:

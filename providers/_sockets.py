@@ -31,7 +31,8 @@ import socket
 import ssl
 import sys
 import time
-from collections.abc import AsyncIterator, Iterable, Iterator
+import weakref
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from typing import Any
 
 from lifecycle import AttemptConnection, Shutdownable, active_connection, count_read
@@ -118,7 +119,7 @@ def _let_go_when_responses_close(pool: Any) -> None:
     took the connection meanwhile (an HTTP error answer is read whole, and its
     connection back in the pool, before the attempt's cleanup runs)."""
     if hasattr(pool, "handle_async_request"):
-        handle_async = pool.handle_async_request
+        handle_async = _own_method(pool, "handle_async_request")
 
         async def handle_async_request(request: Any) -> Any:
             response = await handle_async(request)
@@ -129,12 +130,12 @@ def _let_go_when_responses_close(pool: Any) -> None:
 
         pool.handle_async_request = handle_async_request
         return
-    handle = getattr(pool, "handle_request", None)
-    if handle is None:
+    if getattr(pool, "handle_request", None) is None:
         raise ConnectionTaggingUnavailable(
             f"{type(pool).__module__}.{type(pool).__name__} has no handle_request: "
             "httpcore moved it; update providers/_sockets.py"
         )
+    handle = _own_method(pool, "handle_request")
 
     def handle_request(request: Any) -> Any:
         response = handle(request)
@@ -144,6 +145,28 @@ def _let_go_when_responses_close(pool: Any) -> None:
         return response
 
     pool.handle_request = handle_request
+
+
+def _own_method(pool: Any, name: str) -> Callable[..., Any]:
+    """The pool's ``name`` as it is now, callable without holding the pool: its bound
+    method, kept in the wrapper that replaces it on the pool, would tie the pool into a
+    reference cycle, so that a dropped client's pool and TLS context (with its CA store)
+    were freed only by a later cyclic collection, with the GIL held, on whichever thread
+    allocates then (an event loop's, or the client builder's while the loop waits)."""
+    method: Callable[..., Any] = getattr(pool, name)
+    function = getattr(method, "__func__", None)
+    if function is None or getattr(method, "__self__", None) is not pool:
+        return method  # not the pool's own bound method: nothing of the pool to hold weakly
+    try:
+        pool_ref = weakref.ref(pool)
+    except TypeError:
+        return method  # a pool without weak references: kept as it was
+
+    def call(*args: Any) -> Any:
+        # Only the pool itself calls this (it is the pool's attribute): it is alive.
+        return function(pool_ref(), *args)
+
+    return call
 
 
 BODY_END_READS = 4

@@ -4,6 +4,7 @@ once, then more; retirement of one client leaves the others serving."""
 from __future__ import annotations
 
 import itertools
+import sys
 import threading
 from typing import Any
 
@@ -36,6 +37,35 @@ def test_one_client_until_the_cap_then_another() -> None:
     assert fourth.client.number == 2 and s.live_clients == 2, "the spare, moved in"
     s.release(leases[0])
     assert s.lease().client.number == 1, "the oldest client with room is used first"
+
+
+def test_replenish_returns_before_the_builder_runs_the_factory() -> None:
+    """The caller of ``replenish`` (an event loop's thread) starts the builder thread and
+    waits until it has started; it must not also wait while the builder runs the factory,
+    whose first stretch of Python (an SDK client's set-up before its TLS context) holds
+    the GIL: the caller would stay stopped for that stretch, up to the GIL's switch
+    interval, or for as long as the OS keeps a loaded builder off the CPU."""
+    caller = threading.get_ident()
+    caller_inside_replenish: list[bool] = []
+
+    def factory() -> Built:
+        frame = sys._current_frames().get(caller)
+        names = set()
+        while frame is not None:
+            names.add(frame.f_code.co_name)
+            frame = frame.f_back
+        caller_inside_replenish.append("replenish" in names)
+        return Built(1)
+
+    s = ClientSlot(build=factory)
+    for _ in range(20):
+        s.replenish()
+        assert s.wait_for_builder() and s.has_spare
+        s.take_spare()
+    assert caller_inside_replenish == [False] * 20, (
+        f"the factory ran while replenish() held its caller in "
+        f"{caller_inside_replenish.count(True)} of 20 builds"
+    )
 
 
 def test_retiring_one_client_leaves_the_others_serving() -> None:

@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
+import gc
 import types
+import weakref
+from typing import Any
 
 import anthropic
 import openai
 import pytest
 
-from providers._sockets import ConnectionTaggingUnavailable, install_connection_tagging, is_tagged
+from providers import AnthropicMessages, OpenAIChatCompletions
+from providers._sockets import (
+    ConnectionTaggingUnavailable,
+    _pools_of,
+    install_connection_tagging,
+    is_tagged,
+)
 
 FACTORIES = [
     lambda: anthropic.Anthropic(base_url="http://127.0.0.1:9", api_key="t"),
@@ -28,6 +37,35 @@ def test_tagging_installs_on_every_sdk_client(factory: object) -> None:
     assert is_tagged(client), "the pool's network backend was not wrapped: did httpx move it?"
     install_connection_tagging(client)  # idempotent
     assert is_tagged(client)
+
+
+@pytest.mark.parametrize(
+    "factory", FACTORIES, ids=["anthropic", "async-anthropic", "openai", "async-openai"]
+)
+def test_a_prepared_client_is_freed_where_it_is_dropped(factory: Any) -> None:
+    """What the engine installs must not tie a client's pool into a reference cycle:
+    the pool, and the TLS context with its CA store it holds, would then be freed only
+    by a later cyclic collection (1-2.5 ms with the GIL held), on whichever thread
+    allocates then: an event loop's, or the builder thread's while the loop waits."""
+    probe = factory()
+    route_cls: Any = (
+        AnthropicMessages
+        if isinstance(probe, anthropic.Anthropic | anthropic.AsyncAnthropic)
+        else OpenAIChatCompletions
+    )
+    route = route_cls(factory, model="m")
+    del probe
+    gc.collect()
+    gc.disable()
+    try:
+        client = route.prepare_client(factory())
+        pools = [weakref.ref(pool) for pool in _pools_of(client._client)]
+        assert pools and is_tagged(client)
+        del client
+        alive = [ref for ref in pools if ref() is not None]
+    finally:
+        gc.enable()
+    assert not alive, f"{len(alive)} pool(s) outlived the client: held in a reference cycle"
 
 
 def test_a_client_without_an_http_client_fails_loudly() -> None:
