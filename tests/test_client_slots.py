@@ -57,8 +57,8 @@ def test_replenish_returns_before_the_builder_runs_the_factory() -> None:
         caller_inside_replenish.append("replenish" in names)
         return Built(1)
 
-    s = ClientSlot(build=factory)
     for _ in range(20):
+        s = ClientSlot(build=factory)  # (taking the spare away closes a slot: a new one)
         s.replenish()
         assert s.wait_for_builder() and s.has_spare
         s.take_spare()
