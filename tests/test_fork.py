@@ -248,3 +248,25 @@ def test_the_child_starts_with_no_client_of_the_parent(provider: Any) -> None:
     }
     assert slot.current_client is parent_client and slot.has_spare
     assert not parent_client.is_closed() and not parent_spare.is_closed()
+
+
+@pytest.mark.parametrize("driver", ["sync"])
+def test_a_forked_child_draws_run_ids_of_its_own(provider: Any) -> None:
+    """Run ids come from a generator in the process's memory: a pre-fork server's
+    workers inherit its state, and without a reseed in the child each worker's next runs
+    would carry the parent's next ids (and each other's)."""
+    engine = provider.make_engine([provider.route()], timeouts=TIMEOUTS, retry=RETRY)
+
+    def next_ids() -> list[str]:
+        ids = []
+        for _ in range(3):
+            run = engine.stream(**REQUEST)
+            ids.append(run.id)
+            run.close()  # never iterated: no request, the run ends cancelled
+        return ids
+
+    children = [in_forked_child(lambda: {"ids": next_ids()})["ids"] for _ in range(2)]
+    parent = next_ids()
+    assert all(len(run_id) == 16 for run_id in parent + children[0] + children[1])
+    assert not set(children[0]) & set(parent), (children[0], parent)
+    assert not set(children[0]) & set(children[1]), children
