@@ -14,11 +14,20 @@ from typing import Any
 __all__ = ["field_of", "int_field", "wire_dict"]
 
 
+_is_mapping: dict[type, bool] = {}
+"""Per type, whether it is a Mapping: ``isinstance`` against the ABC takes two calls
+through ``ABCMeta.__instancecheck__`` per field of every event."""
+
+
 def field_of(obj: Any, name: str) -> Any:
     """``obj.name`` or ``obj[name]``; None when absent or when ``obj`` is None."""
     if obj is None:
         return None
-    if isinstance(obj, Mapping):
+    kind = type(obj)
+    is_mapping = _is_mapping.get(kind)
+    if is_mapping is None:
+        is_mapping = _is_mapping[kind] = isinstance(obj, Mapping)
+    if is_mapping:
         return obj.get(name)
     return getattr(obj, name, None)
 
