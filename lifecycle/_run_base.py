@@ -195,7 +195,11 @@ class RunBase:
 
     @property
     def _interrupted(self) -> bool:
-        return self._interrupt_requested or self._engine_closed
+        # Asked between every two events: _engine_closed's test inlined (one call less).
+        if self._interrupt_requested or self._closed_by_engine:
+            return True
+        closing = self._engine_closing
+        return closing is not None and closing.is_set()
 
     def _new_connection(self) -> AttemptConnection:
         """The attempt's connection, refused once the engine is closing."""
