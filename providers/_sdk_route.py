@@ -57,30 +57,8 @@ class SdkRoute(Route):
         version = getattr(__import__(sdk), "__version__", "?")
         return f"{sdk} {version} {method.__qualname__}()"
 
-    _wire_memo: tuple[Request, WireOptions, list[str]] | None = None
-    """An attempt asks for its options twice (``omitted_options``, then ``apply_options``
-    as the request is built): the first answer, kept for the second, which takes it."""
-
     def _wire_options(self, request: Request) -> tuple[WireOptions, list[str]]:
         """The neutral options this route sends, and the neutral ones it omits."""
-        memo = self._wire_memo
-        if memo is not None and memo[0] is request:
-            return memo[1], memo[2]
-        wire, omitted = self._computed_wire_options(request)
-        # Runs on other threads may replace it: each compares the request it holds.
-        self._wire_memo = (request, wire, omitted)
-        return wire, omitted
-
-    def _taken_wire_options(self, request: Request) -> WireOptions:
-        """The options kept by this attempt's ``omitted_options``, let go of (the memo
-        would otherwise hold the request's history past its run), or computed anew."""
-        memo = self._wire_memo
-        if memo is not None and memo[0] is request:
-            self._wire_memo = None
-            return memo[1]
-        return self._computed_wire_options(request)[0]
-
-    def _computed_wire_options(self, request: Request) -> tuple[WireOptions, list[str]]:
         neutral = {
             name: request.options[name] for name in NEUTRAL_OPTIONS if name in request.options
         }
@@ -118,7 +96,7 @@ class SdkRoute(Route):
         """Add the options to a request's keywords: the neutral ones translated, then the
         route's, then this api_mode's ``provider_options`` (its ``tools``, the provider's
         native tools, join the function tools), then the other per-call keywords."""
-        wire = self._taken_wire_options(request)
+        wire, _ = self._wire_options(request)
         kwargs.update(wire.kwargs)
         kwargs.update(self.options)
         own = dict(request.provider_options.get(self.api_mode, {}))
