@@ -154,29 +154,8 @@ def _check_artifacts(message: Mapping[str, Any], index: int) -> None:
             )
 
 
-_last_normalized: tuple[tuple[Any, ...], list[dict[str, Any]]] | None = None
-"""The last tuple normalized and its history (see ``normalize``)."""
-
-
 def normalize(messages: Sequence[Any]) -> list[dict[str, Any]]:
-    """The history as plain dicts, checked; ``ValueError`` naming the message index.
-
-    A run's history is normalized by every route's ``check_request`` and again by each
-    attempt's translation. The engine's ``Request`` holds its messages as a tuple of its
-    own, so for a tuple the last history is remembered (by identity, the tuple held) and
-    handed out again: every caller only reads it (the translators build their wire
-    messages anew). A list is normalized each time: it may have changed since."""
-    global _last_normalized
-    last = _last_normalized
-    if last is not None and last[0] is messages:
-        return last[1]
-    history = _normalized(messages)
-    if type(messages) is tuple:
-        _last_normalized = (messages, history)
-    return history
-
-
-def _normalized(messages: Sequence[Any]) -> list[dict[str, Any]]:
+    """The history as plain dicts, checked; ``ValueError`` naming the message index."""
     history: list[dict[str, Any]] = []
     pending: dict[str, int] = {}
     """Calls of the last assistant turn not answered yet: id -> the turn's index."""
