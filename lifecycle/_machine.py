@@ -224,11 +224,11 @@ def build_machine(model: object | None = None) -> Machine:
 def _record_transition(ev: EventData) -> None:
     transition = ev.transition
     assert transition is not None and transition.dest is not None
-    _record(cast(RunCore, ev.model), transition.source, ev.event.name, transition.dest, ev.kwargs)
+    event: LifecycleEvent = ev.kwargs["event"]
+    _record(cast(RunCore, ev.model), transition.source, ev.event.name, transition.dest, event)
 
 
-def _record(core: RunCore, source: str, trigger: str, dest: str, kwargs: dict[str, Any]) -> None:
-    event: LifecycleEvent = kwargs["event"]
+def _record(core: RunCore, source: str, trigger: str, dest: str, event: LifecycleEvent) -> None:
     record = Transition(source=source, trigger=trigger, dest=dest, at=event.at - core.started_at)
     core.history.append(record)
     for listener in core.listeners:
@@ -379,7 +379,7 @@ class RunCore:
             MACHINE.events[trigger].trigger(self, event=event)
         else:
             self.state = dest
-            _record(self, source, trigger, dest, {"event": event})
+            _record(self, source, trigger, dest, event)
         if self.state in FAULTS:
             MACHINE.events["begin_cleanup"].trigger(self, event=event)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Final
 from urllib.parse import urlsplit
@@ -87,8 +88,10 @@ def failure_message(core: RunCore) -> str:
     return f"{reason} after {len(core.attempts)} attempt(s){where}"
 
 
+@functools.lru_cache(maxsize=256)
 def server_of(url: str | None) -> tuple[str | None, int | None]:
-    """Host and port of a base URL (the scheme's default port when the URL has none)."""
+    """Host and port of a base URL (the scheme's default port when the URL has none).
+    Cached: each attempt asks about its route's base URL, one of a handful."""
     if not url:
         return None, None
     parts = urlsplit(url)

@@ -17,6 +17,7 @@ Azure's ``api-key``, any custom auth header) goes along to whatever host the
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Iterable
 from typing import Any
@@ -90,8 +91,29 @@ def _auth_values(items: Iterable[tuple[Any, Any]]) -> list[object]:
     return values
 
 
+@functools.lru_cache(maxsize=512)
+def _is_auth_name(lowered_name: bytes) -> bool:
+    return _AUTH_HEADER.search(lowered_name.decode("latin-1")) is not None
+
+
 def _register_request(request: Any) -> None:
-    register_secrets(_auth_values(request.headers.items()))
+    headers = request.headers
+    raw = getattr(headers, "raw", None)
+    if raw is None:
+        register_secrets(_auth_values(headers.items()))
+        return
+    # Per request: only the auth-bearing values are decoded (``items()`` decodes every
+    # name and value), joined per name as ``items()`` joins a repeated header.
+    auth: dict[bytes, list[bytes]] = {}
+    for name, value in raw:
+        lowered = name.lower()
+        if _is_auth_name(lowered):
+            auth.setdefault(lowered, []).append(value)
+    if auth:
+        encoding = headers.encoding
+        register_secrets(
+            ", ".join(value.decode(encoding) for value in values) for values in auth.values()
+        )
 
 
 async def _register_request_async(request: Any) -> None:

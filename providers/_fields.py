@@ -8,17 +8,29 @@ these helpers read it whichever form it took.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from typing import Any
 
-__all__ = ["field_of", "int_field", "wire_dict"]
+from lifecycle._run import HEADER_ALLOWLIST
+
+__all__ = ["field_of", "int_field", "kept_headers", "wire_dict"]
+
+
+_is_mapping: dict[type, bool] = {}
+"""Per type, whether it is a Mapping: ``isinstance`` against the ABC takes two calls
+through ``ABCMeta.__instancecheck__`` per field of every event."""
 
 
 def field_of(obj: Any, name: str) -> Any:
     """``obj.name`` or ``obj[name]``; None when absent or when ``obj`` is None."""
     if obj is None:
         return None
-    if isinstance(obj, Mapping):
+    kind = type(obj)
+    is_mapping = _is_mapping.get(kind)
+    if is_mapping is None:
+        is_mapping = _is_mapping[kind] = isinstance(obj, Mapping)
+    if is_mapping:
         return obj.get(name)
     return getattr(obj, name, None)
 
@@ -51,3 +63,28 @@ def _plain(value: Any) -> Any:
     if hasattr(value, "model_dump"):
         return wire_dict(value)
     return value
+
+
+def kept_headers(headers: Mapping[str, str]) -> Mapping[str, str]:
+    """The response headers the engine keeps (``HEADER_ALLOWLIST``), by lowercase name,
+    a repeated one joined as ``items()`` joins it. From an httpx(2) ``Headers``, its raw
+    bytes: only the kept values are decoded (``items()`` decodes every name and value,
+    asking for the encoding twice per header). Any other mapping is returned as it is."""
+    raw = getattr(headers, "raw", None)
+    if raw is None:
+        return headers
+    kept: dict[str, list[bytes]] = {}
+    for name, value in raw:
+        lowered = _kept_name(name)
+        if lowered is not None:
+            kept.setdefault(lowered, []).append(value)
+    if not kept:
+        return {}
+    encoding: str = getattr(headers, "encoding", "ascii")
+    return {name: ", ".join(v.decode(encoding) for v in values) for name, values in kept.items()}
+
+
+@functools.lru_cache(maxsize=512)
+def _kept_name(name: bytes) -> str | None:
+    lowered = name.decode("latin-1").lower()
+    return lowered if lowered in HEADER_ALLOWLIST else None

@@ -197,12 +197,7 @@ class SdkRoute(Route):
         """The SDK's per-request timeout. The watchdog enforces first_token and stale; the
         SDK's read timeout is only a backstop for a watchdog that could not reach the
         socket, so it is the whole run's."""
-        return self.timeout_class(
-            connect=timeouts.connect,
-            read=timeouts.total,
-            write=timeouts.connect,
-            pool=timeouts.connect,
-        )
+        return _sdk_timeout(self.timeout_class, timeouts)
 
     def close_client(self, client: Any) -> None:
         client.close()
@@ -214,6 +209,18 @@ class SdkRoute(Route):
 @functools.cache
 def _parameters_of(method: Callable[..., Any]) -> frozenset[str]:
     return frozenset(inspect.signature(method).parameters) - {"self"}
+
+
+@functools.lru_cache(maxsize=64)
+def _sdk_timeout(timeout_class: type, timeouts: Timeouts) -> Any:
+    # One per Timeouts value rather than one per attempt: the SDK only reads it (httpx
+    # copies its fields into each request's extensions), and Timeouts is frozen.
+    return timeout_class(
+        connect=timeouts.connect,
+        read=timeouts.total,
+        write=timeouts.connect,
+        pool=timeouts.connect,
+    )
 
 
 def _dotted(cls: type) -> str:

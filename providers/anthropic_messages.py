@@ -44,7 +44,7 @@ from lifecycle import (
 from . import _wire_anthropic
 from ._classify import SHAPE_ERRORS, classify_with_table, schema_violation
 from ._decoding import limit_decoded_size
-from ._fields import field_of, int_field
+from ._fields import field_of, int_field, kept_headers
 from ._history import normalize
 from ._sdk_route import SdkRoute
 from ._sockets import socket_of_response
@@ -342,7 +342,7 @@ class _AnthropicStream(AttemptStream):
         response = stream.response
         limit_decoded_size(response)
         self.http_status = response.status_code
-        self.headers: Mapping[str, str] = response.headers
+        self.headers: Mapping[str, str] = kept_headers(response.headers)
         self.socket = socket_of_response(response)
         self._translator = _Translator()
 
@@ -367,7 +367,7 @@ class _AsyncAnthropicStream(AsyncAttemptStream):
         response = stream.response
         limit_decoded_size(response)
         self.http_status = response.status_code
-        self.headers: Mapping[str, str] = response.headers
+        self.headers: Mapping[str, str] = kept_headers(response.headers)
         self.socket = socket_of_response(response)
         self._translator = _Translator()
 

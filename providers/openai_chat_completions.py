@@ -49,7 +49,7 @@ from ._classify import (
     schema_violation,
 )
 from ._decoding import limit_decoded_size
-from ._fields import int_field
+from ._fields import int_field, kept_headers
 from ._history import normalize
 from ._sdk_route import SdkRoute
 from ._sockets import socket_of_response
@@ -270,7 +270,7 @@ class _ChatStream(AttemptStream):
         response = stream.response
         limit_decoded_size(response)
         self.http_status = response.status_code
-        self.headers: Mapping[str, str] = response.headers
+        self.headers: Mapping[str, str] = kept_headers(response.headers)
         self.socket = socket_of_response(response)
         self._translator = _Translator()
 
@@ -304,7 +304,7 @@ class _AsyncChatStream(AsyncAttemptStream):
         response = stream.response
         limit_decoded_size(response)
         self.http_status = response.status_code
-        self.headers: Mapping[str, str] = response.headers
+        self.headers: Mapping[str, str] = kept_headers(response.headers)
         self.socket = socket_of_response(response)
         self._translator = _Translator()
 

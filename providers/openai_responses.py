@@ -44,7 +44,7 @@ from lifecycle import (
 from . import _wire_responses
 from ._classify import SHAPE_ERRORS, classify_with_table, schema_violation
 from ._decoding import limit_decoded_size
-from ._fields import int_field, wire_dict
+from ._fields import int_field, kept_headers, wire_dict
 from ._history import normalize
 from ._sdk_route import SdkRoute
 from ._sockets import socket_of_response
@@ -223,7 +223,7 @@ class _ResponsesStream(AttemptStream):
         response = stream.response
         limit_decoded_size(response)
         self.http_status = response.status_code
-        self.headers: Mapping[str, str] = response.headers
+        self.headers: Mapping[str, str] = kept_headers(response.headers)
         self.socket = socket_of_response(response)
         self._translator: _Translator | None = None
 
@@ -249,7 +249,7 @@ class _AsyncResponsesStream(AsyncAttemptStream):
         response = stream.response
         limit_decoded_size(response)
         self.http_status = response.status_code
-        self.headers: Mapping[str, str] = response.headers
+        self.headers: Mapping[str, str] = kept_headers(response.headers)
         self.socket = socket_of_response(response)
         self._translator: _Translator | None = None
 

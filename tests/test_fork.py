@@ -386,3 +386,25 @@ def test_parent_and_child_draw_different_probe_ids() -> None:
     child_ids = in_forked_child(lambda: {"ids": [health.new_probe_id() for _ in range(3)]})
     parent_ids = [health.new_probe_id() for _ in range(3)]
     assert not set(child_ids["ids"]) & set(parent_ids), (child_ids, parent_ids)
+
+
+@pytest.mark.parametrize("driver", ["sync"])
+def test_a_forked_child_draws_run_ids_of_its_own(provider: Any) -> None:
+    """Run ids come from a generator in the process's memory: a pre-fork server's
+    workers inherit its state, and without a reseed in the child each worker's next runs
+    would carry the parent's next ids (and each other's)."""
+    engine = provider.make_engine([provider.route()], timeouts=TIMEOUTS, retry=RETRY)
+
+    def next_ids() -> list[str]:
+        ids = []
+        for _ in range(3):
+            run = engine.stream(**REQUEST)
+            ids.append(run.id)
+            run.close()  # never iterated: no request, the run ends cancelled
+        return ids
+
+    children = [in_forked_child(lambda: {"ids": next_ids()})["ids"] for _ in range(2)]
+    parent = next_ids()
+    assert all(len(run_id) == 16 for run_id in parent + children[0] + children[1])
+    assert not set(children[0]) & set(parent), (children[0], parent)
+    assert not set(children[0]) & set(children[1]), children
