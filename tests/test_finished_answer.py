@@ -89,11 +89,8 @@ def test_chat_body_held_open_after_usage_without_done(provider: Any) -> None:
 
 def test_a_body_that_ends_is_read_to_its_end(provider: Any) -> None:
     """The drain reads what follows the stop: the keep-alive connection is reused. (The
-    openai SDK closes its response at ``[DONE]`` without reading the body's end, except
-    on the async client of openai 3.x, so its connections are not reused whatever the
-    engine does.)"""
-    if provider.name == "openai":
-        pytest.skip("the openai SDK closes its response at [DONE], its end unread")
+    openai SDK closes its response at ``[DONE]`` without reading the body's end: the
+    engine's close reads it, see ``tests/test_connection_reuse.py``.)"""
     engine = provider.engine(timeouts=TIMEOUTS, with_other=False)
     provider.script([Healthy(), Healthy()])
     for _ in range(2):
