@@ -48,7 +48,7 @@ while its task works through one buffer, and 5 s (async) / 2 s (sync) gives no f
 positive (counted: a healthy run with two attempts). Against a real provider that
 drips tokens, ``stale`` would have to exceed the loop's longest block.
 
-Issue 15's two criteria, each printed with its figures and PASS or FAIL:
+The two targets at scale, each printed with its figures and PASS or FAIL:
 
 1. Recovery p99 no worse than the event loop's own lag + 10 ms. Recovery is the stall
    deadline to the next attempt's request sent (``request_sent_at``); the loop's own lag
@@ -317,9 +317,9 @@ def lag_figures(
 LAG_PROBE_INTERVAL = 0.001
 """The fine lag probe's sleep: short, so that some wake-up falls inside every recovery."""
 RECOVERY_TARGET = 0.010
-"""Issue 15: recovery p99 no worse than the loop's own lag + 10 ms."""
+"""Target: recovery p99 no worse than the loop's own lag + 10 ms."""
 BUILD_STALL_TARGET = 0.005
-"""Issue 15: the loop never blocked more than 5 ms by a client build."""
+"""Target: the loop never blocked more than 5 ms by a client build."""
 
 
 def recovery_against_lag(
@@ -879,7 +879,7 @@ def verdict(ok: bool) -> str:
 
 
 def print_recovery_criterion(rows: list[dict[str, Any]]) -> None:
-    """Issue 15: recovery p99 no worse than the event loop's own lag + 10 ms."""
+    """Target: recovery p99 no worse than the event loop's own lag + 10 ms."""
     print(
         "\ncriterion 1: recovery p99 no worse than the loop's own lag + "
         f"{RECOVERY_TARGET * 1e3:g} ms. recovery = stall deadline -> the next attempt's "
@@ -911,7 +911,7 @@ def print_recovery_criterion(rows: list[dict[str, Any]]) -> None:
 
 
 def print_build_criterion(r: dict[str, Any]) -> None:
-    """Issue 15: the loop never blocked more than 5 ms by a client build."""
+    """Target: the loop never blocked more than 5 ms by a client build."""
     print(
         f"\ncriterion 2: the loop never blocked more than {BUILD_STALL_TARGET * 1e3:g} ms by a "
         f"client build. The engine's builder thread builds {r['builds']} spares per factory "
@@ -995,7 +995,7 @@ def main() -> int:
     parser.add_argument(
         "--criteria",
         action="store_true",
-        help="only what issue 15's two criteria need: async engine-stall and the build "
+        help="only what the two targets at scale need: async engine-stall and the build "
         "phase; no sync (with --runs 40: about 20 s)",
     )
     parser.add_argument("--skip-async", action="store_true")
