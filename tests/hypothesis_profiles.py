@@ -18,7 +18,9 @@ the real engine costs a real run or several (~0.3 s each with a stall).
 
 from __future__ import annotations
 
+import importlib
 import os
+import pkgutil
 from typing import Final
 
 from hypothesis import HealthCheck, Phase, settings
@@ -26,6 +28,23 @@ from hypothesis import HealthCheck, Phase, settings
 __all__ = ["BUDGETS", "PROFILE", "budget"]
 
 _SLOW_OK = [HealthCheck.too_slow, HealthCheck.filter_too_much, HealthCheck.data_too_large]
+
+
+def _import_the_project() -> None:
+    """Hypothesis draws some strings and numbers from the constants of the project's
+    modules imported at the time (test files excepted). Without this, the examples a
+    derandomized test runs would depend on which other tests ran before it in the same
+    process: a test could pass alone and fail in the suite (seen: a history property
+    drew ``system='signature'`` only in the full run). Imported first, every module of
+    the project is in that pool, so the examples are a function of the commit alone."""
+    for package_name in ("lifecycle", "providers"):
+        package = importlib.import_module(package_name)
+        for module in pkgutil.walk_packages(package.__path__, f"{package_name}."):
+            if not module.name.endswith("__main__"):
+                importlib.import_module(module.name)
+
+
+_import_the_project()
 
 settings.register_profile(
     "default",

@@ -610,14 +610,25 @@ def test_fault_after_the_deadline_fails() -> None:
     assert sim.state == "failed"
 
 
-def test_backoff_that_would_pass_the_deadline_fails() -> None:
+def test_backoff_that_would_pass_the_deadline_fails_on_the_last_route() -> None:
     sim = Sim(
+        (ANTHROPIC,),
         timeouts=Timeouts(connect=1, first_token=1, stale=1, total=3),
         retry=RetryPolicy(max_attempts=5, max_backoff=1, max_retry_after=10),
     )
     sim.start().status(503, {"retry-after": "5"}).cleaned()
     assert sim.state == "failed"
     assert sim.core.decision is not None and "Timeouts.total" in sim.core.decision.reason
+
+
+def test_backoff_that_would_pass_the_deadline_falls_back_to_a_later_route() -> None:
+    sim = Sim(
+        timeouts=Timeouts(connect=1, first_token=1, stale=1, total=3),
+        retry=RetryPolicy(max_attempts=5, max_backoff=1, max_retry_after=10),
+    )
+    sim.start().status(503, {"retry-after": "5"}).cleaned()
+    assert sim.state == "falling_back"
+    assert sim.core.decision is not None and sim.core.decision.route_index == 1
 
 
 # -- the cleanup plan is aimed at the active attempt's route ---------------------------------
