@@ -55,6 +55,8 @@ def test_a_prepared_client_is_freed_where_it_is_dropped(factory: Any) -> None:
     )
     route = route_cls(factory, model="m")
     del probe
+    if _sdk_keeps_its_pool_in_a_cycle(factory):
+        pytest.skip("this SDK release ties its own client's pool into a reference cycle")
     gc.collect()
     gc.disable()
     try:
@@ -66,6 +68,21 @@ def test_a_prepared_client_is_freed_where_it_is_dropped(factory: Any) -> None:
     finally:
         gc.enable()
     assert not alive, f"{len(alive)} pool(s) outlived the client: held in a reference cycle"
+
+
+def _sdk_keeps_its_pool_in_a_cycle(factory: Any) -> bool:
+    """The bare SDK client, untouched by the engine, outlives its last reference
+    (anthropic 0.40, the lowest version allowed, does): nothing the engine adds can be
+    judged on that release."""
+    gc.collect()
+    gc.disable()
+    try:
+        client = factory()
+        pools = [weakref.ref(pool) for pool in _pools_of(client._client)]
+        del client
+        return any(ref() is not None for ref in pools)
+    finally:
+        gc.enable()
 
 
 def test_a_client_without_an_http_client_fails_loudly() -> None:
