@@ -1,17 +1,24 @@
 """A state-machine-driven lifecycle engine for LLM streaming calls.
 
-The public API is what ``__all__`` names; every other module is private. ``lifecycle``
-is provider-neutral and never imports ``providers``: adapters implement ``Route``.
+The public API is what ``__all__`` names, for those who *use* the engine: the engine
+and its runs, their configuration, records and messages, the errors, the hooks and the
+local health store. Other audiences have a face of their own:
+
+- ``lifecycle.adapters``: the interface a provider adapter implements (``Route``);
+- ``lifecycle.health``: the fleet-wide breaker store interface, and the Redis store;
+- ``lifecycle.otel``, ``lifecycle.record``, ``lifecycle.diagrams``: observers (telemetry,
+  recordings and their report, lifecycle diagrams).
+
+Every other module is private (the packages ``_core``, ``_drivers``, ``_health`` and
+``_observe``: see the README's "Layout"). ``lifecycle`` is provider-neutral and never
+imports ``providers``.
 """
 
 from typing import TYPE_CHECKING, Any
 
-from ._abort import AttemptConnection, OversizedEvent, Shutdownable, active_connection, count_read
-from ._async_driver import AsyncRun
-from ._breaker import BREAKER_STATES, BREAKER_TRANSITIONS, Admission, BreakerChange, BreakerCore
-from ._config import BreakerPolicy, RetryPolicy, Timeouts
-from ._engine import StreamEngine
-from ._errors import (
+from ._core.breaker import BreakerChange
+from ._core.config import BreakerPolicy, RetryPolicy, Timeouts
+from ._core.errors import (
     EngineClosed,
     Fault,
     Interrupted,
@@ -19,11 +26,8 @@ from ._errors import (
     MissingCredentials,
     StreamFailed,
 )
-from ._health import BreakerStatus, HealthStore, LocalHealthStore, RouteHealth
-from ._hooks import LifecycleHooks
-from ._log_filter import SecretsFilter
-from ._machine import FINAL_STATES, STATES, TRANSITIONS
-from ._message import (
+from ._core.machine import FINAL_STATES, STATES, TRANSITIONS
+from ._core.message import (
     STOP_REASONS,
     IncompleteToolCall,
     Message,
@@ -35,34 +39,30 @@ from ._message import (
     ToolCallDelta,
     Usage,
 )
-from ._outcomes import OUTCOMES, OutcomeTerm, attempt_text
-from ._route import AsyncAttemptStream, AttemptStream, Request, Route
-from ._run import AttemptRecord, CleanupStep, Diagnostics, Transition
-from ._sync_driver import Run
+from ._core.outcomes import OUTCOMES, OutcomeTerm, attempt_text, ending_of
+from ._core.records import AttemptRecord, CleanupStep, Diagnostics, Outcome, Transition
+from ._drivers.async_run import AsyncRun
+from ._drivers.engine import StreamEngine
+from ._drivers.sync_run import Run
+from ._health.route_health import BreakerStatus, LocalHealthStore
+from ._observe.hooks import LifecycleHooks, RunView
+from ._observe.log_filter import SecretsFilter
 
 __all__ = [
-    "BREAKER_STATES",
-    "BREAKER_TRANSITIONS",
     "FINAL_STATES",
     "OUTCOMES",
     "STATES",
     "STOP_REASONS",
     "TRANSITIONS",
-    "Admission",
-    "AsyncAttemptStream",
     "AsyncRun",
-    "AttemptConnection",
     "AttemptRecord",
-    "AttemptStream",
     "BreakerChange",
-    "BreakerCore",
     "BreakerPolicy",
     "BreakerStatus",
     "CleanupStep",
     "Diagnostics",
     "EngineClosed",
     "Fault",
-    "HealthStore",
     "IncompleteToolCall",
     "Interrupted",
     "LifecycleError",
@@ -70,17 +70,14 @@ __all__ = [
     "LocalHealthStore",
     "Message",
     "MissingCredentials",
+    "Outcome",
     "OutcomeTerm",
-    "OversizedEvent",
     "ProviderArtifact",
-    "Request",
     "Restart",
     "RetryPolicy",
-    "Route",
-    "RouteHealth",
     "Run",
+    "RunView",
     "SecretsFilter",
-    "Shutdownable",
     "StopReason",
     "StreamEngine",
     "StreamEvent",
@@ -91,9 +88,8 @@ __all__ = [
     "Transition",
     "Usage",
     "__version__",
-    "active_connection",
     "attempt_text",
-    "count_read",
+    "ending_of",
 ]
 
 _DISTRIBUTION = "stream-lifecycle"

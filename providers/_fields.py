@@ -12,7 +12,7 @@ import functools
 from collections.abc import Mapping
 from typing import Any
 
-from lifecycle._run import HEADER_ALLOWLIST
+from lifecycle.adapters import HEADER_ALLOWLIST
 
 __all__ = ["field_of", "int_field", "kept_headers", "wire_dict"]
 

@@ -29,25 +29,16 @@ import anthropic
 import anthropic.resources.messages
 from anthropic._models import FinalRequestOptions
 
-from lifecycle import (
-    AsyncAttemptStream,
-    AttemptStream,
-    Fault,
-    ProviderArtifact,
-    Request,
-    StreamEvent,
-    Timeouts,
-    ToolCallDelta,
-    Usage,
-)
+from lifecycle import Fault, ProviderArtifact, StreamEvent, Timeouts, ToolCallDelta, Usage
+from lifecycle.adapters import AsyncAttemptStream, AttemptStream, Request
 
 from . import _wire_anthropic
-from ._classify import SHAPE_ERRORS, classify_with_table, schema_violation
-from ._decoding import limit_decoded_size
 from ._fields import field_of, int_field, kept_headers
 from ._history import normalize
-from ._sdk_route import SdkRoute
-from ._sockets import socket_of_response
+from ._sdk.classify import SHAPE_ERRORS, classify_with_table, schema_violation
+from ._sdk.decoding import limit_decoded_size
+from ._sdk.route import SdkRoute
+from ._sdk.sockets import socket_of_response
 
 __all__ = ["AnthropicMessages"]
 
@@ -110,7 +101,7 @@ class AnthropicMessages(SdkRoute):
 
 
 # Every exception class anthropic exports (0.x and 2.x), and how it is handled; see
-# providers/_classify.py for the categories. tests/test_classification.py fails when the
+# providers/_sdk/classify.py for the categories. tests/test_classification.py fails when the
 # installed SDK exports a class that is not listed here.
 EXCEPTION_TABLE: Final[Mapping[str, str]] = {
     "AnthropicError": "sdk_error",

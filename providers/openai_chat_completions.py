@@ -30,29 +30,21 @@ import openai
 import openai.resources.chat.completions
 from openai._models import FinalRequestOptions
 
-from lifecycle import (
-    AsyncAttemptStream,
-    AttemptStream,
-    Fault,
-    Request,
-    StreamEvent,
-    Timeouts,
-    ToolCallDelta,
-    Usage,
-)
+from lifecycle import Fault, StreamEvent, Timeouts, ToolCallDelta, Usage
+from lifecycle.adapters import AsyncAttemptStream, AttemptStream, Request
 
 from . import _wire_chat
-from ._classify import (
+from ._fields import int_field, kept_headers
+from ._history import normalize
+from ._sdk.classify import (
     SHAPE_ERRORS,
     ProviderErrorEvent,
     classify_with_table,
     schema_violation,
 )
-from ._decoding import limit_decoded_size
-from ._fields import int_field, kept_headers
-from ._history import normalize
-from ._sdk_route import SdkRoute
-from ._sockets import socket_of_response
+from ._sdk.decoding import limit_decoded_size
+from ._sdk.route import SdkRoute
+from ._sdk.sockets import socket_of_response
 
 __all__ = ["OpenAIChatCompletions"]
 
@@ -134,7 +126,7 @@ class OpenAIChatCompletions(SdkRoute):
 
 
 # Every exception class openai exports (2.x and 3.x), and how it is handled; see
-# providers/_classify.py for the categories. tests/test_classification.py fails when the
+# providers/_sdk/classify.py for the categories. tests/test_classification.py fails when the
 # installed SDK exports a class that is not listed here.
 EXCEPTION_TABLE: Final[Mapping[str, str]] = {
     "OpenAIError": "sdk_error",

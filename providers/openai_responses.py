@@ -29,25 +29,16 @@ import openai
 import openai.resources.responses
 from openai._models import FinalRequestOptions
 
-from lifecycle import (
-    AsyncAttemptStream,
-    AttemptStream,
-    Fault,
-    ProviderArtifact,
-    Request,
-    StreamEvent,
-    Timeouts,
-    ToolCallDelta,
-    Usage,
-)
+from lifecycle import Fault, ProviderArtifact, StreamEvent, Timeouts, ToolCallDelta, Usage
+from lifecycle.adapters import AsyncAttemptStream, AttemptStream, Request
 
 from . import _wire_responses
-from ._classify import SHAPE_ERRORS, classify_with_table, schema_violation
-from ._decoding import limit_decoded_size
 from ._fields import int_field, kept_headers, wire_dict
 from ._history import normalize
-from ._sdk_route import SdkRoute
-from ._sockets import socket_of_response
+from ._sdk.classify import SHAPE_ERRORS, classify_with_table, schema_violation
+from ._sdk.decoding import limit_decoded_size
+from ._sdk.route import SdkRoute
+from ._sdk.sockets import socket_of_response
 from .openai_chat_completions import EXCEPTION_TABLE, OPENAI_CREDENTIALS_HINT
 
 __all__ = ["EXCEPTION_TABLE", "OpenAIResponses", "classify"]

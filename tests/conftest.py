@@ -31,13 +31,13 @@ from lifecycle import (
     AsyncRun,
     LifecycleError,
     RetryPolicy,
-    Route,
     Run,
     StreamEngine,
     StreamEvent,
     Timeouts,
 )
-from lifecycle._clients import BUILDER_THREAD
+from lifecycle._drivers.client_slots import BUILDER_THREAD
+from lifecycle.adapters import Route
 from providers import AnthropicMessages, OpenAIChatCompletions
 from providers.loopback import ConnectionRecord, LoopbackServer, RequestRecord, recordings
 

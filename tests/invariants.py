@@ -64,13 +64,13 @@ from lifecycle import (
     TRANSITIONS,
     Interrupted,
     RetryPolicy,
-    Route,
     StreamEngine,
     StreamEvent,
     StreamFailed,
     Timeouts,
 )
-from lifecycle._clients import BUILDER_THREAD, ClientSlot
+from lifecycle._drivers.client_slots import BUILDER_THREAD, ClientSlot
+from lifecycle.adapters import Route
 from providers import AnthropicMessages, OpenAIChatCompletions
 from providers.loopback import KEY_HEADER, LoopbackServer, RequestRecord
 

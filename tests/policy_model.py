@@ -1,5 +1,5 @@
 """A reference model of what the retry policy must decide, written from the README and
-the ``RetryPolicy`` / ``Fault`` docstrings, never from ``lifecycle._policy``.
+the ``RetryPolicy`` / ``Fault`` docstrings, never from ``lifecycle._core.policy``.
 
 ``test_stateful_core`` feeds it the events a ``RunCore`` accepted; after each one the
 model says which state the run must be in and, when a cleanup has finished, what the
@@ -42,8 +42,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Final, Literal
 
-from lifecycle._config import RetryPolicy, Timeouts
-from lifecycle._events import (
+from lifecycle._core.config import RetryPolicy, Timeouts
+from lifecycle._core.events import (
     AttemptFailed,
     AttemptStarted,
     CleanupFinished,

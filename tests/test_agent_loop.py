@@ -21,7 +21,8 @@ import pytest
 from conftest import EngineFactory, make_route, unique_model
 from test_provider_artifacts import anthropic_artifacts_of
 
-from lifecycle import RetryPolicy, Route, StreamEngine, Timeouts
+from lifecycle import RetryPolicy, StreamEngine, Timeouts
+from lifecycle.adapters import Route
 from providers import AnthropicMessages, OpenAIChatCompletions, OpenAIResponses
 from providers.loopback import (
     Fault,

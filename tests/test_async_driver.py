@@ -19,15 +19,8 @@ import openai
 import pytest
 from bounds import PROMPT
 
-from lifecycle import (
-    AsyncAttemptStream,
-    Interrupted,
-    RetryPolicy,
-    Route,
-    StreamEvent,
-    StreamFailed,
-    Timeouts,
-)
+from lifecycle import Interrupted, RetryPolicy, StreamEvent, StreamFailed, Timeouts
+from lifecycle.adapters import AsyncAttemptStream, Route
 from providers import AnthropicMessages, OpenAIChatCompletions
 from providers.loopback import Healthy, HttpError, LoopbackServer, StallAfterEvents
 

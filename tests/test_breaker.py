@@ -2,7 +2,7 @@
 
 The properties (Hypothesis, model-based) drive ``BreakerCore`` with random admissions,
 reports and clock jumps and check it against a reference written from the rules in
-``lifecycle/_breaker.py``: a half-open breaker admits exactly one probe at a time, an
+``lifecycle/_core/breaker.py``: a half-open breaker admits exactly one probe at a time, an
 open breaker never outlives its cooldown without a probe being allowed, cooldowns grow
 and are capped, only the probe's verdict moves a probing breaker.
 
@@ -35,7 +35,6 @@ from invariants import drive_async, drive_sync, make_routes, start_run, violatio
 
 from lifecycle import (
     BreakerChange,
-    BreakerCore,
     BreakerPolicy,
     LifecycleHooks,
     RetryPolicy,
@@ -43,6 +42,7 @@ from lifecycle import (
     StreamFailed,
     Timeouts,
 )
+from lifecycle.health import BreakerCore
 from providers.loopback import Healthy, HttpError, LoopbackServer, StallAfterEvents
 
 pytestmark = pytest.mark.timeout(60)

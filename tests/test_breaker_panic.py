@@ -27,7 +27,8 @@ from typing import Any
 
 import pytest
 
-from lifecycle import BreakerCore, BreakerPolicy, RetryPolicy, StreamFailed, Timeouts
+from lifecycle import BreakerPolicy, RetryPolicy, StreamFailed, Timeouts
+from lifecycle.health import BreakerCore
 from providers.loopback import Healthy, HttpError, StallAfterEvents
 
 pytestmark = pytest.mark.timeout(300)

@@ -13,7 +13,7 @@ import openai
 import pytest
 
 from providers import anthropic_messages, openai_chat_completions, openai_responses
-from providers._classify import CATEGORIES
+from providers._sdk.classify import CATEGORIES
 
 ADAPTERS = [
     pytest.param(anthropic, anthropic_messages, id="anthropic"),

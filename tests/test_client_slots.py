@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from lifecycle import RetryPolicy, Timeouts
-from lifecycle._clients import BUILDER_THREAD, ClientSlot
+from lifecycle._drivers.client_slots import BUILDER_THREAD, ClientSlot
 from providers.loopback import Healthy, StallAfterEvents
 
 

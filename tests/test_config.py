@@ -12,7 +12,7 @@ import openai
 import pytest
 
 from lifecycle import BreakerPolicy, RetryPolicy, StreamEngine, StreamFailed, Timeouts
-from lifecycle._policy import backoff_delay
+from lifecycle._core.policy import backoff_delay
 from providers import AnthropicMessages, OpenAIChatCompletions
 
 pytestmark = pytest.mark.timeout(30)

@@ -18,7 +18,8 @@ from typing import Any
 import pytest
 from bounds import PROMPT
 
-from lifecycle import AttemptConnection, Interrupted, RetryPolicy, StreamFailed, Timeouts
+from lifecycle import Interrupted, RetryPolicy, StreamFailed, Timeouts
+from lifecycle.adapters import AttemptConnection
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -18,7 +18,8 @@ import anthropic
 import openai
 import pytest
 
-from lifecycle import RetryPolicy, Route, StreamEngine, Timeouts
+from lifecycle import RetryPolicy, StreamEngine, Timeouts
+from lifecycle.adapters import Route
 from providers import AnthropicMessages, OpenAIChatCompletions, OpenAIResponses
 from providers.loopback import Healthy, LoopbackServer, StallAfterEvents
 

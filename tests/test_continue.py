@@ -8,7 +8,8 @@ from typing import Any
 import anthropic
 import pytest
 
-from lifecycle import Request, RetryPolicy, StreamEngine, Timeouts
+from lifecycle import RetryPolicy, StreamEngine, Timeouts
+from lifecycle.adapters import Request
 from providers import AnthropicMessages, OpenAIChatCompletions
 from providers.loopback import DropAfterEvents, Healthy, LoopbackServer, recordings
 

@@ -11,7 +11,7 @@ import re
 
 import pytest
 
-from providers import _demo
+from providers.cli import _demo
 from providers.loopback import LoopbackServer
 
 SCENARIOS = {s.name: s for s in _demo.SCENARIOS}

@@ -17,7 +17,7 @@ import pytest
 from bounds import PROMPT
 
 from lifecycle import RetryPolicy, StreamFailed, Timeouts
-from lifecycle._clients import BUILDER_THREAD
+from lifecycle._drivers.client_slots import BUILDER_THREAD
 from providers.loopback import (
     DropAfterEvents,
     Healthy,

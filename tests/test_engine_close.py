@@ -233,7 +233,7 @@ def test_a_run_close_has_not_reached_yet_writes_no_request(
     thread holds the GIL for a switch interval): a run whose request goes out in between
     must send nothing. Here close() is held there until the run has tried to write."""
     from lifecycle import StreamEngine
-    from lifecycle._clients import ClientSlot
+    from lifecycle._drivers.client_slots import ClientSlot
 
     engine = provider.engine(timeouts=TIMEOUTS, retry=RETRY, with_other=False)
     provider.script([Healthy()])

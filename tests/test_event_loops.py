@@ -19,7 +19,7 @@ import pytest
 from conftest import REQUEST, open_connections_of
 
 from lifecycle import RetryPolicy, StreamEngine, Timeouts
-from lifecycle._clients import BUILDER_THREAD
+from lifecycle._drivers.client_slots import BUILDER_THREAD
 
 pytestmark = [pytest.mark.timeout(60), pytest.mark.parametrize("driver", ["async"])]
 

@@ -19,7 +19,7 @@ from bounds import PROMPT
 from conftest import BREAK
 
 from lifecycle import Timeouts
-from lifecycle._run_base import AFTER_STOP_DRAIN
+from lifecycle._drivers.run_base import AFTER_STOP_DRAIN
 from providers import OpenAIResponses
 from providers.loopback import Healthy, PingsOnly, RawResponse, StallAfterEvents, recordings
 

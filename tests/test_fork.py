@@ -27,11 +27,11 @@ import pytest
 from conftest import REQUEST
 
 from lifecycle import BreakerPolicy, LifecycleHooks, RetryPolicy, StreamEngine, Timeouts
-from lifecycle._breaker import BreakerChange
-from lifecycle._clients import BUILDER_THREAD
-from lifecycle._health import RouteHealth
-from lifecycle._hooks import HookDispatcher
-from lifecycle._watchdog import watchdog
+from lifecycle._core.breaker import BreakerChange
+from lifecycle._drivers.client_slots import BUILDER_THREAD
+from lifecycle._drivers.watchdog import watchdog
+from lifecycle._health.route_health import RouteHealth
+from lifecycle._observe.hooks import HookDispatcher
 from providers.loopback import Healthy
 
 pytestmark = pytest.mark.timeout(60)
@@ -295,7 +295,7 @@ def held_by_another_thread(lock: Any) -> Iterator[None]:
 
 def route_health_degrading() -> tuple[Any, Any, Callable[[], None]]:
     """A RouteHealth whose shared store refuses: a report degrades (``RouteHealth._lock``)."""
-    from lifecycle.redis_health import RedisHealthStore
+    from lifecycle._health.redis_store import RedisHealthStore
 
     health = RouteHealth(policy=BreakerPolicy(), store=RedisHealthStore(url=DEAD_REDIS))
     return health, health._lock, lambda: health.report("r", "dropped", None)
@@ -325,7 +325,7 @@ def hook_dispatcher() -> tuple[Any, Any, Callable[[], None]]:
 
 def redis_health_store() -> tuple[Any, Any, Callable[[], None]]:
     """``RedisHealthStore._lock`` guards its per-loop async clients (and their closing)."""
-    from lifecycle.redis_health import RedisHealthStore
+    from lifecycle._health.redis_store import RedisHealthStore
 
     store = RedisHealthStore(url=DEAD_REDIS)
     return store, store._lock, lambda: asyncio.run(store.aclose())

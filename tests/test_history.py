@@ -18,7 +18,8 @@ import openai
 import pytest
 from conftest import unique_model
 
-from lifecycle import RetryPolicy, Route, StreamEngine, Timeouts
+from lifecycle import RetryPolicy, StreamEngine, Timeouts
+from lifecycle.adapters import Route
 from providers import AnthropicMessages, OpenAIChatCompletions, OpenAIResponses
 from providers.loopback import Healthy, HttpError, LoopbackServer
 

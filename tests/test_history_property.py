@@ -21,7 +21,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 from hypothesis_profiles import PROFILE  # noqa: F401  (loads the suite's profile)
 
-from lifecycle import Request, Timeouts
+from lifecycle import Timeouts
+from lifecycle.adapters import Request
 from providers import AnthropicMessages, OpenAIChatCompletions, OpenAIResponses
 from providers.loopback import problems
 
@@ -466,7 +467,7 @@ def _streamed_message(events: list[dict[str, Any]]) -> Any:
     from anthropic._models import construct_type
     from anthropic.types import RawMessageStreamEvent
 
-    from lifecycle._message import MessageBuilder
+    from lifecycle._core.message import MessageBuilder
     from providers.anthropic_messages import _Translator
 
     translator = _Translator()

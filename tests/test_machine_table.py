@@ -17,10 +17,10 @@ from hypothesis import strategies as st
 from mutations import MUTATIONS
 from transitions import MachineError
 
-from lifecycle import _machine
-from lifecycle._config import RetryPolicy, Timeouts
-from lifecycle._errors import Fault
-from lifecycle._events import (
+from lifecycle._core import machine as _machine
+from lifecycle._core.config import RetryPolicy, Timeouts
+from lifecycle._core.errors import Fault
+from lifecycle._core.events import (
     AttemptFailed,
     AttemptStarted,
     CleanupFinished,
@@ -33,7 +33,7 @@ from lifecycle._events import (
     StallDetected,
     StreamFinished,
 )
-from lifecycle._machine import (
+from lifecycle._core.machine import (
     FINAL_STATES,
     STATES,
     TRANSITIONS,
@@ -41,7 +41,7 @@ from lifecycle._machine import (
     RouteInfo,
     RunCore,
 )
-from providers._classify import status_fault
+from providers._sdk.classify import status_fault
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -679,7 +679,7 @@ def test_names_are_the_semantic_conventions() -> None:
     from opentelemetry.semconv._incubating.metrics import gen_ai_metrics as gm
     from opentelemetry.semconv.attributes import error_attributes, server_attributes
 
-    from lifecycle import otel
+    from lifecycle._observe import otel
 
     assert otel.GEN_AI_OPERATION_NAME == ga.GEN_AI_OPERATION_NAME
     assert otel.GEN_AI_PROVIDER_NAME == ga.GEN_AI_PROVIDER_NAME

@@ -1,6 +1,6 @@
 """Every path of the lifecycle, from the machine's own table, replayed on the real engine.
 
-The paths are enumerated from ``lifecycle._machine.TRANSITIONS`` itself (not a copy;
+The paths are enumerated from ``lifecycle._core.machine.TRANSITIONS`` itself (not a copy;
 the rows of a breaker's refusal are replayed by ``test_breaker``):
 
 - every *simple* path (no state twice) from ``idle`` to each final state;
@@ -70,11 +70,10 @@ from invariants import (
     violations,
 )
 
-from lifecycle import _machine
-from lifecycle._config import RetryPolicy, Timeouts
-from lifecycle._engine import StreamEngine
-from lifecycle._errors import Fault
-from lifecycle._events import (
+from lifecycle._core import machine as _machine
+from lifecycle._core.config import RetryPolicy, Timeouts
+from lifecycle._core.errors import Fault
+from lifecycle._core.events import (
     AttemptFailed,
     AttemptStarted,
     CleanupFinished,
@@ -84,8 +83,9 @@ from lifecycle._events import (
     StallDetected,
     StreamFinished,
 )
-from lifecycle._machine import FINAL_STATES, RouteInfo, RunCore
-from providers._classify import malformed_fault, status_fault, transport_fault
+from lifecycle._core.machine import FINAL_STATES, RouteInfo, RunCore
+from lifecycle._drivers.engine import StreamEngine
+from providers._sdk.classify import malformed_fault, status_fault, transport_fault
 from providers.loopback import (
     DropAfterEvents,
     Healthy,

@@ -10,10 +10,10 @@ from typing import Any
 import pytest
 from transitions import Machine
 
-from lifecycle import _machine
-from lifecycle._config import RetryPolicy, Timeouts
-from lifecycle._errors import Fault
-from lifecycle._events import (
+from lifecycle._core import machine as _machine
+from lifecycle._core.config import RetryPolicy, Timeouts
+from lifecycle._core.errors import Fault
+from lifecycle._core.events import (
     AttemptFailed,
     AttemptStarted,
     CleanupFinished,
@@ -26,7 +26,7 @@ from lifecycle._events import (
     StallDetected,
     StreamFinished,
 )
-from lifecycle._machine import MACHINE, PLAIN_ROWS, TRANSITIONS, RouteInfo, RunCore, plain_rows
+from lifecycle._core.machine import MACHINE, PLAIN_ROWS, TRANSITIONS, RouteInfo, RunCore, plain_rows
 
 pytestmark = pytest.mark.timeout(60)
 

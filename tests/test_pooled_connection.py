@@ -20,8 +20,8 @@ import pytest
 from invariants import Flavor, check_run, drive_async, drive_sync, make_routes, start_run
 
 from lifecycle import RetryPolicy, StreamEngine, Timeouts
-from lifecycle._async_driver import AsyncRun
-from lifecycle._run_base import RunBase
+from lifecycle._drivers.async_run import AsyncRun
+from lifecycle._drivers.run_base import RunBase
 from providers.loopback import Healthy, HttpError, LoopbackServer
 
 pytestmark = pytest.mark.timeout(60)

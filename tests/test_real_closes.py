@@ -20,7 +20,8 @@ from invariants import (
     start_run,
 )
 
-from lifecycle import RetryPolicy, Timeouts, _abort
+from lifecycle import RetryPolicy, Timeouts
+from lifecycle._drivers import connection as _abort
 from providers.loopback import Healthy, StallAfterEvents
 
 TIMEOUTS = Timeouts(connect=5, first_token=2.0, stale=0.3, total=20)

@@ -1,4 +1,4 @@
-"""``lifecycle.redis_health.RedisHealthStore`` against a real ``redis-server``.
+"""``lifecycle._health.redis_store.RedisHealthStore`` against a real ``redis-server``.
 
 Each test starts its own server (``tests/redis_process.py``) on a unix socket in a fresh
 temporary directory (TCP off: ``--port 0``), waits for PING, and terminates exactly that
@@ -36,8 +36,9 @@ import redis
 from conftest import make_route, other
 from redis_process import RedisServer
 
-from lifecycle import BreakerCore, BreakerPolicy, RetryPolicy, RouteHealth, Timeouts
-from lifecycle.redis_health import RedisHealthStore
+from lifecycle import BreakerPolicy, RetryPolicy, Timeouts
+from lifecycle._health.redis_store import RedisHealthStore
+from lifecycle.health import BreakerCore, RouteHealth
 from providers.loopback import DropAfterEvents, Healthy, HttpError
 
 pytestmark = pytest.mark.timeout(180)

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from lifecycle import RetryPolicy, StreamFailed, Timeouts
-from providers._classify import parse_retry_after, status_fault
+from providers._sdk.classify import parse_retry_after, status_fault
 from providers.loopback import Healthy, HttpError
 
 pytestmark = pytest.mark.timeout(30)

@@ -19,9 +19,9 @@ import pytest
 from bounds import PROMPT
 
 from lifecycle import RetryPolicy, Timeouts
-from lifecycle._errors import Fault
-from lifecycle._policy import decide
-from providers._classify import status_fault
+from lifecycle._core.errors import Fault
+from lifecycle._core.policy import decide
+from providers._sdk.classify import status_fault
 from providers.loopback import HttpError
 
 pytestmark = pytest.mark.timeout(30)

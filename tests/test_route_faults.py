@@ -17,7 +17,8 @@ import openai
 import pytest
 from conftest import API_KEY_ENV, ProviderKit, other
 
-from lifecycle import MissingCredentials, RetryPolicy, Route, StreamEngine, StreamFailed, Timeouts
+from lifecycle import MissingCredentials, RetryPolicy, StreamEngine, StreamFailed, Timeouts
+from lifecycle.adapters import Route
 from providers import AnthropicMessages
 from providers.loopback import Healthy
 

@@ -62,7 +62,7 @@ def _echo(key: str, status: int) -> HttpError:
 
 
 PIECE = 8
-"""No substring of a secret this long may survive (``lifecycle._secrets.MIN_PIECE``, pinned
+"""No substring of a secret this long may survive (``lifecycle._core.secrets.MIN_PIECE``, pinned
 here so that raising it is a failing test, not a quiet weakening)."""
 
 

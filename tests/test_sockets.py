@@ -12,7 +12,7 @@ import openai
 import pytest
 
 from providers import AnthropicMessages, OpenAIChatCompletions
-from providers._sockets import (
+from providers._sdk.sockets import (
     ConnectionTaggingUnavailable,
     _pools_of,
     install_connection_tagging,

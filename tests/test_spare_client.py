@@ -16,7 +16,7 @@ import pytest
 from conftest import REQUEST
 
 from lifecycle import RetryPolicy, StreamFailed, Timeouts
-from lifecycle._clients import BUILDER_THREAD
+from lifecycle._drivers.client_slots import BUILDER_THREAD
 from providers.loopback import Healthy, StallAfterEvents
 
 RETRY_ONCE = RetryPolicy(max_attempts=2, initial_backoff=0.0, max_backoff=0.0)

@@ -44,9 +44,9 @@ from invariants import report
 from policy_model import UNSET, PolicyModel, Verdict, status_verdict
 from transitions import MachineError
 
-from lifecycle._config import RetryPolicy, Timeouts
-from lifecycle._errors import Fault
-from lifecycle._events import (
+from lifecycle._core.config import RetryPolicy, Timeouts
+from lifecycle._core.errors import Fault
+from lifecycle._core.events import (
     AttemptFailed,
     AttemptStarted,
     CleanupFinished,
@@ -57,7 +57,7 @@ from lifecycle._events import (
     StallDetected,
     StreamFinished,
 )
-from lifecycle._machine import (
+from lifecycle._core.machine import (
     CLEANUP_STEPS,
     FAULTS,
     FINAL_STATES,
@@ -68,7 +68,7 @@ from lifecycle._machine import (
     RouteInfo,
     RunCore,
 )
-from providers._classify import status_fault
+from providers._sdk.classify import status_fault
 
 # Green, the test takes about a minute; red, Hypothesis then shrinks for up to 300 s
 # (MAX_SHRINKING_SECONDS), and a timeout in the middle of that loses the counterexample

@@ -11,7 +11,7 @@ means" (statuses, transports, clocks, the stream's shape, the caller's own acts)
   ``fallback`` to the next route, ``fail`` fast, ``cancelled`` (or ``completed``).
 
 Two tests read it. One feeds the pure ``RunCore`` the fault as the classifiers make it
-(``providers._classify``, the adapters' ``classify``, ``lifecycle._shared``) and checks
+(``providers._sdk.classify``, the adapters' ``classify``, ``lifecycle._shared``) and checks
 the decision and the verdict. The other runs each row for real, with both providers and
 both drivers, on a two-route engine whose breakers open at the first failure: a row that
 counts must leave the next run skipping route 0, one that does not must leave it on
@@ -33,8 +33,9 @@ import pytest
 from conftest import ProviderKit
 from test_route_faults import keyless_factory
 
-from lifecycle import BreakerPolicy, Interrupted, MissingCredentials, RetryPolicy, Route, Timeouts
-from lifecycle._events import (
+from lifecycle import BreakerPolicy, Interrupted, MissingCredentials, RetryPolicy, Timeouts
+from lifecycle._core.errors import client_build_fault, truncated_fault
+from lifecycle._core.events import (
     AttemptFailed,
     AttemptStarted,
     CleanupFinished,
@@ -44,11 +45,11 @@ from lifecycle._events import (
     StallDetected,
     StreamFinished,
 )
-from lifecycle._health import verdict_of
-from lifecycle._machine import RouteInfo, RunCore
-from lifecycle._shared import client_build_fault, truncated_fault
+from lifecycle._core.machine import RouteInfo, RunCore
+from lifecycle._health.route_health import verdict_of
+from lifecycle.adapters import Route
 from providers import AnthropicMessages, OpenAIChatCompletions
-from providers._classify import status_fault
+from providers._sdk.classify import status_fault
 from providers.loopback import (
     DropAfterEvents,
     Healthy,

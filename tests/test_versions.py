@@ -1,6 +1,6 @@
 """The declared versions are the tested ones: every direct dependency's minimum is the
 exact pin of ``.ci/lowest-constraints.txt`` (the versions CI's lowest leg installs), and
-every SDK, whose private attributes ``providers/_sockets.py`` reads, has an upper bound."""
+every SDK, whose private attributes ``providers/_sdk/sockets.py`` reads, has an upper bound."""
 
 from __future__ import annotations
 
@@ -65,7 +65,7 @@ def test_each_sdk_has_an_upper_bound(name: str) -> None:
     assert name in declared, f"{name} is not a declared dependency"
     assert _has_upper_bound(declared[name]), (
         f"{declared[name]} has no upper bound: an untested major may move the private "
-        "attributes providers/_sockets.py reads"
+        "attributes providers/_sdk/sockets.py reads"
     )
 
 

@@ -19,10 +19,10 @@ from typing import get_args
 import pytest
 
 from lifecycle import STATES, TRANSITIONS, AttemptRecord
-from lifecycle._errors import Outcome
+from lifecycle._core.records import Outcome
+from lifecycle._observe.report import print_summary, summarize
 from lifecycle.record import TransitionRecorder
-from providers import _demo
-from providers._report import print_summary, summarize
+from providers.cli import _demo
 from providers.loopback import LoopbackServer
 
 SCENARIOS = {s.name: s for s in _demo.SCENARIOS}

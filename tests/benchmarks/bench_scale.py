@@ -179,7 +179,8 @@ class Phase:
         import anthropic
         import openai
 
-        from lifecycle import BreakerPolicy, Request, RetryPolicy, StreamEngine, Timeouts
+        from lifecycle import BreakerPolicy, RetryPolicy, StreamEngine, Timeouts
+        from lifecycle.adapters import Request
         from providers import AnthropicMessages, OpenAIChatCompletions
 
         self.args = args

@@ -56,7 +56,7 @@ CATALOGUE: Final[tuple[Mutation, ...]] = (
     Mutation(
         name="first_token_clock_uses_stale",
         bug_class="watchdog arithmetic",
-        file="lifecycle/_watchdog.py",
+        file="lifecycle/_drivers/watchdog.py",
         old="self.first_token_due = sent_at + first_token",
         new="self.first_token_due = sent_at + stale",
         why="the first_token deadline copied from the stale line next to it",
@@ -65,7 +65,7 @@ CATALOGUE: Final[tuple[Mutation, ...]] = (
     Mutation(
         name="stale_never_brought_forward",
         bug_class="watchdog arithmetic",
-        file="lifecycle/_watchdog.py",
+        file="lifecycle/_drivers/watchdog.py",
         old="if due < watch.first_token_due:",
         new="if due > watch.first_token_due:",
         why="comparison flipped: a stale deadline shorter than first_token's rest is not pushed",
@@ -74,7 +74,7 @@ CATALOGUE: Final[tuple[Mutation, ...]] = (
     Mutation(
         name="loop_timer_holding_defers_total",
         bug_class="watchdog arithmetic",
-        file="lifecycle/_watchdog.py",
+        file="lifecycle/_drivers/watchdog.py",
         old='    if watch.holding and clock != "total":\n        due = min(current + watch.stale,',
         new="    if watch.holding:\n        due = min(current + watch.stale,",
         why="on the loop timer, a caller holding an event also holds off Timeouts.total",
@@ -89,7 +89,7 @@ CATALOGUE: Final[tuple[Mutation, ...]] = (
     Mutation(
         name="abort_closes_socket_on_watchdog_thread",
         bug_class="abort thread",
-        file="lifecycle/_abort.py",
+        file="lifecycle/_drivers/connection.py",
         old="            _shutdown(sock)\n            return True",
         new=(
             "            _shutdown(sock)\n"
@@ -104,7 +104,7 @@ CATALOGUE: Final[tuple[Mutation, ...]] = (
     Mutation(
         name="cleanup_releases_before_abort",
         bug_class="cleanup order",
-        file="lifecycle/_run_base.py",
+        file="lifecycle/_drivers/run_base.py",
         old='        shut = connection.abort(reason="cleanup")',
         new='        connection.release()\n        shut = connection.abort(reason="cleanup")',
         why="release first, so that the connection is released even if the abort raises",
@@ -118,7 +118,7 @@ CATALOGUE: Final[tuple[Mutation, ...]] = (
     Mutation(
         name="rebuild_when_cancelled",
         bug_class="cleanup order",
-        file="lifecycle/_run_base.py",
+        file="lifecycle/_drivers/run_base.py",
         old="if cancelled or out_of_time:",
         new="if cancelled and out_of_time:",
         why="the deferred rebuild's condition written with and instead of or",
@@ -131,7 +131,7 @@ CATALOGUE: Final[tuple[Mutation, ...]] = (
     Mutation(
         name="cleanup_aimed_at_next_route",
         bug_class="cleanup target",
-        file="lifecycle/_machine.py",
+        file="lifecycle/_core/machine.py",
         old="        route = self.routes[attempt.route_index]\n        self.pending_cleanup",
         new=(
             "        route = self.routes[(attempt.route_index + 1) % len(self.routes)]\n"
@@ -143,7 +143,7 @@ CATALOGUE: Final[tuple[Mutation, ...]] = (
     Mutation(
         name="async_cleanup_rebuilds_other_route",
         bug_class="cleanup target",
-        file="lifecycle/_async_driver.py",
+        file="lifecycle/_drivers/async_run.py",
         old=(
             "        self._leaving = leaving is not None\n"
             "        return await self._acleanup_rebuild(plan, route.async_slot(loop), leaving)"
@@ -162,7 +162,7 @@ CATALOGUE: Final[tuple[Mutation, ...]] = (
     Mutation(
         name="sync_cleanup_retires_in_first_route",
         bug_class="cleanup target",
-        file="lifecycle/_sync_driver.py",
+        file="lifecycle/_drivers/sync_run.py",
         old="to_close = self._cleanup_retire(plan, lease, route.sync_clients)",
         new="to_close = self._cleanup_retire(plan, lease, self._routes[0].sync_clients)",
         why="the sync cleanup retires in the primary route's slot whichever route failed",
@@ -172,7 +172,7 @@ CATALOGUE: Final[tuple[Mutation, ...]] = (
     Mutation(
         name="successor_built_on_the_run",
         bug_class="client retirement",
-        file="lifecycle/_run_base.py",
+        file="lifecycle/_drivers/run_base.py",
         old="            self._record_successor(plan, slot.successor(), None)",
         new=(
             "            slot.rebuild()\n"
@@ -184,7 +184,7 @@ CATALOGUE: Final[tuple[Mutation, ...]] = (
     Mutation(
         name="retired_client_closed_under_other_runs",
         bug_class="client retirement",
-        file="lifecycle/_clients.py",
+        file="lifecycle/_drivers/client_slots.py",
         old="if generation.retired and generation.users == 0 and not generation.closed:",
         new="if generation.retired and not generation.closed:",
         why="a retired client closed by the first run that releases it, not the last",
@@ -194,7 +194,7 @@ CATALOGUE: Final[tuple[Mutation, ...]] = (
     Mutation(
         name="retry_one_attempt_too_many",
         bug_class="policy",
-        file="lifecycle/_policy.py",
+        file="lifecycle/_core/policy.py",
         old="if attempts_on_route < policy.max_attempts:",
         new="if attempts_on_route <= policy.max_attempts:",
         why="max_attempts read as retries after the first attempt",
@@ -203,7 +203,7 @@ CATALOGUE: Final[tuple[Mutation, ...]] = (
     Mutation(
         name="backoff_doubles_from_the_first",
         bug_class="policy",
-        file="lifecycle/_policy.py",
+        file="lifecycle/_core/policy.py",
         old="policy.initial_backoff * 2 ** max(0, failed_attempts - 1)",
         new="policy.initial_backoff * 2**failed_attempts",
         why="the exponent counts the failures instead of the failures before this one",
@@ -216,7 +216,7 @@ CATALOGUE: Final[tuple[Mutation, ...]] = (
     Mutation(
         name="stale_before_fallback_one_late",
         bug_class="policy",
-        file="lifecycle/_policy.py",
+        file="lifecycle/_core/policy.py",
         old="stale_on_route >= eager",
         new="stale_on_route > eager",
         why="stale_before_fallback read as stale attempts allowed before falling back",
@@ -225,7 +225,7 @@ CATALOGUE: Final[tuple[Mutation, ...]] = (
     Mutation(
         name="stall_retried_before_the_next_route",
         bug_class="policy",
-        file="lifecycle/_config.py",
+        file="lifecycle/_core/config.py",
         old="    stale_before_fallback: int | None = 1\n",
         new="    stale_before_fallback: int | None = None\n",
         why="the old default back: a stall retried on its route while a later one could answer",
@@ -239,7 +239,7 @@ CATALOGUE: Final[tuple[Mutation, ...]] = (
     Mutation(
         name="stall_on_the_last_route_not_retried",
         bug_class="policy",
-        file="lifecycle/_policy.py",
+        file="lifecycle/_core/policy.py",
         old="stale_on_route >= eager and has_next:",
         new="stale_on_route >= eager:",
         why="'a stall moves on' applied to the last route too, where nothing else can answer",
@@ -249,7 +249,7 @@ CATALOGUE: Final[tuple[Mutation, ...]] = (
     Mutation(
         name="cut_tool_call_with_whole_json_complete",
         bug_class="commit point",
-        file="lifecycle/_message.py",
+        file="lifecycle/_core/message.py",
         old="if self.stop_reason is not None:\n                reason = _unusable_arguments(",
         new=(
             "if self.stop_reason is not None or arguments:\n"
@@ -261,7 +261,7 @@ CATALOGUE: Final[tuple[Mutation, ...]] = (
     Mutation(
         name="fallback_after_output_without_restart",
         bug_class="delivery",
-        file="lifecycle/_machine.py",
+        file="lifecycle/_core/machine.py",
         old='if self.decision.kind in ("retry", "fallback") and self.committed:',
         new='if self.decision.kind == "retry" and self.committed:',
         why="only a retry was thought to re-deliver; a fallback's new model starts afresh",
@@ -270,7 +270,7 @@ CATALOGUE: Final[tuple[Mutation, ...]] = (
     Mutation(
         name="continue_after_cut_tool_call",
         bug_class="delivery",
-        file="lifecycle/_run_base.py",
+        file="lifecycle/_drivers/run_base.py",
         old=(
             "            and not message.tool_calls\n"
             "            and not message.incomplete_tool_calls\n"
@@ -283,7 +283,7 @@ CATALOGUE: Final[tuple[Mutation, ...]] = (
     Mutation(
         name="caller_error_charged_to_breaker",
         bug_class="breaker",
-        file="lifecycle/_health.py",
+        file="lifecycle/_health/route_health.py",
         old="if fault.retryable or fault.fallback_eligible:",
         new='if fault.retryable or fault.fallback_eligible or fault.outcome == "error":',
         why="every error status counted against the route, the caller's 400/413/422 too",
@@ -292,7 +292,7 @@ CATALOGUE: Final[tuple[Mutation, ...]] = (
     Mutation(
         name="total_clock_charged_to_breaker",
         bug_class="breaker",
-        file="lifecycle/_health.py",
+        file="lifecycle/_health/route_health.py",
         old='if outcome in ("deadline", "interrupted") or fault is None:',
         new='if outcome == "interrupted" or fault is None:',
         why="every stall charged to the route, the caller's own Timeouts.total too",
@@ -301,7 +301,7 @@ CATALOGUE: Final[tuple[Mutation, ...]] = (
     Mutation(
         name="breaker_opens_one_failure_late",
         bug_class="breaker",
-        file="lifecycle/_breaker.py",
+        file="lifecycle/_core/breaker.py",
         old="return core.failures >= core.policy.failures_to_open",
         new="return core.failures > core.policy.failures_to_open",
         why="failures_to_open read as failures tolerated",
@@ -310,7 +310,7 @@ CATALOGUE: Final[tuple[Mutation, ...]] = (
     Mutation(
         name="recovery_keeps_cooldown_growth",
         bug_class="breaker",
-        file="lifecycle/_breaker.py",
+        file="lifecycle/_core/breaker.py",
         old="    core.openings = 0\n",
         new="",
         why="closing resets the failure counts but forgets the openings the cooldown grows by",
@@ -320,7 +320,7 @@ CATALOGUE: Final[tuple[Mutation, ...]] = (
     Mutation(
         name="reused_connection_not_claimed",
         bug_class="socket finding",
-        file="providers/_sockets.py",
+        file="providers/_sdk/sockets.py",
         old="if connection is not None and connection is not owner:",
         new="if connection is not None and owner is None:",
         why="only a fresh connection is attached; a pooled one keeps its first attempt",
@@ -333,7 +333,7 @@ CATALOGUE: Final[tuple[Mutation, ...]] = (
     Mutation(
         name="closed_stream_not_detached",
         bug_class="socket finding",
-        file="providers/_sockets.py",
+        file="providers/_sdk/sockets.py",
         old="    def close(self) -> None:\n        self.let_go()\n        self._inner.close()",
         new="    def close(self) -> None:\n        self._inner.close()",
         why="the sync stream's close leaves its socket attached, so an abort may hit a reused fd",
@@ -346,7 +346,7 @@ CATALOGUE: Final[tuple[Mutation, ...]] = (
     Mutation(
         name="response_close_keeps_the_socket",
         bug_class="socket finding",
-        file="providers/_sockets.py",
+        file="providers/_sdk/sockets.py",
         old="            self._network.read_to_body_end(body)\n        self._network.let_go()\n",
         new="            self._network.read_to_body_end(body)\n",
         why="a closed response's connection, back in the pool, stays the attempt's to abort",
@@ -355,7 +355,7 @@ CATALOGUE: Final[tuple[Mutation, ...]] = (
     Mutation(
         name="connect_socket_attached_late",
         bug_class="socket finding",
-        file="providers/_sockets.py",
+        file="providers/_sdk/sockets.py",
         old="        sock = socket.socket(family, kind, proto)\n        connection.attach(sock)\n",
         new="        sock = socket.socket(family, kind, proto)\n",
         why="the socket attached when the request is written, not before its connect starts",
@@ -365,7 +365,7 @@ CATALOGUE: Final[tuple[Mutation, ...]] = (
     Mutation(
         name="ttft_from_attempt_start",
         bug_class="diagnostics",
-        file="lifecycle/_sync_driver.py",
+        file="lifecycle/_drivers/sync_run.py",
         old="diag.ttft = at - sent_at",
         new="diag.ttft = at - attempt.started_at",
         why="ttft measured from the attempt's start (client lease included), not the request",
@@ -374,7 +374,7 @@ CATALOGUE: Final[tuple[Mutation, ...]] = (
     Mutation(
         name="async_ttft_from_first_byte",
         bug_class="diagnostics",
-        file="lifecycle/_async_driver.py",
+        file="lifecycle/_drivers/async_run.py",
         old="diag.ttft = at - sent_at",
         new="diag.ttft = at - (connection.first_byte_at or sent_at)",
         why="ttft and ttfb confused: the first token timed from the first byte",
@@ -383,7 +383,7 @@ CATALOGUE: Final[tuple[Mutation, ...]] = (
     Mutation(
         name="ttfb_from_attempt_start",
         bug_class="diagnostics",
-        file="lifecycle/_run_base.py",
+        file="lifecycle/_drivers/run_base.py",
         old="diag.ttfb = connection.first_byte_at - connection.sent_at",
         new="diag.ttfb = connection.first_byte_at - attempt.started_at",
         why="ttfb measured from the attempt's start instead of the request sent",
@@ -393,7 +393,7 @@ CATALOGUE: Final[tuple[Mutation, ...]] = (
     Mutation(
         name="echoed_api_key_header_mostly_kept",
         bug_class="secrets",
-        file="lifecycle/_run.py",
+        file="lifecycle/_core/records.py",
         old=r'r"(?P<scheme>(?i:bearer|basic|token)\s+)?\S+"',
         new=r'r"(?P<scheme>(?i:bearer|basic|token)\s+)?\S{1,8}"',
         why="the header value's match bounded to a short prefix, so most of the key is kept",
@@ -402,7 +402,7 @@ CATALOGUE: Final[tuple[Mutation, ...]] = (
     Mutation(
         name="secret_pieces_not_overlapping",
         bug_class="secrets",
-        file="lifecycle/_secrets.py",
+        file="lifecycle/_core/secrets.py",
         old="for i in range(len(secret) - MIN_PIECE + 1))",
         new="for i in range(0, len(secret) - MIN_PIECE + 1, MIN_PIECE))",
         why="secrets registered as consecutive chunks, not every window, to save memory",

@@ -17,8 +17,9 @@ import logging
 import sys
 import time
 
-from lifecycle import BreakerChange, BreakerPolicy, RouteHealth
-from lifecycle.redis_health import RedisHealthStore
+from lifecycle import BreakerChange, BreakerPolicy
+from lifecycle._health.redis_store import RedisHealthStore
+from lifecycle.health import RouteHealth
 
 
 class Collect(logging.Handler):

@@ -1,0 +1,301 @@
+"""What a provider adapter must provide: the contract between ``lifecycle`` and ``providers``.
+
+A route is one entry of the engine's fallback chain: an adapter for one wire API
+(``api_mode``), a client factory and a model. ``lifecycle`` calls only the methods
+below and never looks at ``api_mode`` to decide anything; the value is carried into
+records, logs and diagrams. ``providers`` implements one ``Route`` per wire API.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import os
+import threading
+import weakref
+from abc import ABC, abstractmethod
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Protocol, runtime_checkable
+
+from .._core.config import Timeouts
+from .._core.errors import Fault, MissingCredentials
+from .._core.message import StreamEvent
+from .client_slots import STREAMS_PER_CLIENT, ClientSlot
+from .connection import Shutdownable
+
+__all__ = ["AsyncAttemptStream", "AttemptStream", "Request", "Route", "SupportsToDict"]
+
+
+@runtime_checkable
+class SupportsToDict(Protocol):
+    """A history entry given as an object (``lifecycle.Message``): its ``to_dict()`` is
+    the neutral message dict."""
+
+    def to_dict(self) -> dict[str, Any]: ...
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Request:
+    """A provider-neutral request; each route translates it to its own wire API."""
+
+    messages: Sequence[Mapping[str, Any] | SupportsToDict]
+    """The neutral history (README, "Conversation history")."""
+    max_tokens: int
+    system: str | None = None
+    tools: Sequence[Mapping[str, Any]] = ()
+    """Each: {"name", "description", "input_schema"} (JSON schema of the arguments)."""
+    options: Mapping[str, Any] = field(default_factory=dict)
+    """Other keyword arguments: the neutral ones each route translates, the rest passed
+    through to the SDK call unchanged."""
+    provider_options: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    """api_mode -> keyword arguments for the routes of that api_mode only."""
+
+
+class AttemptStream(ABC):
+    """An opened sync stream (response headers received), yielding meaningful events only.
+
+    ``unknown_events`` counts wire events of a type the adapter does not know: ignored,
+    and reported in the attempt's diagnostics."""
+
+    unknown_events: int = 0
+    http_status: int | None = None
+    headers: Mapping[str, str] = {}
+    socket: Shutdownable | None = None
+    response_id: str | None = None
+    """The provider's id of the response, once its stream said it (read after close)."""
+    response_model: str | None = None
+    """The model that answered, as the stream names it (read after close)."""
+
+    @abstractmethod
+    def events(self) -> Iterator[StreamEvent]: ...
+
+    @abstractmethod
+    def close(self) -> None:
+        """Release the response: the connection goes back to the pool or is closed."""
+
+
+class AsyncAttemptStream(ABC):
+    unknown_events: int = 0
+    http_status: int | None = None
+    headers: Mapping[str, str] = {}
+    socket: Shutdownable | None = None
+    response_id: str | None = None
+    response_model: str | None = None
+
+    @abstractmethod
+    def events(self) -> AsyncIterator[StreamEvent]: ...
+
+    @abstractmethod
+    async def aclose(self) -> None: ...
+
+
+class Route(ABC):
+    """One provider adapter bound to a client factory and a model."""
+
+    api_mode: ClassVar[str]
+    cleanup_description: ClassVar[tuple[str, ...]] = (
+        "shut down the attempt's socket",
+        "close the attempt's client",
+        "rebuild the client from the factory",
+    )
+
+    def __init__(
+        self,
+        client_factory: Callable[[], Any],
+        *,
+        model: str,
+        name: str | None = None,
+        streams_per_client: int = STREAMS_PER_CLIENT,
+        **options: Any,
+    ) -> None:
+        """``name`` identifies the route in errors, records and breakers (default: the
+        class and model). ``streams_per_client``: concurrent streams one client carries
+        before the route builds another. Other keyword arguments pass to every SDK call."""
+        if (
+            isinstance(streams_per_client, bool)
+            or not isinstance(streams_per_client, int)
+            or streams_per_client < 1
+        ):
+            raise ValueError(
+                f"{type(self).__name__}: streams_per_client must be a positive int, "
+                f"got {streams_per_client!r}"
+            )
+        if not callable(client_factory):
+            raise TypeError(
+                f"{type(self).__name__}: client_factory must be a callable returning a client, "
+                f"got {type(client_factory).__name__}"
+            )
+        if not isinstance(model, str) or not model:
+            raise ValueError(f"{type(self).__name__}: model must be a non-empty string")
+        accepted = self.client_classes()
+        if (
+            inspect.isclass(client_factory)
+            and accepted
+            and not issubclass(client_factory, accepted)
+        ):
+            # A class passed as the factory can be checked now, before any request;
+            # a function can only be checked when it first builds (lazily, by design).
+            raise TypeError(
+                f"{type(self).__name__}: client_factory {client_factory.__name__} builds "
+                f"neither of {', '.join(c.__name__ for c in accepted)}"
+            )
+        self.client_factory = client_factory
+        self.model = model
+        self.name = name or f"{type(self).__name__}({model})"
+        self.options: dict[str, Any] = dict(options)
+        self.sync_clients = ClientSlot(
+            build=self._build_sync_client, streams_per_client=streams_per_client
+        )
+        self.async_clients = ClientSlot(
+            build=self._build_async_client, streams_per_client=streams_per_client
+        )
+        """The async clients of the first event loop that runs this route; another loop
+        running at the same time gets a slot of its own (``async_slot``)."""
+        self._loop_slots: dict[asyncio.AbstractEventLoop, ClientSlot] = {}
+        self._loop_slots_lock = threading.Lock()
+        _ALL_ROUTES.add(self)
+
+    def __repr__(self) -> str:
+        return self.name
+
+    # -- async clients per event loop --------------------------------------------------
+    def async_slot(self, loop: asyncio.AbstractEventLoop) -> ClientSlot:
+        """The async clients of ``loop``: an async client's connections and locks belong
+        to the loop it first ran on, and fail on any other ("Event loop is closed"), so
+        each loop gets its own, built lazily by the first run on that loop. Once a loop
+        is closed its clients cannot be closed any more: they are dropped (abandoned)."""
+        with self._loop_slots_lock:
+            for gone in [other for other in self._loop_slots if other.is_closed()]:
+                self._loop_slots.pop(gone).take_all()
+            first = self.async_clients
+            if first.loop is not None and first.loop is not loop and first.loop.is_closed():
+                first.take_all()
+                first.loop = None
+            if first.loop is None or first.loop is loop:
+                first.loop = loop
+                return first
+            slot = self._loop_slots.get(loop)
+            if slot is None:
+                slot = ClientSlot(
+                    build=self._build_async_client,
+                    streams_per_client=first.streams_per_client,
+                    loop=loop,
+                )
+                self._loop_slots[loop] = slot
+            return slot
+
+    def async_slots(self) -> tuple[ClientSlot, ...]:
+        """Every slot of async clients, one per event loop that ran this route."""
+        with self._loop_slots_lock:
+            return (self.async_clients, *self._loop_slots.values())
+
+    def _forget_loops_after_fork(self) -> None:
+        self._loop_slots_lock = threading.Lock()
+        for slot in self._loop_slots.values():
+            slot.forget_after_fork()
+        self._loop_slots = {}
+
+    # -- client construction (lifecycle calls these through the slots) -----------------
+    def _call_factory(self) -> Any:
+        try:
+            return self.client_factory()
+        except Exception as exc:
+            missing = self.missing_credentials_in(exc)
+            if missing is not None:
+                raise missing from exc
+            raise
+
+    def _build_sync_client(self) -> Any:
+        client = self._call_factory()
+        if inspect.isawaitable(client) or self.is_async_client(client):
+            _discard(client)
+            raise TypeError(
+                f"route {self.name}: its factory returned an async client "
+                f"({type(client).__name__}) but the run is sync (engine.stream); "
+                "give this route a sync factory or use engine.astream"
+            )
+        return self.prepare_client(client)
+
+    def _build_async_client(self) -> Any:
+        client = self._call_factory()
+        if not self.is_async_client(client):
+            raise TypeError(
+                f"route {self.name}: its factory returned a sync client "
+                f"({type(client).__name__}) but the run is async (engine.astream); "
+                "give this route an async factory or use engine.stream"
+            )
+        return self.prepare_client(client)
+
+    # -- the adapter contract ---------------------------------------------------------
+    def check_request(self, request: Request) -> None:
+        """Raise ``ValueError`` if this route could never send ``request`` (a history or
+        a keyword its wire API refuses). The engine calls it for every route of the
+        chain at ``stream()``/``astream()``, before any request, so a fallback route
+        never fails on what was known from the start."""
+        return None
+
+    def omitted_options(self, request: Request) -> tuple[str, ...]:
+        """The caller's per-call options this route leaves out of ``request`` (its wire
+        API has no such parameter); the attempt's diagnostics list them."""
+        return ()
+
+    def client_classes(self) -> tuple[type, ...]:
+        """The SDK client classes this route accepts (sync and async); () accepts any."""
+        return ()
+
+    def missing_credentials_in(self, exc: Exception) -> MissingCredentials | None:
+        """If the factory's ``exc`` says the client has no credentials, the error to raise
+        instead: naming the route and what to set (the adapter knows its SDK's words)."""
+        return None
+
+    @abstractmethod
+    def is_async_client(self, client: Any) -> bool: ...
+
+    def server_url(self, client: Any) -> str | None:
+        """The base URL ``client`` sends to, for telemetry (``server.address``); None if
+        the adapter cannot tell."""
+        return None
+
+    @abstractmethod
+    def prepare_client(self, client: Any) -> Any:
+        """Check the client type, turn the SDK's own retries off (the engine is the only
+        retry loop) and let the engine see the sockets it opens."""
+
+    @abstractmethod
+    def open(self, client: Any, request: Request, timeouts: Timeouts) -> AttemptStream:
+        """Send the request; return once response headers are in (raise on error status)."""
+
+    @abstractmethod
+    async def aopen(
+        self, client: Any, request: Request, timeouts: Timeouts
+    ) -> AsyncAttemptStream: ...
+
+    @abstractmethod
+    def close_client(self, client: Any) -> None: ...
+
+    @abstractmethod
+    async def aclose_client(self, client: Any) -> None: ...
+
+    @abstractmethod
+    def classify(self, exc: BaseException) -> Fault:
+        """Turn any exception of this adapter's SDK (or transport) into a Fault."""
+
+
+_ALL_ROUTES: weakref.WeakSet[Route] = weakref.WeakSet()
+
+
+def _forget_loops_in_child() -> None:
+    for route in list(_ALL_ROUTES):
+        route._forget_loops_after_fork()
+
+
+os.register_at_fork(after_in_child=_forget_loops_in_child)
+
+
+def _discard(client: Any) -> None:
+    close = getattr(client, "close", None)
+    if inspect.iscoroutine(client):
+        client.close()
+    elif callable(close) and not inspect.iscoroutinefunction(close):
+        close()

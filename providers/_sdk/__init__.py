@@ -1,0 +1,6 @@
+"""SDK plumbing the three adapters share: the SDK-backed route (``route``), the socket
+reached through an SDK's client (``sockets``), the SDKs' errors classified into faults
+(``classify``), decoded-size accounting (``decoding``) and credentials (``credentials``).
+
+May import: the public faces of ``lifecycle``, the SDKs, httpx/httpx2.
+"""
