@@ -393,7 +393,7 @@ CATALOGUE: Final[tuple[Mutation, ...]] = (
     Mutation(
         name="echoed_api_key_header_mostly_kept",
         bug_class="secrets",
-        file="lifecycle/_core/records.py",
+        file="lifecycle/_core/redaction.py",
         old=r'r"(?P<scheme>(?i:bearer|basic|token)\s+)?\S+"',
         new=r'r"(?P<scheme>(?i:bearer|basic|token)\s+)?\S{1,8}"',
         why="the header value's match bounded to a short prefix, so most of the key is kept",
