@@ -26,17 +26,14 @@ from typing import Any
 
 import pytest
 
+from lifecycle import AsyncRun, AttemptRecord, CleanupStep, Run
 from lifecycle._core import machine as _machine
 from lifecycle._core.machine import CLEANUP_STEPS, CleanupPlan, RunCore
-from lifecycle._core.records import AttemptRecord, CleanupStep
 from lifecycle._drivers import async_run as _async_driver
-from lifecycle._drivers.async_run import AsyncRun
 from lifecycle._drivers.client_slots import ClientLease, ClientSlot
-from lifecycle._drivers.connection import AttemptConnection
-from lifecycle._drivers.route import Route
 from lifecycle._drivers.run_base import RunBase, _here, now
-from lifecycle._drivers.sync_run import Run
 from lifecycle._drivers.watchdog import Watch, Watchdog
+from lifecycle.adapters import AttemptConnection, Route
 
 __all__ = ["LEAKED", "MUTATIONS", "mutation"]
 

@@ -42,7 +42,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Final, Literal
 
-from lifecycle._core.config import RetryPolicy, Timeouts
+from lifecycle import RetryPolicy, Timeouts
 from lifecycle._core.events import (
     AttemptFailed,
     AttemptStarted,

@@ -40,13 +40,12 @@ from typing import Any, Final
 import anthropic._base_client
 import openai._base_client
 
+from lifecycle import AsyncRun, Run
 from lifecycle._drivers import async_run as _async_driver
 from lifecycle._drivers import client_slots as _clients
 from lifecycle._drivers import connection as _abort
 from lifecycle._drivers import run_base as _run_base
 from lifecycle._drivers import watchdog as _watchdog
-from lifecycle._drivers.async_run import AsyncRun
-from lifecycle._drivers.sync_run import Run
 
 __all__ = ["Call", "ClientTrace", "RunTrace", "SocketTrace", "clients_of", "install", "trace_of"]
 

@@ -14,7 +14,7 @@ import pytest
 
 import lifecycle
 import providers
-from lifecycle._core.config import RetryPolicy, Timeouts
+from lifecycle import STATES, TRANSITIONS, RetryPolicy, Timeouts
 from lifecycle._core.events import (
     AttemptStarted,
     CleanupFinished,
@@ -22,20 +22,8 @@ from lifecycle._core.events import (
     StallDetected,
     StreamFinished,
 )
-from lifecycle._core.machine import (
-    CLEANUP_STEPS,
-    STATES,
-    TRANSITIONS,
-    RouteInfo,
-    RunCore,
-    build_machine,
-)
-from lifecycle._observe.diagram import (
-    adapter_mermaid,
-    lifecycle_dot,
-    lifecycle_mermaid,
-    run_diagram,
-)
+from lifecycle._core.machine import CLEANUP_STEPS, RouteInfo, RunCore, build_machine
+from lifecycle.diagrams import adapter_mermaid, lifecycle_dot, lifecycle_mermaid, run_diagram
 from providers import AnthropicMessages, OpenAIChatCompletions
 from providers.cli._diagram_files import diagram_command, expected_files
 

@@ -26,12 +26,18 @@ from typing import Any
 import pytest
 from conftest import REQUEST
 
-from lifecycle import BreakerPolicy, LifecycleHooks, RetryPolicy, StreamEngine, Timeouts
-from lifecycle._core.breaker import BreakerChange
+from lifecycle import (
+    BreakerChange,
+    BreakerPolicy,
+    LifecycleHooks,
+    RetryPolicy,
+    StreamEngine,
+    Timeouts,
+)
 from lifecycle._drivers.client_slots import BUILDER_THREAD
 from lifecycle._drivers.watchdog import watchdog
-from lifecycle._health.route_health import RouteHealth
 from lifecycle._observe.hooks import HookDispatcher
+from lifecycle.health import RouteHealth
 from providers.loopback import Healthy
 
 pytestmark = pytest.mark.timeout(60)
@@ -295,7 +301,7 @@ def held_by_another_thread(lock: Any) -> Iterator[None]:
 
 def route_health_degrading() -> tuple[Any, Any, Callable[[], None]]:
     """A RouteHealth whose shared store refuses: a report degrades (``RouteHealth._lock``)."""
-    from lifecycle._health.redis_store import RedisHealthStore
+    from lifecycle.health import RedisHealthStore
 
     health = RouteHealth(policy=BreakerPolicy(), store=RedisHealthStore(url=DEAD_REDIS))
     return health, health._lock, lambda: health.report("r", "dropped", None)
@@ -325,7 +331,7 @@ def hook_dispatcher() -> tuple[Any, Any, Callable[[], None]]:
 
 def redis_health_store() -> tuple[Any, Any, Callable[[], None]]:
     """``RedisHealthStore._lock`` guards its per-loop async clients (and their closing)."""
-    from lifecycle._health.redis_store import RedisHealthStore
+    from lifecycle.health import RedisHealthStore
 
     store = RedisHealthStore(url=DEAD_REDIS)
     return store, store._lock, lambda: asyncio.run(store.aclose())

@@ -17,9 +17,8 @@ from hypothesis import strategies as st
 from mutations import MUTATIONS
 from transitions import MachineError
 
+from lifecycle import FINAL_STATES, STATES, TRANSITIONS, Fault, RetryPolicy, Timeouts
 from lifecycle._core import machine as _machine
-from lifecycle._core.config import RetryPolicy, Timeouts
-from lifecycle._core.errors import Fault
 from lifecycle._core.events import (
     AttemptFailed,
     AttemptStarted,
@@ -33,14 +32,7 @@ from lifecycle._core.events import (
     StallDetected,
     StreamFinished,
 )
-from lifecycle._core.machine import (
-    FINAL_STATES,
-    STATES,
-    TRANSITIONS,
-    TRIGGER_OF,
-    RouteInfo,
-    RunCore,
-)
+from lifecycle._core.machine import TRIGGER_OF, RouteInfo, RunCore
 from providers._sdk.classify import status_fault
 
 pytestmark = pytest.mark.timeout(60)

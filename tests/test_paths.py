@@ -70,9 +70,8 @@ from invariants import (
     violations,
 )
 
+from lifecycle import FINAL_STATES, Fault, RetryPolicy, StreamEngine, Timeouts
 from lifecycle._core import machine as _machine
-from lifecycle._core.config import RetryPolicy, Timeouts
-from lifecycle._core.errors import Fault
 from lifecycle._core.events import (
     AttemptFailed,
     AttemptStarted,
@@ -83,8 +82,7 @@ from lifecycle._core.events import (
     StallDetected,
     StreamFinished,
 )
-from lifecycle._core.machine import FINAL_STATES, RouteInfo, RunCore
-from lifecycle._drivers.engine import StreamEngine
+from lifecycle._core.machine import RouteInfo, RunCore
 from providers._sdk.classify import malformed_fault, status_fault, transport_fault
 from providers.loopback import (
     DropAfterEvents,

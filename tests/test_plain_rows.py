@@ -10,9 +10,8 @@ from typing import Any
 import pytest
 from transitions import Machine
 
+from lifecycle import TRANSITIONS, Fault, RetryPolicy, Timeouts
 from lifecycle._core import machine as _machine
-from lifecycle._core.config import RetryPolicy, Timeouts
-from lifecycle._core.errors import Fault
 from lifecycle._core.events import (
     AttemptFailed,
     AttemptStarted,
@@ -26,7 +25,7 @@ from lifecycle._core.events import (
     StallDetected,
     StreamFinished,
 )
-from lifecycle._core.machine import MACHINE, PLAIN_ROWS, TRANSITIONS, RouteInfo, RunCore, plain_rows
+from lifecycle._core.machine import MACHINE, PLAIN_ROWS, RouteInfo, RunCore, plain_rows
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -19,8 +19,7 @@ from typing import Any
 import pytest
 from invariants import Flavor, check_run, drive_async, drive_sync, make_routes, start_run
 
-from lifecycle import RetryPolicy, StreamEngine, Timeouts
-from lifecycle._drivers.async_run import AsyncRun
+from lifecycle import AsyncRun, RetryPolicy, StreamEngine, Timeouts
 from lifecycle._drivers.run_base import RunBase
 from providers.loopback import Healthy, HttpError, LoopbackServer
 

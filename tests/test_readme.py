@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from lifecycle._observe.diagram import lifecycle_mermaid
+from lifecycle.diagrams import lifecycle_mermaid
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -21,7 +21,7 @@ def test_readme_quickstart_has_the_two_commands_ci_runs() -> None:
 
 
 def test_readme_embeds_the_current_breaker_diagram() -> None:
-    from lifecycle._observe.diagram import breaker_mermaid
+    from lifecycle.diagrams import breaker_mermaid
 
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
     assert "```mermaid\n" + breaker_mermaid().rstrip("\n") + "\n```" in readme

@@ -28,14 +28,15 @@ import pytest
 
 import providers
 from lifecycle import BreakerChange, BreakerPolicy, LifecycleHooks, RetryPolicy, Timeouts
-from lifecycle._observe.report import (
+from lifecycle.record import (
+    FORMAT_VERSION,
     RouteFigures,
+    TransitionRecorder,
     load,
     print_summary,
     summarize,
     write_diagrams,
 )
-from lifecycle.record import FORMAT_VERSION, TransitionRecorder
 from providers.cli import main
 from providers.loopback import (
     DropAfterEvents,

@@ -37,8 +37,7 @@ from conftest import make_route, other
 from redis_process import RedisServer
 
 from lifecycle import BreakerPolicy, RetryPolicy, Timeouts
-from lifecycle._health.redis_store import RedisHealthStore
-from lifecycle.health import BreakerCore, RouteHealth
+from lifecycle.health import BreakerCore, RedisHealthStore, RouteHealth
 from providers.loopback import DropAfterEvents, Healthy, HttpError
 
 pytestmark = pytest.mark.timeout(180)

@@ -18,8 +18,7 @@ from typing import Any
 import pytest
 from bounds import PROMPT
 
-from lifecycle import RetryPolicy, Timeouts
-from lifecycle._core.errors import Fault
+from lifecycle import Fault, RetryPolicy, Timeouts
 from lifecycle._core.policy import decide
 from providers._sdk.classify import status_fault
 from providers.loopback import HttpError

@@ -32,8 +32,7 @@ from kept_texts import exception_texts
 
 import lifecycle
 from lifecycle import RetryPolicy, StreamEngine, StreamFailed, Timeouts
-from lifecycle._core.redaction import HEADER_ALLOWLIST, redact
-from lifecycle.adapters import Route
+from lifecycle.adapters import HEADER_ALLOWLIST, Route, redact
 from lifecycle.record import TransitionRecorder
 from providers import AnthropicMessages, OpenAIChatCompletions, OpenAIResponses
 from providers.loopback import Healthy, HttpError, LoopbackServer, RawResponse
@@ -465,7 +464,7 @@ def test_a_redirect_within_the_origin_is_still_followed(
 
 
 def test_any_long_enough_piece_of_a_known_secret_is_redacted() -> None:
-    from lifecycle._core.secrets import register_secrets
+    from lifecycle.adapters import register_secrets
 
     key = "opaque" + secrets.token_hex(16)
     short = secrets.token_hex(3)  # 6 characters: not a secret worth mangling text for
@@ -481,7 +480,7 @@ def test_a_key_shaped_value_that_starts_like_a_known_secret_is_redacted_whole() 
     # Seen in CI order: a registered key shares its first 8 characters ("sk-ant-q") with
     # a key-shaped value; removing that piece first left the rest of the value, which
     # no longer had the shape the pattern knows.
-    from lifecycle._core.secrets import register_secrets
+    from lifecycle.adapters import register_secrets
 
     register_secrets(["sk-ant-q" + secrets.token_hex(12)])
     tail = secrets.token_hex(8)

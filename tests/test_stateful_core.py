@@ -44,8 +44,7 @@ from invariants import report
 from policy_model import UNSET, PolicyModel, Verdict, status_verdict
 from transitions import MachineError
 
-from lifecycle._core.config import RetryPolicy, Timeouts
-from lifecycle._core.errors import Fault
+from lifecycle import FINAL_STATES, STATES, TRANSITIONS, Fault, RetryPolicy, Timeouts
 from lifecycle._core.events import (
     AttemptFailed,
     AttemptStarted,
@@ -57,17 +56,7 @@ from lifecycle._core.events import (
     StallDetected,
     StreamFinished,
 )
-from lifecycle._core.machine import (
-    CLEANUP_STEPS,
-    FAULTS,
-    FINAL_STATES,
-    IN_FLIGHT,
-    STATES,
-    TRANSITIONS,
-    TRIGGER_OF,
-    RouteInfo,
-    RunCore,
-)
+from lifecycle._core.machine import CLEANUP_STEPS, FAULTS, IN_FLIGHT, TRIGGER_OF, RouteInfo, RunCore
 from providers._sdk.classify import status_fault
 
 # Green, the test takes about a minute; red, Hypothesis then shrinks for up to 300 s

@@ -18,10 +18,8 @@ from typing import get_args
 
 import pytest
 
-from lifecycle import STATES, TRANSITIONS, AttemptRecord
-from lifecycle._core.records import Outcome
-from lifecycle._observe.report import print_summary, summarize
-from lifecycle.record import TransitionRecorder
+from lifecycle import STATES, TRANSITIONS, AttemptRecord, Outcome
+from lifecycle.record import TransitionRecorder, print_summary, summarize
 from providers.cli import _demo
 from providers.loopback import LoopbackServer
 

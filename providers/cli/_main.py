@@ -280,4 +280,3 @@ def main(argv: Sequence[str] | None = None) -> int:
         return diagram_command(check=args.check, directory=args.dir)
     parser.error(f"unknown command {args.command}")
     return 2
-

@@ -18,8 +18,7 @@ import sys
 import time
 
 from lifecycle import BreakerChange, BreakerPolicy
-from lifecycle._health.redis_store import RedisHealthStore
-from lifecycle.health import RouteHealth
+from lifecycle.health import RedisHealthStore, RouteHealth
 
 
 class Collect(logging.Handler):

@@ -22,7 +22,7 @@ import anthropic
 import openai
 
 from lifecycle import BreakerPolicy, RetryPolicy, StreamEngine, StreamFailed, Timeouts
-from lifecycle._health.redis_store import RedisHealthStore
+from lifecycle.health import RedisHealthStore
 from providers import AnthropicMessages, OpenAIChatCompletions
 
 
