@@ -3,17 +3,19 @@ with a buggy variant, so that the verification suite can prove it catches them. 
 package itself carries no switch for them.
 
 - ``misdirect_cleanup``: ``RunCore.plan_cleanup`` aims the cleanup at the route *after*
-  the active one, exactly like the bug that started this project (an Anthropic stall
-  "cleaned up" by rebuilding the OpenAI client).
+  the active one, and the retire step acts on the route it is given, exactly like the
+  bug that started this project (an Anthropic stall "cleaned up" by rebuilding the
+  OpenAI client, the stuck client merely released).
 - ``leak_connection``: cleanup skips the abort (``RunBase._cleanup_abort`` only
-  releases the connection) and the drivers' ``_clean_up`` never closes the stream, so
-  the faulty attempt's connection stays open.
+  releases the connection) and ``run_steps.clean_up`` never closes the stream, so the
+  faulty attempt's connection stays open.
 - ``close_on_watchdog``: when a clock runs out, ``Watch.fire`` (the watchdog thread, or
   the async driver's loop timer) also closes the attempt's client from its own thread,
   the hazard the design forbids.
 - ``rebuild_on_the_run``: cleanup builds the retired client's successor by calling the
   factory on the run's own thread (or its event loop), as it did before spare clients,
-  instead of moving the spare in.
+  instead of moving the spare in (``ClientSlot.successor`` and ``asuccessor`` rebuild
+  first).
 """
 
 from __future__ import annotations
@@ -26,10 +28,11 @@ from typing import Any
 
 import pytest
 
-from lifecycle import AsyncRun, AttemptRecord, CleanupStep, Run
+from lifecycle import AsyncRun, AttemptRecord, CleanupStep
 from lifecycle._core import machine as _machine
 from lifecycle._core.machine import CLEANUP_STEPS, CleanupPlan, RunCore
 from lifecycle._drivers import async_run as _async_driver
+from lifecycle._drivers import run_steps
 from lifecycle._drivers.client_slots import ClientLease, ClientSlot
 from lifecycle._drivers.run_base import RunBase, _here, now
 from lifecycle._drivers.watchdog import Watch, Watchdog
@@ -49,38 +52,45 @@ def _misdirect_cleanup(patch: pytest.MonkeyPatch) -> None:
             attempt=attempt, route=route.target, api_mode=route.api_mode, steps=CLEANUP_STEPS
         )
 
+    def retire_in_the_planned_route(
+        self: RunBase, plan: CleanupPlan, lease: ClientLease | None, slot: ClientSlot
+    ) -> Any | None:
+        # The plan's route's client is retired (and rebuilt after) while the attempt's
+        # own client is merely released: never closed, its socket never aborted here.
+        if lease is None:
+            return None
+        if lease.slot is slot:
+            return retire(self, plan, lease, slot)
+        to_close = slot.retire_current()
+        lease.slot.release(lease)
+        return to_close
+
+    retire = RunBase._cleanup_retire
     patch.setattr(_machine.RunCore, "plan_cleanup", plan_cleanup_on_the_next_route)
+    patch.setattr(RunBase, "_cleanup_retire", retire_in_the_planned_route)
 
 
 def _leak_connection(patch: pytest.MonkeyPatch) -> None:
     def release_without_abort(self: RunBase, plan: CleanupPlan, conn: AttemptConnection) -> None:
         conn.release()
 
-    sync_clean_up = Run._clean_up
-    async_clean_up = AsyncRun._clean_up
+    clean_up = run_steps.clean_up
 
     def clean_up_keeping_the_stream(
-        self: Run, connection: AttemptConnection, stream: Any, lease: ClientLease | None
-    ) -> None:
-        if stream is not None:
-            LEAKED.append(stream)
-        sync_clean_up(self, connection, None, lease)
-
-    async def aclean_up_keeping_the_stream(
-        self: AsyncRun,
+        run: RunBase,
+        slot_of: Any,
         connection: AttemptConnection,
         stream: Any,
         lease: ClientLease | None,
         *,
         leaving: BaseException | None,
-    ) -> BaseException | None:
+    ) -> Any:
         if stream is not None:
             LEAKED.append(stream)
-        return await async_clean_up(self, connection, None, lease, leaving=leaving)
+        return clean_up(run, slot_of, connection, None, lease, leaving=leaving)
 
     patch.setattr(RunBase, "_cleanup_abort", release_without_abort)
-    patch.setattr(Run, "_clean_up", clean_up_keeping_the_stream)
-    patch.setattr(AsyncRun, "_clean_up", aclean_up_keeping_the_stream)
+    patch.setattr(run_steps, "clean_up", clean_up_keeping_the_stream)
 
 
 def _close_on_watchdog(patch: pytest.MonkeyPatch) -> None:
@@ -179,20 +189,19 @@ def _close_from_the_clock(
 
 
 def _rebuild_on_the_run(patch: pytest.MonkeyPatch) -> None:
-    def rebuild_here(self: RunBase, plan: CleanupPlan, slot: ClientSlot) -> None:
-        if self._rebuild_deferred(plan):
-            return
-        slot.rebuild()  # the factory, on this thread: the ~60 ms the spare was for
-        self._record_successor(plan, slot.successor(), None)
+    successor = ClientSlot.successor
+    asuccessor = ClientSlot.asuccessor
 
-    async def arebuild_here(
-        self: AsyncRun, plan: CleanupPlan, slot: ClientSlot, leaving: BaseException | None
-    ) -> BaseException | None:
-        rebuild_here(self, plan, slot)
-        return leaving
+    def rebuild_here(self: ClientSlot) -> Any:
+        self.rebuild()  # the factory, on this thread: the ~60 ms the spare was for
+        return successor(self)
 
-    patch.setattr(RunBase, "_cleanup_rebuild", rebuild_here)
-    patch.setattr(AsyncRun, "_acleanup_rebuild", arebuild_here)
+    async def arebuild_here(self: ClientSlot) -> Any:
+        self.rebuild()  # on the event loop itself
+        return await asuccessor(self)
+
+    patch.setattr(ClientSlot, "successor", rebuild_here)
+    patch.setattr(ClientSlot, "asuccessor", arebuild_here)
 
 
 MUTATIONS: dict[str, Callable[[pytest.MonkeyPatch], None]] = {

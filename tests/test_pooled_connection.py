@@ -21,6 +21,7 @@ from invariants import Flavor, check_run, drive_async, drive_sync, make_routes, 
 
 from lifecycle import AsyncRun, RetryPolicy, StreamEngine, Timeouts
 from lifecycle._drivers.run_base import RunBase
+from lifecycle._drivers.run_steps import Abort
 from providers.loopback import Healthy, HttpError, LoopbackServer
 
 pytestmark = pytest.mark.timeout(60)
@@ -87,7 +88,7 @@ def test_a_sync_cleanup_never_shuts_a_connection_another_run_took_from_the_pool(
 def test_an_async_cleanup_never_shuts_a_connection_another_run_took_from_the_pool(
     server: LoopbackServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    clean_up = AsyncRun._clean_up
+    carry_out = AsyncRun._carry_out
 
     async def main() -> None:
         engine = _engine(server, "async", "-pool-async")
@@ -96,16 +97,18 @@ def test_an_async_cleanup_never_shuts_a_connection_another_run_took_from_the_poo
         a.exclusive = b.exclusive = False
         in_cleanup, streaming = asyncio.Event(), asyncio.Event()
 
-        async def clean_up_once_b_streams(self: AsyncRun, *args: Any, **kwargs: Any) -> Any:
-            if self is a.run:
+        async def abort_once_b_streams(self: AsyncRun, command: Any) -> Any:
+            # The cleanup's first step (the abort) waits in the run's task, until B
+            # streams on the connection A's failed attempt handed back to the pool.
+            if self is a.run and isinstance(command, Abort):
                 in_cleanup.set()
                 await asyncio.wait_for(streaming.wait(), WAIT)
-            return await clean_up(self, *args, **kwargs)
+            return await carry_out(self, command)
 
         def b_holds_its_first_event(record: Any, event: Any) -> None:
             streaming.set()
 
-        monkeypatch.setattr(AsyncRun, "_clean_up", clean_up_once_b_streams)
+        monkeypatch.setattr(AsyncRun, "_carry_out", abort_once_b_streams)
         async with engine:
             first = asyncio.create_task(drive_async(a))
             await asyncio.wait_for(in_cleanup.wait(), WAIT)

@@ -18,28 +18,35 @@ import contextlib
 import threading
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from types import TracebackType
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Any, Final
 
-from .._core.errors import client_build_fault
-from .._core.events import (
-    AttemptFailed,
-    AttemptStarted,
-    CleanupFinished,
-    DeadlinePassed,
-    FirstEventReceived,
-    InterruptRequested,
-    StreamFinished,
-)
+from .._core.events import FirstEventReceived, InterruptRequested
 from .._core.message import StreamEvent
-from .._core.redaction import cause_chain, header_subset, kept_exception
-from .client_slots import ClientLease, ClientSlot, _Generation
-from .connection import AttemptConnection, active_connection, server_of
-from .route import AsyncAttemptStream, Request, Route
-from .run_base import AFTER_STOP_DRAIN, InterruptedHere, RunBase, Truncated, now
+from .client_slots import _Generation
+from .connection import AttemptConnection, active_connection
+from .route import Request, Route
+from .run_base import AFTER_STOP_DRAIN, InterruptedHere, RunBase, now
+from .run_steps import (
+    Abort,
+    AdmitRoute,
+    ArmClocks,
+    Backoff,
+    CallerLeft,
+    CloseClient,
+    CloseStream,
+    Command,
+    DisarmClocks,
+    LeaseClient,
+    MoveInSuccessor,
+    OpenStream,
+    ReadEvents,
+    ReportVerdict,
+    run_steps,
+)
 from .watchdog import arm_on_loop, disarm_on_loop, progressed_on_loop
 
 if TYPE_CHECKING:
-    from .._core.machine import CleanupPlan, RunCore
+    from .._core.machine import RunCore
     from .._health.route_health import RouteHealth
 
 __all__ = ["AsyncRun"]
@@ -114,202 +121,151 @@ class AsyncRun(RunBase):
             self._core.feed(InterruptRequested(at=now()))
 
     # -- the driver -----------------------------------------------------------------------
-    # One async generator, with the attempt inlined: an inner async generator would not
-    # receive the caller's aclose()/cancellation (there is no ``yield from`` for async
-    # generators), and every layer costs time per event.
+    # It carries out ``run_steps``' commands in the caller's task. One async generator,
+    # with the per-event loop inline: an inner async generator would not receive the
+    # caller's aclose()/cancellation (there is no ``yield from`` for async generators),
+    # and every layer costs time per event. Every other command is ``_carry_out``.
     async def _drive(self) -> AsyncGenerator[StreamEvent, None]:
-        core = self._core
         loop = self._loop = asyncio.get_running_loop()
         self._wake = asyncio.Event()
         task = asyncio.current_task()
         self.owner = f"{threading.current_thread().name}/{task.get_name() if task else '?'}"
-        if core.state == "cancelled":  # closed before it was iterated (`with run: pass`)
-            raise self._interrupted_error()
+        steps = run_steps(self, lambda route: route.async_slot(loop))
         watch = self._watch
-        timeouts = core.timeouts
-        route_index = 0
+        result: Any = None
+        raised: BaseException | None = None
         while True:
-            if self._interrupted:
-                core.feed(InterruptRequested(at=now()))
-                raise self._interrupted_error()
-            if self._health is not None:
-                route_index = await self._admit_route(route_index)
-            core.feed(AttemptStarted(at=now(), route_index=route_index))
-            attempt = core.active_attempt
-            attempt.probe = self._probe_id is not None
-            attempt.panic = self._panic
-            route = self._routes[route_index]
+            try:
+                command = steps.send(result) if raised is None else steps.throw(raised)
+            except StopIteration:
+                return
+            result = raised = None
+            if type(command) is not ReadEvents:
+                try:
+                    result = await self._carry_out(command)
+                except BaseException as exc:
+                    raised = exc
+                continue
+            core = self._core
+            attempt = command.attempt
             diag = attempt.diagnostics
-            connection = self._new_connection()
-            self._connection = connection
-            if self._interrupted:
-                connection.abort(reason="engine_closed" if self._engine_closed else "interrupt")
-            builder, request = self._attempt_builder_and_request(route)
-            diag.omitted_options = route.omitted_options(request)
-            lease: ClientLease | None = None
-            stream: AsyncAttemptStream | None = None
+            builder = command.builder
+            connection = command.connection
+            sent_at = command.sent_at
             chunks = 0
             left_at_stop = False
-            caller_left: BaseException | None = None
             try:
-                try:
-                    lease = await route.async_slot(loop).alease()
-                except asyncio.CancelledError as exc:
-                    # Cancelled while its client was being built (off the loop): the
-                    # attempt ends interrupted, with the usual (empty) cleanup.
-                    core.feed(InterruptRequested(at=now()))
-                    caller_left = await self._clean_up(connection, None, None, leaving=exc)
-                except Exception as exc:
-                    diag.error_type = type(exc).__name__
-                    diag.cause_chain = cause_chain(exc)
-                    attempt.exception = kept_exception(exc)
-                    core.feed(AttemptFailed(at=now(), fault=client_build_fault(route, exc)))
-                    await self._clean_up(connection, None, None, leaving=None)
-                else:
-                    diag.server_address, diag.server_port = server_of(
-                        route.server_url(lease.client)
-                    )
-                    sent_at = now()
-                    connection.sent_at = sent_at
-                    diag.request_sent_at = sent_at - attempt.started_at
-                    arm_on_loop(
-                        loop,
-                        watch,
-                        connection,
-                        sent_at=sent_at,
-                        first_token=timeouts.first_token,
-                        stale=timeouts.stale,
-                        total_due=core.deadline,
-                    )
-                    try:
-                        # Set only while the request is written, and reset in the same
-                        # context: each step may be awaited in a task of its own.
-                        token = active_connection.set(connection)
-                        try:
-                            stream = await route.aopen(lease.client, request, timeouts)
-                        finally:
-                            active_connection.reset(token)
-                            self._replenish(lease)
-                        diag.http_status = stream.http_status
-                        diag.headers = header_subset(stream.headers)
-                        connection.attach(stream.socket)
-                        events = stream.events()
-                        async for event in events:
-                            if chunks == 0:
-                                at = now()
-                                diag.ttft = at - sent_at
-                                core.feed(FirstEventReceived(at=at))
-                                watch.progress_at = at
-                                progressed_on_loop(loop, watch)
-                                restart = self._restart_event(attempt)
-                                if restart is not None:
-                                    # Holding the restart event is the caller's time too.
-                                    watch.holding = True
-                                    yield restart
-                                    watch.progress_at = now()
-                                    watch.holding = False
-                            builder.add(event)
-                            connection.progressed()
-                            chunks += 1
+                events = command.stream.events()
+                async for event in events:  # type: ignore[union-attr]
+                    if chunks == 0:
+                        at = now()
+                        diag.ttft = at - sent_at
+                        core.feed(FirstEventReceived(at=at))
+                        watch.progress_at = at
+                        progressed_on_loop(loop, watch)
+                        restart = self._restart_event(attempt)
+                        if restart is not None:
+                            # Holding the restart event is the caller's time too.
                             watch.holding = True
-                            try:
-                                yield event
-                            except GeneratorExit:
-                                if event.type != "stop":
-                                    raise
-                                # The caller left at the stop (`break`): the answer is whole.
-                                left_at_stop = True
+                            yield restart
                             watch.progress_at = now()
                             watch.holding = False
-                            if self._interrupted and not left_at_stop:
-                                raise InterruptedHere
-                            if event.type == "stop":
-                                await self._drain_after_stop(loop, events, connection)
-                                break
-                        if builder.stop_reason is None:
-                            raise Truncated
-                    except BaseException as exc:
-                        disarm_on_loop(watch)
-                        diag.chunks = chunks
-                        core.feed(self._fault_event(route, exc, watch))
-                        self._message = builder.build(cut_reason=core.active_attempt.reason)
-                        self._record_wire(attempt, connection)
-                        caller_left = await self._clean_up(
-                            connection,
-                            stream,
-                            lease,
-                            leaving=None if isinstance(exc, Exception) else exc,
-                        )
-                        if stream is not None:
-                            self._record_stream(attempt, stream)
-                    else:
-                        # Release first, so a late abort cannot touch a connection that
-                        # goes back to the pool (and may serve another run next).
-                        connection.release()
-                        disarm_on_loop(watch)
-                        at = now()
-                        diag.chunks = chunks
-                        self._record_wire(attempt, connection)
-                        self._message = builder.build()
-                        # The answer is complete; a close error changes nothing for it.
-                        caller_left = await _settle_idempotent(stream.aclose)
-                        self._record_stream(attempt, stream)
-                        if caller_left is not None:
-                            # Cancelled while closing: the run ends cancelled like any
-                            # other, its client retired and closed by the usual cleanup.
-                            core.feed(InterruptRequested(at=now()))
-                            caller_left = await self._clean_up(
-                                connection, stream, lease, leaving=caller_left
-                            )
-                        else:
-                            to_close, _ = lease.slot.release(lease)
-                            if to_close is not None:
-                                _, caller_left = await _settle(route.aclose_client(to_close), None)
-                            if caller_left is None:
-                                core.feed(StreamFinished(at=at))
-                                left = await self._report_to_breaker(None)
-                                if left is not None:  # the run completed; the caller
-                                    raise left  # was cancelled after: it must see it
-                                return
-                            # Cancelled while closing the attempt's own client (retired
-                            # by another run, this one its last user): that close was the
-                            # cleanup's close, and it has finished, shielded.
-                            core.feed(InterruptRequested(at=now()))
-                            self._clean_up_after_close(connection, lease)
+                    builder.add(event)
+                    connection.progressed()
+                    chunks += 1
+                    watch.holding = True
+                    try:
+                        yield event
+                    except GeneratorExit:
+                        if event.type != "stop":
+                            raise
+                        # The caller left at the stop (`break`): the answer is whole.
+                        left_at_stop = True
+                    watch.progress_at = now()
+                    watch.holding = False
+                    if self._interrupted and not left_at_stop:
+                        raise InterruptedHere
+                    if event.type == "stop":
+                        await self._drain_after_stop(loop, events, connection)  # type: ignore[arg-type]
+                        break
+            except GeneratorExit as exc:  # the caller closed the iteration
+                raised = CallerLeft(exc)
+            except BaseException as exc:  # a fault, a cancellation: run_steps decides
+                raised = exc
             finally:
-                self._connection = None
-            caller_left = await self._report_to_breaker(caller_left)
-            interrupted = self._interrupted or caller_left is not None
-            core.feed(
-                CleanupFinished(at=now(), interrupted=interrupted, continuable=self._continuable())
-            )
-            self._log_failed_attempt(attempt)
-            if caller_left is not None:
-                raise caller_left
-            if core.state == "cancelled":
-                raise self._interrupted_error()
-            if core.state == "failed":
-                raise self._failure()
-            decision = core.decision
-            assert decision is not None
-            if decision.delay > 0:  # backoff: interruptible, and never past Timeouts.total
-                wait = min(decision.delay, max(0.0, core.deadline - now()))
+                diag.chunks = chunks
+
+    async def _carry_out(self, command: Command) -> Any:
+        """One command of ``run_steps``, in the run's task: every close shielded and, once
+        the caller is leaving, bounded (``_settle``)."""
+        match command:
+            case AdmitRoute(route=route, probe_id=probe_id):
+                assert self._health is not None
+                return await self._health.aadmit(route, probe_id)
+            case LeaseClient(slot=slot):
+                return await slot.alease()
+            case ArmClocks():
+                assert self._loop is not None
+                arm_on_loop(
+                    self._loop,
+                    self._watch,
+                    command.connection,
+                    sent_at=command.sent_at,
+                    first_token=command.first_token,
+                    stale=command.stale,
+                    total_due=command.total_due,
+                )
+                return None
+            case OpenStream(route=route, client=client, request=request, connection=connection):
+                # Set only while the request is written, and reset in the same context:
+                # each step may be awaited in a task of its own.
+                token = active_connection.set(connection)
                 try:
-                    await asyncio.wait_for(self._wake.wait(), timeout=wait)
-                except TimeoutError:
-                    pass
-                except asyncio.CancelledError:
-                    core.feed(InterruptRequested(at=now()))
-                    raise
-                if self._interrupted:
-                    core.feed(InterruptRequested(at=now()))
-                    raise self._interrupted_error()
-            # Also without a backoff: a fallback (or a zero-delay retry) must not start
-            # an attempt once Timeouts.total has run out.
-            if now() >= core.deadline:
-                core.feed(DeadlinePassed(at=now()))
-                raise self._failure()
-            route_index = decision.route_index
+                    return await route.aopen(client, request, self._core.timeouts)
+                finally:
+                    active_connection.reset(token)
+            case DisarmClocks():
+                disarm_on_loop(self._watch)
+                return None
+            case Abort(plan=plan, connection=connection):
+                self._cleanup_abort(plan, connection)
+                return None
+            case CloseStream(stream=stream, leaving=leaving, answer_complete=complete):
+                close = stream.aclose  # type: ignore[union-attr]
+                if complete and leaving is None:
+                    # The answer is whole; a close error changes nothing for it.
+                    return None, await _settle_idempotent(close)
+                return await _settle(close(), leaving)
+            case CloseClient(route=route, client=client, leaving=leaving):
+                return await _settle(route.aclose_client(client), leaving)
+            case MoveInSuccessor(slot=slot, leaving=leaving):
+                # The spare's build (if still in flight, on the builder thread) awaited:
+                # the loop never runs a factory. Shielded like a close.
+                successor: list[_Generation | None] = []
+
+                async def move_in() -> None:
+                    successor.append(await slot.asuccessor())
+
+                error, leaving = await _settle(move_in(), leaving)
+                if isinstance(error, Exception) or not successor:
+                    failure = (
+                        error if isinstance(error, Exception) else RuntimeError("no successor")
+                    )
+                    return None, failure, leaving
+                return successor[0], None, leaving
+            case ReportVerdict(verdict=verdict, leaving=leaving):
+                health = self._health
+                assert health is not None
+                if leaving is None:
+                    return await _settle_idempotent(lambda: health.areport(*verdict))
+                _, leaving = await _settle(health.areport(*verdict), leaving)
+                return leaving
+            case Backoff(seconds=seconds):
+                assert self._wake is not None
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), timeout=seconds)
+                return None
+        raise AssertionError(f"not a command: {command!r}")
 
     async def _drain_after_stop(
         self,
@@ -341,93 +297,6 @@ class AsyncRun(RunBase):
             disarm_on_loop(watch)
             watch.fired = None
             watch.progress_at = progress_at
-
-    async def _admit_route(self, start: int) -> int:
-        """The first route from ``start`` on whose breaker admits the attempt."""
-        health = self._health
-        assert health is not None
-        self._refusals = []
-        self._panic = False
-        for index in range(start, len(self._routes)):
-            probe_id = health.new_probe_id()
-            admission = await health.aadmit(self._routes[index].name, probe_id)
-            if self._admitted(index, probe_id, admission):
-                return index
-        return self._none_admitted()
-
-    async def _report_to_breaker(self, leaving: BaseException | None) -> BaseException | None:
-        """Tell the breaker how the attempt ended; shielded like a cleanup step, since a
-        probe that never reports would hold its route's half-open slot."""
-        verdict = self._verdict()
-        health = self._health
-        if verdict is None or health is None:
-            return leaving
-        if leaving is None:
-            return await _settle_idempotent(lambda: health.areport(*verdict))
-        _, leaving = await _settle(health.areport(*verdict), leaving)
-        return leaving
-
-    async def _clean_up(
-        self,
-        connection: AttemptConnection,
-        stream: AsyncAttemptStream | None,
-        lease: ClientLease | None,
-        *,
-        leaving: BaseException | None,
-    ) -> BaseException | None:
-        """Carry out the machine's cleanup plan inside the run's own task.
-
-        ``leaving`` is what the caller is leaving with (``CancelledError``,
-        ``GeneratorExit``), if anything. A cancellation that lands during the cleanup
-        does not cut it short: every close goes on shielded, bounded by
-        ``CLEANUP_BOUND`` once the caller is leaving. Returns what the caller leaves
-        with, for the driver to re-raise after feeding ``CleanupFinished``."""
-        plan = self._core.pending_cleanup
-        assert plan is not None, "the machine planned no cleanup"
-        route: Route = plan.route  # type: ignore[assignment]
-        self._cleanup_abort(plan, connection)
-        if stream is not None:
-            error, leaving = await _settle(stream.aclose(), leaving)
-            self._cleanup_stream_closed(plan, error)
-        loop = asyncio.get_running_loop()
-        to_close = self._cleanup_retire(plan, lease, route.async_slot(loop))
-        if to_close is not None:
-            error, leaving = await _settle(route.aclose_client(to_close), leaving)
-            self._cleanup_closed(plan, lease, error)
-        self._leaving = leaving is not None
-        return await self._acleanup_rebuild(plan, route.async_slot(loop), leaving)
-
-    async def _acleanup_rebuild(
-        self, plan: CleanupPlan, slot: ClientSlot, leaving: BaseException | None
-    ) -> BaseException | None:
-        """The successor of the retired client is the slot's spare, its build (if still in
-        flight, on the builder thread) awaited: the loop never runs a factory. Shielded
-        like a close: a cancellation meanwhile is kept, the spare still moved in."""
-        if self._rebuild_deferred(plan):
-            return leaving
-        successor: list[_Generation | None] = []
-
-        async def move_in() -> None:
-            successor.append(await slot.asuccessor())
-
-        error, leaving = await _settle(move_in(), leaving)
-        if isinstance(error, Exception) or not successor:
-            failure = error if isinstance(error, Exception) else RuntimeError("no successor")
-            self._record_successor(plan, None, failure)
-        else:
-            self._record_successor(plan, successor[0], None)
-        return leaving
-
-    def _clean_up_after_close(self, connection: AttemptConnection, lease: ClientLease) -> None:
-        """Record the cleanup of an attempt whose stream and client were already closed
-        on the success path when the caller's cancellation arrived."""
-        plan = self._core.pending_cleanup
-        assert plan is not None, "the machine planned no cleanup"
-        self._cleanup_abort(plan, connection)
-        self._cleanup_stream_closed(plan, None)
-        self._cleanup_closed(plan, lease, None)
-        self._leaving = True
-        self._rebuild_deferred(plan)
 
 
 async def _settle_idempotent(make: Callable[[], Awaitable[object]]) -> BaseException | None:

@@ -468,13 +468,6 @@ class RunBase:
         """Retire the attempt's client in the plan's route; returns a client to close now."""
         if lease is None:
             return None
-        if lease.slot is not slot:
-            # Only under the test-only misdirect_cleanup mutation: like the original bug,
-            # the wrong route's client is retired (and rebuilt below) while the attempt's
-            # own client is merely released: never closed, its socket never aborted here.
-            to_close = slot.retire_current()
-            lease.slot.release(lease)
-            return to_close
         slot.retire(lease)
         to_close, others = lease.slot.release(lease)
         if to_close is None:
@@ -528,16 +521,6 @@ class RunBase:
             )
             return True
         return False
-
-    def _cleanup_rebuild(self, plan: CleanupPlan, slot: ClientSlot) -> None:
-        """Sync: the successor of the retired client is the slot's spare (waited for if
-        its build is in flight), moved in here: no factory call on this thread."""
-        if self._rebuild_deferred(plan):
-            return
-        try:
-            self._record_successor(plan, slot.successor(), None)
-        except Exception as exc:
-            self._record_successor(plan, None, exc)
 
     def _record_successor(
         self, plan: CleanupPlan, generation: _Generation | None, error: Exception | None

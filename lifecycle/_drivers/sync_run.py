@@ -15,23 +15,29 @@ from collections.abc import Generator, Iterator
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
-from .._core.errors import client_build_fault
-from .._core.events import (
-    AttemptFailed,
-    AttemptStarted,
-    CleanupFinished,
-    DeadlinePassed,
-    FirstEventReceived,
-    InterruptRequested,
-    StreamFinished,
-)
+from .._core.events import FirstEventReceived, InterruptRequested
 from .._core.message import StreamEvent
-from .._core.records import AttemptRecord
-from .._core.redaction import cause_chain, header_subset, kept_exception
-from .client_slots import ClientLease
-from .connection import AttemptConnection, active_connection, server_of
+from .client_slots import ClientSlot
+from .connection import AttemptConnection, active_connection
 from .route import AttemptStream, Request, Route
-from .run_base import AFTER_STOP_DRAIN, InterruptedHere, RunBase, Truncated, now
+from .run_base import AFTER_STOP_DRAIN, InterruptedHere, RunBase, now
+from .run_steps import (
+    Abort,
+    AdmitRoute,
+    ArmClocks,
+    Backoff,
+    CallerLeft,
+    CloseClient,
+    CloseStream,
+    Command,
+    DisarmClocks,
+    LeaseClient,
+    MoveInSuccessor,
+    OpenStream,
+    ReadEvents,
+    ReportVerdict,
+    run_steps,
+)
 from .watchdog import Watch, watchdog
 
 if TYPE_CHECKING:
@@ -39,10 +45,6 @@ if TYPE_CHECKING:
     from .._health.route_health import RouteHealth
 
 __all__ = ["Run"]
-
-
-class _CallerLeft(Exception):
-    """Internal: the caller stopped iterating (break, exception, KeyboardInterrupt)."""
 
 
 class Run(RunBase):
@@ -97,120 +99,37 @@ class Run(RunBase):
             self._core.feed(InterruptRequested(at=now()))
 
     # -- the driver -----------------------------------------------------------------------
+    # It carries out ``run_steps``' commands on this thread; the per-event loop is
+    # inline (the hot path), every other command is ``_carry_out``.
     def _drive(self) -> Generator[StreamEvent, None, None]:
-        core = self._core
         self.owner = threading.current_thread().name
-        if core.state == "cancelled":  # closed before it was iterated (`with run: pass`)
-            raise self._interrupted_error()
-        route_index = 0
+        steps = run_steps(self, _sync_slot)
+        result: Any = None
+        raised: BaseException | None = None
         while True:
-            if self._interrupted:
-                core.feed(InterruptRequested(at=now()))
-                raise self._interrupted_error()
-            if self._health is not None:
-                route_index = self._admit_route(route_index)
-            core.feed(AttemptStarted(at=now(), route_index=route_index))
-            core.active_attempt.probe = self._probe_id is not None
-            core.active_attempt.panic = self._panic
-            caller_left: BaseException | None = None
             try:
-                completed = yield from self._attempt(core.active_attempt)
-            except _CallerLeft as left:
-                caller_left = left.__cause__
-                completed = False
-            self._report_to_breaker()
-            if completed:
+                command = steps.send(result) if raised is None else steps.throw(raised)
+            except StopIteration:
                 return
-            interrupted = self._interrupted or caller_left is not None
-            core.feed(
-                CleanupFinished(at=now(), interrupted=interrupted, continuable=self._continuable())
-            )
-            self._log_failed_attempt(core.active_attempt)
-            if caller_left is not None:
-                raise caller_left
-            if core.state == "cancelled":
-                raise self._interrupted_error()
-            if core.state == "failed":
-                raise self._failure()
-            decision = core.decision
-            assert decision is not None
-            if decision.delay > 0:  # backoff: interruptible, and never past Timeouts.total
-                self._wake.wait(min(decision.delay, max(0.0, core.deadline - now())))
-                if self._interrupted:
-                    core.feed(InterruptRequested(at=now()))
-                    raise self._interrupted_error()
-            # Also without a backoff: a fallback (or a zero-delay retry) must not start
-            # an attempt once Timeouts.total has run out.
-            if now() >= core.deadline:
-                core.feed(DeadlinePassed(at=now()))
-                raise self._failure()
-            route_index = decision.route_index
-
-    def _admit_route(self, start: int) -> int:
-        """The first route from ``start`` on whose breaker admits the attempt."""
-        health = self._health
-        assert health is not None
-        self._refusals = []
-        self._panic = False
-        for index in range(start, len(self._routes)):
-            probe_id = health.new_probe_id()
-            if self._admitted(index, probe_id, health.admit(self._routes[index].name, probe_id)):
-                return index
-        return self._none_admitted()
-
-    def _report_to_breaker(self) -> None:
-        verdict = self._verdict()
-        if verdict is not None and self._health is not None:
-            self._health.report(*verdict)
-
-    def _attempt(self, attempt: AttemptRecord) -> Generator[StreamEvent, None, bool]:
-        """One attempt; returns True when it completed, else the machine is in cleanup."""
-        core = self._core
-        route = self._routes[attempt.route_index]
-        diag = attempt.diagnostics
-        connection = self._new_connection()
-        self._connection = connection
-        if self._interrupted:
-            connection.abort(reason="engine_closed" if self._engine_closed else "interrupt")
-        watch = self._watch
-        builder, request = self._attempt_builder_and_request(route)
-        diag.omitted_options = route.omitted_options(request)
-        lease: ClientLease | None = None
-        stream: AttemptStream | None = None
-        chunks = 0
-        left_at_stop = False
-        try:
-            try:
-                lease = route.sync_clients.lease()
-            except Exception as exc:
-                diag.error_type = type(exc).__name__
-                diag.cause_chain = cause_chain(exc)
-                attempt.exception = kept_exception(exc)
-                core.feed(AttemptFailed(at=now(), fault=client_build_fault(route, exc)))
-                self._clean_up(connection, None, None)
-                return False
-            diag.server_address, diag.server_port = server_of(route.server_url(lease.client))
-            sent_at = now()
-            connection.sent_at = sent_at
-            diag.request_sent_at = sent_at - attempt.started_at
-            watchdog.arm(
-                watch,
-                connection,
-                sent_at=sent_at,
-                first_token=core.timeouts.first_token,
-                stale=core.timeouts.stale,
-                total_due=core.deadline,
-            )
-            try:
+            result = raised = None
+            if type(command) is not ReadEvents:
                 try:
-                    stream = self._open(route, lease.client, request, connection)
-                finally:
-                    self._replenish(lease)
-                diag.http_status = stream.http_status
-                diag.headers = header_subset(stream.headers)
-                connection.attach(stream.socket)
-                events = stream.events()
-                for event in events:
+                    result = self._carry_out(command)
+                except BaseException as exc:
+                    raised = exc
+                continue
+            core = self._core
+            attempt = command.attempt
+            diag = attempt.diagnostics
+            builder = command.builder
+            connection = command.connection
+            sent_at = command.sent_at
+            watch = self._watch
+            chunks = 0
+            left_at_stop = False
+            try:
+                events = command.stream.events()
+                for event in events:  # type: ignore[union-attr]
                     if chunks == 0:
                         at = now()
                         diag.ttft = at - sent_at
@@ -241,39 +160,66 @@ class Run(RunBase):
                     if self._interrupted and not left_at_stop:
                         raise InterruptedHere
                     if event.type == "stop":
-                        self._drain_after_stop(events, connection, watch)
+                        self._drain_after_stop(events, connection, watch)  # type: ignore[arg-type]
                         break
-                if builder.stop_reason is None:
-                    raise Truncated
-            except BaseException as exc:
-                watchdog.disarm(watch)
+            except GeneratorExit as exc:  # the caller closed the iteration
+                raised = CallerLeft(exc)
+            except BaseException as exc:  # a fault, a cancellation: run_steps decides
+                raised = exc
+            finally:
                 diag.chunks = chunks
-                core.feed(self._fault_event(route, exc, watch))
-                self._message = builder.build(cut_reason=core.active_attempt.reason)
-                self._record_wire(attempt, connection)
-                self._clean_up(connection, stream, lease)
-                if stream is not None:
-                    self._record_stream(attempt, stream)
-                if isinstance(exc, Exception):
-                    return False
-                raise _CallerLeft from exc  # GeneratorExit, KeyboardInterrupt, SystemExit
-            # Success. Release first, so a late abort cannot touch a connection that
-            # goes back to the pool (and may serve another run next).
-            connection.release()
-            watchdog.disarm(watch)
-            at = now()
-            diag.chunks = chunks
-            self._record_wire(attempt, connection)
-            stream.close()
-            self._record_stream(attempt, stream)
-            to_close, _ = lease.slot.release(lease)
-            if to_close is not None:
-                route.close_client(to_close)
-            self._message = builder.build()
-            core.feed(StreamFinished(at=at))
-            return True
-        finally:
-            self._connection = None
+
+    def _carry_out(self, command: Command) -> Any:
+        """One command of ``run_steps``, on the run's own thread."""
+        match command:
+            case AdmitRoute(route=route, probe_id=probe_id):
+                assert self._health is not None
+                return self._health.admit(route, probe_id)
+            case LeaseClient(slot=slot):
+                return slot.lease()
+            case ArmClocks():
+                watchdog.arm(
+                    self._watch,
+                    command.connection,
+                    sent_at=command.sent_at,
+                    first_token=command.first_token,
+                    stale=command.stale,
+                    total_due=command.total_due,
+                )
+                return None
+            case OpenStream(route=route, client=client, request=request, connection=connection):
+                return self._open(route, client, request, connection)
+            case DisarmClocks():
+                watchdog.disarm(self._watch)
+                return None
+            case Abort(plan=plan, connection=connection):
+                self._cleanup_abort(plan, connection)
+                return None
+            case CloseStream(stream=stream, leaving=leaving):
+                try:
+                    stream.close()  # type: ignore[union-attr]
+                except Exception as exc:  # the socket is already shut: nothing more to lose
+                    return exc, leaving
+                return None, leaving
+            case CloseClient(route=route, client=client, leaving=leaving):
+                try:
+                    route.close_client(client)
+                except Exception as exc:
+                    return exc, leaving
+                return None, leaving
+            case MoveInSuccessor(slot=slot, leaving=leaving):
+                try:
+                    return slot.successor(), None, leaving
+                except Exception as exc:
+                    return None, exc, leaving
+            case ReportVerdict(verdict=verdict, leaving=leaving):
+                assert self._health is not None
+                self._health.report(*verdict)
+                return leaving
+            case Backoff(seconds=seconds):
+                self._wake.wait(seconds)
+                return None
+        raise AssertionError(f"not a command: {command!r}")
 
     def _drain_after_stop(
         self, events: Iterator[StreamEvent], connection: AttemptConnection, watch: Watch
@@ -314,30 +260,6 @@ class Run(RunBase):
         finally:
             active_connection.reset(token)
 
-    def _clean_up(
-        self,
-        connection: AttemptConnection,
-        stream: AttemptStream | None,
-        lease: ClientLease | None,
-    ) -> None:
-        """Carry out the machine's cleanup plan on this, the run's own, thread."""
-        plan = self._core.pending_cleanup
-        assert plan is not None, "the machine planned no cleanup"
-        route: Route = plan.route  # type: ignore[assignment]
-        self._cleanup_abort(plan, connection)
-        if stream is not None:
-            error: BaseException | None = None
-            try:
-                stream.close()
-            except Exception as exc:  # the socket is already shut: nothing more to lose
-                error = exc
-            self._cleanup_stream_closed(plan, error)
-        to_close = self._cleanup_retire(plan, lease, route.sync_clients)
-        if to_close is not None:
-            error = None
-            try:
-                route.close_client(to_close)
-            except Exception as exc:
-                error = exc
-            self._cleanup_closed(plan, lease, error)
-        self._cleanup_rebuild(plan, route.sync_clients)
+
+def _sync_slot(route: Route) -> ClientSlot:
+    return route.sync_clients
