@@ -141,42 +141,36 @@ CATALOGUE: Final[tuple[Mutation, ...]] = (
         first=("tests/test_driver_faults.py", "tests/test_paths.py"),
     ),
     Mutation(
-        name="async_cleanup_rebuilds_other_route",
+        name="cleanup_rebuilds_other_route",
         bug_class="cleanup target",
-        file="lifecycle/_drivers/async_run.py",
-        old=(
-            "        self._leaving = leaving is not None\n"
-            "        return await self._acleanup_rebuild(plan, route.async_slot(loop), leaving)"
-        ),
+        file="lifecycle/_drivers/run_steps.py",
+        old="        generation, error, leaving = yield MoveInSuccessor(slot, leaving)",
         new=(
-            "        self._leaving = leaving is not None\n"
-            "        after = (plan.attempt.route_index + 1) % len(self._routes)\n"
-            "        next_route = self._routes[after]\n"
-            "        return await self._acleanup_rebuild(\n"
-            "            plan, next_route.async_slot(loop), leaving\n"
-            "        )"
+            "        after = (plan.attempt.route_index + 1) % len(run._routes)\n"
+            "        other = slot_of(run._routes[after])\n"
+            "        generation, error, leaving = yield MoveInSuccessor(other, leaving)"
         ),
-        why="the async cleanup rebuilds a client for the route the run falls back to",
+        why="the cleanup moves a successor in for the route the run falls back to",
         first=("tests/test_async_driver.py", "tests/test_driver_faults.py"),
     ),
     Mutation(
-        name="sync_cleanup_retires_in_first_route",
+        name="cleanup_retires_in_first_route",
         bug_class="cleanup target",
-        file="lifecycle/_drivers/sync_run.py",
-        old="to_close = self._cleanup_retire(plan, lease, route.sync_clients)",
-        new="to_close = self._cleanup_retire(plan, lease, self._routes[0].sync_clients)",
-        why="the sync cleanup retires in the primary route's slot whichever route failed",
+        file="lifecycle/_drivers/run_steps.py",
+        old="    to_close = run._cleanup_retire(plan, lease, slot)",
+        new="    to_close = run._cleanup_retire(plan, lease, slot_of(run._routes[0]))",
+        why="the cleanup retires in the primary route's slot whichever route failed",
         first=("tests/test_driver_faults.py", "tests/test_client_slots.py", "tests/test_paths.py"),
     ),
     # -- client retirement ------------------------------------------------------------------
     Mutation(
         name="successor_built_on_the_run",
         bug_class="client retirement",
-        file="lifecycle/_drivers/run_base.py",
-        old="            self._record_successor(plan, slot.successor(), None)",
+        file="lifecycle/_drivers/sync_run.py",
+        old="                    return slot.successor(), None, leaving",
         new=(
-            "            slot.rebuild()\n"
-            "            self._record_successor(plan, slot.successor(), None)"
+            "                    slot.rebuild()\n"
+            "                    return slot.successor(), None, leaving"
         ),
         why="the retired client's successor built by the factory in cleanup, as before spares",
         first=("tests/test_spare_client.py", "tests/test_driver_faults.py", "tests/test_paths.py"),
@@ -416,7 +410,7 @@ REQUIRED: Final = (
     "caller_error_charged_to_breaker",
     "ttft_from_attempt_start",
     "echoed_api_key_header_mostly_kept",
-    "async_cleanup_rebuilds_other_route",
+    "cleanup_rebuilds_other_route",
     "first_token_clock_uses_stale",
     "fallback_after_output_without_restart",
     "retired_client_closed_under_other_runs",
