@@ -156,6 +156,9 @@ EXCEPTION_TABLE: Final[Mapping[str, str]] = {
     "CMEKKeyDisabledError": "account",
     "CMEKKeyNetworkBlockedError": "account",
     "SandboxEgressRestrictedError": "account",
+    # anthropic 2.17: a 400 subclass, URL sources and web fetch turned off for the
+    # organization: this route cannot serve the request, another provider may.
+    "OrganizationURLFetchDisabledError": "account",
 }
 
 

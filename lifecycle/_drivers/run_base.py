@@ -342,9 +342,10 @@ class RunBase:
     ) -> AttemptFailed:
         if isinstance(exc, Truncated):
             return AttemptFailed(at=at, fault=truncated_fault(route))
-        if isinstance(exc, OversizedEvent):
-            diag.error_type = type(exc).__name__
-            return AttemptFailed(at=at, fault=oversized_fault(route, str(exc)))
+        oversized = _oversized_cause(exc)
+        if oversized is not None:
+            diag.error_type = type(oversized).__name__
+            return AttemptFailed(at=at, fault=oversized_fault(route, str(oversized)))
         fault: Fault = route.classify(exc)
         diag.error_type = type(exc).__name__
         diag.cause_chain = cause_chain(exc)
@@ -535,6 +536,20 @@ class RunBase:
                 step="rebuild", thread=_here(), at=now() - plan.attempt.started_at, detail=detail
             )
         )
+
+
+def _oversized_cause(exc: BaseException, limit: int = 8) -> OversizedEvent | None:
+    """The engine's own ``OversizedEvent``, raised from inside the SDK's read, however the
+    SDK wrapped it: anthropic 2.17 re-raises every error of a body read as an
+    ``APIConnectionError`` (``from`` it), which would make a refused line a retryable drop."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and len(seen) < limit and id(current) not in seen:
+        if isinstance(current, OversizedEvent):
+            return current
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return None
 
 
 def _here() -> str:
