@@ -11,10 +11,10 @@ import re
 
 import pytest
 
-from providers.cli import _demo
-from providers.loopback import LoopbackServer
+from providers.cli import _burst, _demo, _scenarios
+from providers.loopback import HttpError, LoopbackServer
 
-SCENARIOS = {s.name: s for s in _demo.SCENARIOS}
+SCENARIOS = {s.name: s for s in _scenarios.SCENARIOS}
 MS = r"(\d+\.\d) ms"
 STALE = 0.5
 """The demo's own stale clock: generous on a busy machine."""
@@ -30,9 +30,9 @@ def test_the_summary_shows_what_recovery_spans_and_its_parts_add_up(
     server: LoopbackServer, name: str
 ) -> None:
     lines: list[str] = []
-    outcome = _demo._run_scenario(server, SCENARIOS[name], STALE, lines.append)
-    assert outcome.ok, lines
-    summary = _demo.summary_text([outcome])
+    result = _scenarios.run_scenario(server, SCENARIOS[name], STALE, lines.append)
+    assert result.ok, lines
+    summary = _scenarios.summary_text([result])
     for part in ("detection", "cleanup", "rebuild", "backoff"):
         assert part in summary.splitlines()[0], summary  # the legend says what each part is
     assert "stall deadline" in summary and "next attempt" in summary, summary
@@ -59,7 +59,7 @@ def test_a_failed_expectation_is_named_with_what_was_expected_and_seen(
     lines: list[str] = []
     # The flaky route never recovers within the burst: its breaker opens (a fact about
     # outcomes, on a busy machine too) and cannot close again.
-    burst = _demo._run_burst(
+    burst = _burst.run_burst(
         server, STALE, lines.append, hooks=(), board=None, recover_after=60.0, limit=2.0
     )
     checks = {check.name: check for check in burst.checks}
@@ -87,18 +87,18 @@ def test_a_scenario_that_ends_otherwise_says_what_it_expected_and_what_happened(
 ) -> None:
     lines: list[str] = []
     # One attempt per route, two 529s: both routes used up, the run fails.
-    scenario = _demo.Scenario(
+    scenario = _scenarios.Scenario(
         name="overload-no-retry",
         title="529 on the first route, 529 on the second",
         first="anthropic",
-        faults=(_demo.HttpError(status=529), _demo.HttpError(status=529)),
+        faults=(HttpError(status=529), HttpError(status=529)),
         expect="completed",
         max_attempts=1,
     )
-    outcome = _demo._run_scenario(server, scenario, STALE, lines.append)
-    assert outcome.state == "failed"
+    result = _scenarios.run_scenario(server, scenario, STALE, lines.append)
+    assert result.state == "failed"
     out: list[str] = []
-    assert _demo.verdict([outcome], None, leaked=0, out=out.append) == 1
+    assert _demo.verdict([result], None, leaked=0, out=out.append) == 1
     text = "\n".join(out)
     assert "FAILED" in text
     assert (
@@ -109,10 +109,10 @@ def test_a_scenario_that_ends_otherwise_says_what_it_expected_and_what_happened(
 
 
 def test_the_verdict_passes_when_every_expectation_holds(server: LoopbackServer) -> None:
-    outcome = _demo._run_scenario(server, SCENARIOS["tcp-drop"], STALE, lambda _: None)
+    result = _scenarios.run_scenario(server, SCENARIOS["tcp-drop"], STALE, lambda _: None)
     out: list[str] = []
-    assert _demo.verdict([outcome], None, leaked=0, out=out.append) == 0
+    assert _demo.verdict([result], None, leaked=0, out=out.append) == 0
     assert "FAILED" not in "\n".join(out)
-    assert _demo.verdict([outcome], None, leaked=2, out=out.append) == 1
+    assert _demo.verdict([result], None, leaked=2, out=out.append) == 1
     expected = "connections closed: expected 0 connections open at the server; saw 2"
     assert any(expected in line for line in out), out

@@ -20,10 +20,10 @@ import pytest
 
 from lifecycle import STATES, TRANSITIONS, AttemptRecord, Outcome
 from lifecycle.record import TransitionRecorder, print_summary, summarize
-from providers.cli import _demo
+from providers.cli import _demo, _scenarios
 from providers.loopback import LoopbackServer
 
-SCENARIOS = {s.name: s for s in _demo.SCENARIOS}
+SCENARIOS = {s.name: s for s in _scenarios.SCENARIOS}
 
 
 def attempt_text(attempt: AttemptRecord) -> str:
@@ -58,9 +58,11 @@ def test_every_surface_names_an_attempt_by_its_outcome(
     lines: list[str] = []
     recording = tmp_path / "runs.jsonl"
     with TransitionRecorder(path=recording) as recorder, caplog.at_level(logging.INFO):
-        outcome = _demo._run_scenario(server, SCENARIOS[name], 0.5, lines.append, hooks=[recorder])
-    assert outcome.run is not None and outcome.ok, lines
-    attempts = outcome.run.attempts
+        result = _scenarios.run_scenario(
+            server, SCENARIOS[name], 0.5, lines.append, hooks=[recorder]
+        )
+    assert result.run is not None and result.ok, lines
+    attempts = result.run.attempts
     assert [a.outcome for a in attempts] == outcomes
     expected = [attempt_text(a) for a in attempts]
 
@@ -69,13 +71,13 @@ def test_every_surface_names_an_attempt_by_its_outcome(
     for text in expected:
         assert text in log, f"{text!r} not in the transition log:\n{log}"
     # The demo's table row names the attempts the same way, in order.
-    row = _demo._table([outcome]).splitlines()[2]
+    row = _scenarios._table([result]).splitlines()[2]
     found = re.findall(r"attempt \d+ \S+ [a-z ]+?(?=,|\s*$|\s{2})", row)
     assert found == expected, row
     # The per-run diagram's title (Mermaid and DOT).
-    title = outcome.run.diagram().splitlines()[1]
+    title = result.run.diagram().splitlines()[1]
     assert title == f'title: "run: {", ".join(expected)}"'
-    assert f'label="run: {", ".join(expected)}"' in (_demo._run_dot_text(outcome.run) or "")
+    assert f'label="run: {", ".join(expected)}"' in (_demo._run_dot_text(result.run) or "")
     # The library's log: one record per failed attempt, under the same outcome words.
     logged = [_logged_outcome(r) for r in caplog.records if r.name == "lifecycle"]
     assert logged == [a.outcome for a in attempts if a.outcome != "completed"], logged
