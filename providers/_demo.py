@@ -63,12 +63,12 @@ from .loopback import (
     HttpError,
     LoopbackServer,
     PingsOnly,
+    ServerFault,
     StallAfterEvents,
     StallAfterHeaders,
     StallBeforeHeaders,
     validation_available,
 )
-from .loopback import Fault as LoopbackFault
 from .openai_chat_completions import OpenAIChatCompletions
 
 __all__ = ["run_demo"]
@@ -79,7 +79,7 @@ class Scenario:
     name: str
     title: str
     first: str  # "anthropic" or "openai": the first route
-    faults: tuple[LoopbackFault, ...]
+    faults: tuple[ServerFault, ...]
     expect: str  # final state
     interrupt_after: float | None = None
     max_attempts: int = 3
@@ -676,7 +676,7 @@ def _run_burst(
     outcome = BurstOutcome(recover_after=recover_after, limit=limit)
     stamp = time.monotonic_ns()
     flaky_key, backup_key = f"demo-burst-flaky-{stamp}", f"demo-burst-backup-{stamp}"
-    broken: list[LoopbackFault] = [HttpError(status=503), DropAfterEvents(n=2), StallAfterHeaders()]
+    broken: list[ServerFault] = [HttpError(status=503), DropAfterEvents(n=2), StallAfterHeaders()]
     server.script(flaky_key, broken * 60)
     server.script(backup_key, [Healthy(drip=0.05)] * 500)
     out(

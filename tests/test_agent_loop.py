@@ -24,12 +24,12 @@ from test_provider_artifacts import anthropic_artifacts_of
 from lifecycle import RetryPolicy, Route, StreamEngine, Timeouts
 from providers import AnthropicMessages, OpenAIChatCompletions, OpenAIResponses
 from providers.loopback import (
-    Fault,
     Healthy,
     HttpError,
     LoopbackServer,
     RawResponse,
     RequestRecord,
+    ServerFault,
     StallAfterHeaders,
 )
 
@@ -108,7 +108,7 @@ class Conversation:
             routes, timeouts=timeouts, retry=RetryPolicy(max_attempts=1, initial_backoff=0.0)
         )
 
-    def script(self, kind: str, faults: Sequence[Fault]) -> None:
+    def script(self, kind: str, faults: Sequence[ServerFault]) -> None:
         self.server.script(self.models[self.kinds.index(kind)], faults)
 
     def start(self, history: list[Any], **request: Any) -> Any:
@@ -233,7 +233,7 @@ def test_the_agent_loop_completes_on_each_route(
 # -- fallback mid-conversation -------------------------------------------------------------
 
 
-def primary_fault(kind: str, how: str) -> Fault:
+def primary_fault(kind: str, how: str) -> ServerFault:
     return HttpError(status=OVERLOADED[kind]) if how == "overloaded" else StallAfterHeaders()
 
 

@@ -57,12 +57,12 @@ from ._faults import (
     FAULT_TYPES,
     CompressedLine,
     DropAfterEvents,
-    Fault,
     Healthy,
     HttpError,
     MalformedEvent,
     PingsOnly,
     RawResponse,
+    ServerFault,
     StallAfterEvents,
     StallAfterHeaders,
     StallBeforeHeaders,
@@ -163,7 +163,7 @@ class RequestRecord:
     path: str
     model: str | None
     stream: bool
-    fault: Fault | None
+    fault: ServerFault | None
     """The fault applied; ``None`` when the request was refused (404, 405, bad JSON)."""
     received_at: float
     """``time.monotonic()`` when the request was fully read."""
@@ -241,7 +241,7 @@ class _Req:
     path: str
     model: str | None
     stream: bool
-    fault: Fault | None
+    fault: ServerFault | None
     received_at: float
     status: int | None = None
     body: dict[str, Any] | None = None
@@ -414,7 +414,7 @@ class LoopbackServer:
         # Re-entrant so wait_until predicates may read the public snapshot properties.
         self._lock = threading.RLock()
         self._cond = threading.Condition(self._lock)
-        self._scripts: dict[str | None, deque[Fault]] = {}
+        self._scripts: dict[str | None, deque[ServerFault]] = {}
         self._conn_ids = itertools.count()
         self._opened = 0
         self._closed = 0
@@ -542,7 +542,7 @@ class LoopbackServer:
 
     # ----------------------------------------------------------------- scripting
 
-    def script(self, key: str | None, faults: Iterable[Fault]) -> None:
+    def script(self, key: str | None, faults: Iterable[ServerFault]) -> None:
         """Queue ``faults`` for requests with ``key``, one per request; replaces any queue.
 
         ``key`` matches the ``x-loopback-key`` header, or else the request's ``model``;
@@ -560,7 +560,7 @@ class LoopbackServer:
         with self._lock:
             self._scripts[key] = queue
 
-    def pending(self, key: str | None) -> tuple[Fault, ...]:
+    def pending(self, key: str | None) -> tuple[ServerFault, ...]:
         """The faults still queued for ``key``."""
         with self._lock:
             return tuple(self._scripts.get(key, ()))
@@ -573,7 +573,9 @@ class LoopbackServer:
                 return model
             return None
 
-    def _take_fault(self, header_key: str | None, model: str | None) -> tuple[str | None, Fault]:
+    def _take_fault(
+        self, header_key: str | None, model: str | None
+    ) -> tuple[str | None, ServerFault]:
         with self._lock:
             key = self._fault_key(header_key, model)
             queue = self._scripts.get(key)
@@ -753,7 +755,7 @@ class LoopbackServer:
         key: str | None,
         model: str | None,
         stream: bool,
-        fault: Fault | None,
+        fault: ServerFault | None,
         body: dict[str, Any] | None = None,
         problems: tuple[str, ...] = (),
     ) -> _Req:
@@ -1214,7 +1216,7 @@ class LoopbackServer:
         await self._send(conn, _END_CHUNKS)
 
     async def _stream(
-        self, conn: _Conn, req: _Req, fault: Fault, recording: str, keep_alive: bool
+        self, conn: _Conn, req: _Req, fault: ServerFault, recording: str, keep_alive: bool
     ) -> None:
         """Answer a ``stream: true`` request: chunked SSE, one block per chunk."""
         if isinstance(fault, StallBeforeHeaders):
@@ -1279,7 +1281,7 @@ class LoopbackServer:
             await self._send(conn, _END_CHUNKS)
 
     async def _complete(
-        self, conn: _Conn, req: _Req, fault: Fault, recording: str, keep_alive: bool
+        self, conn: _Conn, req: _Req, fault: ServerFault, recording: str, keep_alive: bool
     ) -> None:
         """Answer a non-streaming request with the completion assembled from the recording.
 
