@@ -14,6 +14,8 @@ at it::
 """
 
 from . import _recordings as recordings
+from ._accounting import ClosedBy, ConnectionRecord, RequestRecord
+from ._error_bodies import error_body
 from ._faults import (
     CompressedLine,
     DropAfterEvents,
@@ -29,14 +31,7 @@ from ._faults import (
     TruncateAfterBlocks,
 )
 from ._script import ScriptError, format_fault, format_script, parse_script
-from ._server import (
-    KEY_HEADER,
-    ClosedBy,
-    ConnectionRecord,
-    LoopbackServer,
-    RequestRecord,
-    error_body,
-)
+from ._server import KEY_HEADER, LoopbackServer
 from ._validate import problems, validation_available
 
 __all__ = [

@@ -268,3 +268,14 @@ FAULT_TYPES: tuple[type, ...] = (
     RawResponse,
     CompressedLine,
 )
+
+RECORDING_FAULTS = (
+    Healthy,
+    StallAfterEvents,
+    PingsOnly,
+    DropAfterEvents,
+    TruncateAfterBlocks,
+    MalformedEvent,
+    CompressedLine,
+)
+"""The faults that replay a recording (they have a ``recording`` field)."""
