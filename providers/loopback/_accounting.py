@@ -7,6 +7,10 @@ on the loop thread under one re-entrant lock and read as snapshots from any thre
 every change notifies one condition, so a test waits for a state (``wait_until`` and
 the ``wait_for_*`` helpers) rather than polling. ``LoopbackServer`` shares the lock for
 its scripts and lifecycle state and exposes the read side as its own API.
+
+``Accounting.close`` is the one place a connection ends: it records who closed it and
+when, then closes (or resets) the transport, once. ``Closed`` is what the handler's
+writes and waits raise after that, to unwind.
 """
 
 from __future__ import annotations
