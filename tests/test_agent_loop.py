@@ -25,12 +25,12 @@ from lifecycle import RetryPolicy, StreamEngine, Timeouts
 from lifecycle.adapters import Route
 from providers import AnthropicMessages, OpenAIChatCompletions, OpenAIResponses
 from providers.loopback import (
-    Fault,
     Healthy,
     HttpError,
     LoopbackServer,
     RawResponse,
     RequestRecord,
+    ServerFault,
     StallAfterHeaders,
 )
 
@@ -109,7 +109,7 @@ class Conversation:
             routes, timeouts=timeouts, retry=RetryPolicy(max_attempts=1, initial_backoff=0.0)
         )
 
-    def script(self, kind: str, faults: Sequence[Fault]) -> None:
+    def script(self, kind: str, faults: Sequence[ServerFault]) -> None:
         self.server.script(self.models[self.kinds.index(kind)], faults)
 
     def start(self, history: list[Any], **request: Any) -> Any:
@@ -234,7 +234,7 @@ def test_the_agent_loop_completes_on_each_route(
 # -- fallback mid-conversation -------------------------------------------------------------
 
 
-def primary_fault(kind: str, how: str) -> Fault:
+def primary_fault(kind: str, how: str) -> ServerFault:
     return HttpError(status=OVERLOADED[kind]) if how == "overloaded" else StallAfterHeaders()
 
 

@@ -18,13 +18,13 @@ import pytest
 from providers.loopback import (
     CompressedLine,
     DropAfterEvents,
-    Fault,
     Healthy,
     HttpError,
     LoopbackServer,
     MalformedEvent,
     PingsOnly,
     ScriptError,
+    ServerFault,
     StallAfterEvents,
     StallAfterHeaders,
     StallBeforeHeaders,
@@ -33,7 +33,7 @@ from providers.loopback import (
     parse_script,
 )
 
-STEPS: list[tuple[str, Fault]] = [
+STEPS: list[tuple[str, ServerFault]] = [
     ("healthy", Healthy()),
     ("healthy:drip=0.05", Healthy(drip=0.05)),
     ("healthy:head_delay=0.2", Healthy(head_delay=0.2)),
@@ -61,7 +61,7 @@ STEPS: list[tuple[str, Fault]] = [
 
 
 @pytest.mark.parametrize(("step", "fault"), STEPS, ids=[step for step, _ in STEPS])
-def test_each_step_names_its_fault_and_formats_back(step: str, fault: Fault) -> None:
+def test_each_step_names_its_fault_and_formats_back(step: str, fault: ServerFault) -> None:
     assert parse_script(step) == (fault,)
     assert parse_script(format_fault(fault)) == (fault,)
 

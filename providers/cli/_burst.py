@@ -35,9 +35,9 @@ from ..loopback import (
     Healthy,
     HttpError,
     LoopbackServer,
+    ServerFault,
     StallAfterHeaders,
 )
-from ..loopback import Fault as LoopbackFault
 from ..openai_chat_completions import OpenAIChatCompletions
 from ._live_board import Board, InFlight, counts_text
 from ._scenarios import Check
@@ -164,7 +164,7 @@ def run_burst(
     outcome = BurstOutcome(recover_after=recover_after, limit=limit)
     stamp = time.monotonic_ns()
     flaky_key, backup_key = f"demo-burst-flaky-{stamp}", f"demo-burst-backup-{stamp}"
-    broken: list[LoopbackFault] = [HttpError(status=503), DropAfterEvents(n=2), StallAfterHeaders()]
+    broken: list[ServerFault] = [HttpError(status=503), DropAfterEvents(n=2), StallAfterHeaders()]
     server.script(flaky_key, broken * 60)
     server.script(backup_key, [Healthy(drip=0.05)] * 500)
     out(

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from ..loopback import Fault
+    from ..loopback import ServerFault
 
 __all__ = ["build_parser", "main"]
 
@@ -42,7 +42,7 @@ class _VersionAction(argparse.Action):
         parser.exit()
 
 
-def _script(text: str) -> tuple[Fault, ...]:
+def _script(text: str) -> tuple[ServerFault, ...]:
     """A ``--script`` value, parsed while the arguments are, so a bad one is a usage error."""
     from ..loopback import ScriptError, parse_script
 
@@ -216,14 +216,14 @@ def build_parser() -> argparse.ArgumentParser:
 def _serve(
     *,
     port: int,
-    default: tuple[Fault, ...] | None,
-    keyed: Sequence[tuple[str, tuple[Fault, ...]]],
+    default: tuple[ServerFault, ...] | None,
+    keyed: Sequence[tuple[str, tuple[ServerFault, ...]]],
     validate: bool = True,
 ) -> int:
     from ..loopback import LoopbackServer, format_script
 
     server = LoopbackServer(port=port, validate=validate)
-    scripts: list[tuple[str | None, tuple[Fault, ...]]] = [(None, default)] if default else []
+    scripts: list[tuple[str | None, tuple[ServerFault, ...]]] = [(None, default)] if default else []
     scripts += keyed
     for key, faults in scripts:
         server.script(key, faults)

@@ -40,10 +40,10 @@ from ..loopback import (
     HttpError,
     LoopbackServer,
     PingsOnly,
+    ServerFault,
     StallAfterEvents,
     StallBeforeHeaders,
 )
-from ..loopback import Fault as LoopbackFault
 from ..openai_chat_completions import OpenAIChatCompletions
 from ._live_board import Board, InFlight
 
@@ -66,7 +66,7 @@ class Scenario:
     name: str
     title: str
     first: str  # "anthropic" or "openai": the first route
-    faults: tuple[LoopbackFault, ...]
+    faults: tuple[ServerFault, ...]
     expect: str  # final state
     interrupt_after: float | None = None
     max_attempts: int = 3

@@ -14,29 +14,24 @@ at it::
 """
 
 from . import _recordings as recordings
+from ._accounting import ClosedBy, ConnectionRecord, RequestRecord
+from ._error_bodies import error_body
 from ._faults import (
     CompressedLine,
     DropAfterEvents,
-    Fault,
     Healthy,
     HttpError,
     MalformedEvent,
     PingsOnly,
     RawResponse,
+    ServerFault,
     StallAfterEvents,
     StallAfterHeaders,
     StallBeforeHeaders,
     TruncateAfterBlocks,
 )
 from ._script import ScriptError, format_fault, format_script, parse_script
-from ._server import (
-    KEY_HEADER,
-    ClosedBy,
-    ConnectionRecord,
-    LoopbackServer,
-    RequestRecord,
-    error_body,
-)
+from ._server import KEY_HEADER, LoopbackServer
 from ._validate import problems, validation_available
 
 __all__ = [
@@ -45,7 +40,6 @@ __all__ = [
     "CompressedLine",
     "ConnectionRecord",
     "DropAfterEvents",
-    "Fault",
     "Healthy",
     "HttpError",
     "LoopbackServer",
@@ -54,6 +48,7 @@ __all__ = [
     "RawResponse",
     "RequestRecord",
     "ScriptError",
+    "ServerFault",
     "StallAfterEvents",
     "StallAfterHeaders",
     "StallBeforeHeaders",

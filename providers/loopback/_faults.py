@@ -19,12 +19,12 @@ from typing import TypeAlias
 __all__ = [
     "CompressedLine",
     "DropAfterEvents",
-    "Fault",
     "Healthy",
     "HttpError",
     "MalformedEvent",
     "PingsOnly",
     "RawResponse",
+    "ServerFault",
     "StallAfterEvents",
     "StallAfterHeaders",
     "StallBeforeHeaders",
@@ -240,7 +240,7 @@ class CompressedLine:
         _check_recording(self.recording)
 
 
-Fault: TypeAlias = (
+ServerFault: TypeAlias = (
     Healthy
     | StallBeforeHeaders
     | StallAfterHeaders
@@ -268,3 +268,14 @@ FAULT_TYPES: tuple[type, ...] = (
     RawResponse,
     CompressedLine,
 )
+
+RECORDING_FAULTS = (
+    Healthy,
+    StallAfterEvents,
+    PingsOnly,
+    DropAfterEvents,
+    TruncateAfterBlocks,
+    MalformedEvent,
+    CompressedLine,
+)
+"""The faults that replay a recording (they have a ``recording`` field)."""

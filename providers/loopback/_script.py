@@ -36,11 +36,11 @@ from . import _recordings
 from ._faults import (
     CompressedLine,
     DropAfterEvents,
-    Fault,
     Healthy,
     HttpError,
     MalformedEvent,
     PingsOnly,
+    ServerFault,
     StallAfterEvents,
     StallAfterHeaders,
     StallBeforeHeaders,
@@ -104,7 +104,7 @@ def _convert(step: str, field: str, text: str) -> Any:
         raise ScriptError(f"{step!r}: {field} must be {expected}, got {text!r}") from None
 
 
-def _parse_step(step: str) -> list[Fault]:
+def _parse_step(step: str) -> list[ServerFault]:
     text = step.strip()
     if not text:
         raise ScriptError("empty step (two commas in a row, or a trailing comma)")
@@ -149,13 +149,13 @@ def _parse_step(step: str) -> list[Fault]:
                 f"known: {', '.join(sorted(known_recordings))}"
             )
     try:
-        fault: Fault = spec.fault_class(**kwargs)
+        fault: ServerFault = spec.fault_class(**kwargs)
     except ValueError as exc:
         raise ScriptError(f"{step!r}: {exc}") from None
     return [fault] * count
 
 
-def parse_script(script: str | Sequence[str]) -> tuple[Fault, ...]:
+def parse_script(script: str | Sequence[str]) -> tuple[ServerFault, ...]:
     """The faults a script names, in order: a comma-separated string, or a list of steps
     (each of which may itself hold commas). Raises ``ScriptError`` naming the bad step."""
     if isinstance(script, str):
@@ -173,7 +173,7 @@ def parse_script(script: str | Sequence[str]) -> tuple[Fault, ...]:
     return tuple(fault for step in steps for fault in _parse_step(step))
 
 
-def format_fault(fault: Fault) -> str:
+def format_fault(fault: ServerFault) -> str:
     """The step that parses back to ``fault``; its ``repr`` where the grammar cannot say
     it (a ``RawResponse``, an ``HttpError`` with a body or headers)."""
     name = _NAMES.get(type(fault))
@@ -190,5 +190,5 @@ def format_fault(fault: Fault) -> str:
     return ":".join(parts)
 
 
-def format_script(faults: Sequence[Fault]) -> str:
+def format_script(faults: Sequence[ServerFault]) -> str:
     return ",".join(format_fault(fault) for fault in faults)

@@ -60,11 +60,11 @@ if str(REPO) not in sys.path:  # the child runs this file as a script
 
 from providers.loopback import (  # noqa: E402
     DropAfterEvents,
-    Fault,
     Healthy,
     HttpError,
     LoopbackServer,
     PingsOnly,
+    ServerFault,
     StallAfterEvents,
     StallBeforeHeaders,
     recordings,
@@ -87,7 +87,7 @@ OFF_MACHINE_EXIT = 97
 class FaultCase:
     name: str
     title: str
-    first: tuple[Fault, ...]
+    first: tuple[ServerFault, ...]
     """What the first (or only) provider does with each request, in order."""
     fallback: bool = False
     """A second provider, the other one, answers healthy: the peer's fallback is measured."""
