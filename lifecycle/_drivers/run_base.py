@@ -1,9 +1,9 @@
-"""What the sync and async drivers share: the run's public surface and every decision.
+"""What the sync and async drivers share: the run's public surface and its bookkeeping.
 
-The drivers differ only in how they wait (a blocking read or an ``await``) and how
-they close (``close()`` or ``await aclose()``). Fault classification, the cleanup
-steps and their records, the restart event, the failure message and the log line are
-all here, so the two cannot drift apart.
+The order of an attempt and its cleanup is ``run_steps``; the drivers differ only in
+how they carry its commands out (a blocking call or an ``await``). Fault
+classification, the cleanup steps' records, the restart event, the failure message and
+the log line are here, so the two cannot drift apart.
 """
 
 from __future__ import annotations

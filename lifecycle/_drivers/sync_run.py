@@ -1,7 +1,8 @@
 """The sync driver: a run iterated on the caller's own thread.
 
-The caller's thread owns the run: it feeds the machine, builds, closes and rebuilds
-clients, and sleeps through backoff. Two things may come from other threads, and both
+The caller's thread owns the run: it carries out ``run_steps``' commands (feeding the
+machine, leasing, closing and moving in clients, sleeping through backoff) and runs the
+per-event loop. Two things may come from other threads, and both
 only abort: the process-wide watchdog (a clock ran out) and ``Run.interrupt()``. Each
 shuts down the active attempt's socket, which wakes the blocked read in about 1 ms;
 the owning thread then reads why it was woken and reports it to the machine.
