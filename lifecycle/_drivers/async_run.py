@@ -1,9 +1,8 @@
 """The asyncio driver: a run iterated with ``async for`` inside the caller's task.
 
 Same machine, same order of steps (``run_steps``), same decisions (``RunBase``), same
-abort as the sync driver: a socket
-shutdown of the active attempt's connection, which wakes the awaiting read in about
-1 ms. Differences are only in waiting and closing: the watchdog is one timer per run on
+abort as the sync driver: a socket shutdown of the active attempt's connection, which
+wakes the awaiting read in about 1 ms. Differences are only in waiting and closing: the watchdog is one timer per run on
 the loop's own heap (``loop.call_at``, re-armed lazily), backoff is an interruptible
 ``asyncio.wait_for`` on an event, and clients and streams are closed with ``await``.
 
