@@ -30,6 +30,7 @@ import anthropic
 import openai
 
 from lifecycle import RetryPolicy, StreamEngine, Timeouts
+from lifecycle.adapters import Request
 from providers import AnthropicMessages, OpenAIChatCompletions
 from providers.loopback import Healthy, LoopbackServer, StallAfterEvents
 
@@ -112,9 +113,7 @@ def overhead(
     route = route_for(provider, server, key, is_async=is_async)
     engine = StreamEngine(routes=[route], timeouts=Timeouts(stale=30, first_token=30, total=60))
     client = route.prepare_client(route.client_factory())
-    kwargs = route.request_kwargs(
-        __import__("lifecycle").Request(messages=MESSAGES, max_tokens=64), engine.timeouts
-    )
+    kwargs = route.request_kwargs(Request(messages=MESSAGES, max_tokens=64), engine.timeouts)
     create: Callable[..., Any] = (
         client.messages.create if provider == "anthropic" else client.chat.completions.create
     )
