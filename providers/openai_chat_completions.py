@@ -238,7 +238,8 @@ class _Translator(StreamTranslator):
 
     def is_last(self, chunk: Any) -> bool:
         """The usage chunk ``include_usage`` asks for comes after every choice finished:
-        the answer's last chunk, whether or not the server sends ``[DONE]`` after it."""
+        the answer's last chunk, whether or not the server sends ``[DONE]`` after it. It
+        has no choices, so it translates to nothing (the stream asks only then)."""
         return self.finish_reason is not None and chunk.usage is not None and not chunk.choices
 
     def finish(self) -> StreamEvent | None:

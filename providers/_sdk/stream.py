@@ -8,7 +8,8 @@ the stream is closed. The translator, in its adapter's module, is the wire trans
 
 The per-event loop is the hot path (``tests/benchmarks/bench_lifecycle.py``): one
 ``translate`` call per wire event and no allocation of the wrapper's own; the last-chunk
-test is called only for a translator whose API marks one.
+test is called only for a translator whose API marks one, and only on a wire event that
+translated to nothing.
 """
 
 from __future__ import annotations
@@ -52,7 +53,9 @@ class StreamTranslator(ABC):
         A shape error raised here (``SHAPE_ERRORS``) is a malformed stream."""
 
     def is_last(self, event: Any) -> bool:
-        """Whether ``event``, just translated, is the answer's last (if ``marks_last``)."""
+        """Whether ``event`` is the answer's last (asked if ``marks_last``). It is asked
+        only of a wire event that translated to nothing: the last chunk carries no
+        events of its own (chat completions' usage chunk has no choices)."""
         return False
 
     def finish(self) -> StreamEvent | None:
@@ -82,14 +85,14 @@ class SDKStream(AttemptStream):
                 neutral = translate(event)
             except SHAPE_ERRORS as exc:
                 raise schema_violation(event, exc) from exc
-            if neutral is not None:
-                if isinstance(neutral, StreamEvent):
-                    yield neutral
-                else:
-                    yield from neutral
-            if is_last is not None and is_last(event):
-                stopped = True
-                break
+            if neutral is None:
+                if is_last is not None and is_last(event):
+                    stopped = True
+                    break
+            elif isinstance(neutral, StreamEvent):
+                yield neutral
+            else:
+                yield from neutral
         final = translator.finish()
         if final is not None:
             yield final
@@ -122,15 +125,15 @@ class AsyncSDKStream(AsyncAttemptStream):
                 neutral = translate(event)
             except SHAPE_ERRORS as exc:
                 raise schema_violation(event, exc) from exc
-            if neutral is not None:
-                if isinstance(neutral, StreamEvent):
-                    yield neutral
-                else:
-                    for each in neutral:
-                        yield each
-            if is_last is not None and is_last(event):
-                stopped = True
-                break
+            if neutral is None:
+                if is_last is not None and is_last(event):
+                    stopped = True
+                    break
+            elif isinstance(neutral, StreamEvent):
+                yield neutral
+            else:
+                for each in neutral:
+                    yield each
         final = translator.finish()
         if final is not None:
             yield final
