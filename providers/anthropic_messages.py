@@ -22,7 +22,7 @@ carrying the error body; it is classified by its error type (``overloaded_error`
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, ClassVar, Final
 
 import anthropic
@@ -33,12 +33,11 @@ from lifecycle import Fault, ProviderArtifact, StreamEvent, Timeouts, ToolCallDe
 from lifecycle.adapters import AsyncAttemptStream, AttemptStream, Request
 
 from . import _wire_anthropic
-from ._fields import field_of, int_field, kept_headers
+from ._fields import field_of, int_field
 from ._history import normalize
-from ._sdk.classify import SHAPE_ERRORS, classify_with_table, schema_violation
-from ._sdk.decoding import limit_decoded_size
+from ._sdk.classify import classify_with_table
 from ._sdk.route import SdkRoute
-from ._sdk.sockets import socket_of_response
+from ._sdk.stream import AsyncSDKStream, SDKStream, StreamTranslator
 
 __all__ = ["AnthropicMessages"]
 
@@ -90,11 +89,11 @@ class AnthropicMessages(SdkRoute):
 
     def open(self, client: Any, request: Request, timeouts: Timeouts) -> AttemptStream:
         stream = client.messages.create(**self.request_kwargs(request, timeouts))
-        return _AnthropicStream(stream)
+        return SDKStream(stream, _Translator)
 
     async def aopen(self, client: Any, request: Request, timeouts: Timeouts) -> AsyncAttemptStream:
         stream = await client.messages.create(**self.request_kwargs(request, timeouts))
-        return _AsyncAnthropicStream(stream)
+        return AsyncSDKStream(stream, _Translator)
 
     def classify(self, exc: BaseException) -> Fault:
         return self.credentials_fault(exc) or classify(exc)
@@ -194,7 +193,7 @@ _USAGE_FIELDS: Final = (
 )
 
 
-class _Translator:
+class _Translator(StreamTranslator):
     """Folds Anthropic's raw events into neutral ones; state is the stop reason, usage and
     the thinking blocks being streamed."""
 
@@ -328,62 +327,3 @@ def _text(value: Any, name: str) -> str:
     if not isinstance(value, str):
         raise TypeError(f"{name} must be text, got {value!r}")
     return value
-
-
-class _AnthropicStream(AttemptStream):
-    def __init__(self, stream: Any) -> None:
-        self._stream = stream
-        response = stream.response
-        limit_decoded_size(response)
-        self.http_status = response.status_code
-        self.headers: Mapping[str, str] = kept_headers(response.headers)
-        self.socket = socket_of_response(response)
-        self._translator = _Translator()
-
-    def events(self) -> Iterator[StreamEvent]:
-        translate = self._translator.translate
-        for event in self._stream:
-            try:
-                neutral = translate(event)
-            except SHAPE_ERRORS as exc:
-                raise schema_violation(event, exc) from exc
-            if neutral is not None:
-                yield neutral
-
-    def close(self) -> None:
-        _keep_translator_facts(self, self._translator)
-        self._stream.close()
-
-
-class _AsyncAnthropicStream(AsyncAttemptStream):
-    def __init__(self, stream: Any) -> None:
-        self._stream = stream
-        response = stream.response
-        limit_decoded_size(response)
-        self.http_status = response.status_code
-        self.headers: Mapping[str, str] = kept_headers(response.headers)
-        self.socket = socket_of_response(response)
-        self._translator = _Translator()
-
-    async def events(self) -> AsyncIterator[StreamEvent]:
-        translate = self._translator.translate
-        async for event in self._stream:
-            try:
-                neutral = translate(event)
-            except SHAPE_ERRORS as exc:
-                raise schema_violation(event, exc) from exc
-            if neutral is not None:
-                yield neutral
-
-    async def aclose(self) -> None:
-        _keep_translator_facts(self, self._translator)
-        await self._stream.close()
-
-
-def _keep_translator_facts(
-    stream: AttemptStream | AsyncAttemptStream, translator: _Translator
-) -> None:
-    """What the engine reads of the stream once it is closed."""
-    stream.unknown_events = translator.unknown_events
-    stream.response_id = translator.response_id
-    stream.response_model = translator.response_model

@@ -22,7 +22,7 @@ a body that is held open after it, with or without ``[DONE]``, is not waited for
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import replace
 from typing import Any, ClassVar, Final
 
@@ -34,17 +34,11 @@ from lifecycle import Fault, StreamEvent, Timeouts, ToolCallDelta, Usage
 from lifecycle.adapters import AsyncAttemptStream, AttemptStream, Request
 
 from . import _wire_chat
-from ._fields import int_field, kept_headers
+from ._fields import int_field
 from ._history import normalize
-from ._sdk.classify import (
-    SHAPE_ERRORS,
-    ProviderErrorEvent,
-    classify_with_table,
-    schema_violation,
-)
-from ._sdk.decoding import limit_decoded_size
+from ._sdk.classify import ProviderErrorEvent, classify_with_table
 from ._sdk.route import SdkRoute
-from ._sdk.sockets import socket_of_response
+from ._sdk.stream import AsyncSDKStream, SDKStream, StreamTranslator
 
 __all__ = ["OpenAIChatCompletions"]
 
@@ -97,11 +91,11 @@ class OpenAIChatCompletions(SdkRoute):
 
     def open(self, client: Any, request: Request, timeouts: Timeouts) -> AttemptStream:
         stream = client.chat.completions.create(**self.request_kwargs(request, timeouts))
-        return _ChatStream(stream)
+        return SDKStream(stream, _Translator)
 
     async def aopen(self, client: Any, request: Request, timeouts: Timeouts) -> AsyncAttemptStream:
         stream = await client.chat.completions.create(**self.request_kwargs(request, timeouts))
-        return _AsyncChatStream(stream)
+        return AsyncSDKStream(stream, _Translator)
 
     without_stream_options = False
     """Set once a server refused ``stream_options`` (some OpenAI-compatible servers do):
@@ -175,8 +169,10 @@ FINISH_REASON_MAP: Final[Mapping[str, str]] = {
 }
 
 
-class _Translator:
+class _Translator(StreamTranslator):
     __slots__ = ("finish_reason", "response_id", "response_model", "tool_call_seen", "usage")
+
+    marks_last: ClassVar[bool] = True
 
     def __init__(self) -> None:
         self.finish_reason: str | None = None
@@ -185,7 +181,7 @@ class _Translator:
         self.response_id: str | None = None
         self.response_model: str | None = None
 
-    def translate(self, chunk: Any) -> Iterator[StreamEvent]:
+    def translate(self, chunk: Any) -> list[StreamEvent] | None:
         if self.response_id is None:  # every chunk repeats them: the first one's suffice
             self.response_id = getattr(chunk, "id", None)
             self.response_model = getattr(chunk, "model", None)
@@ -200,48 +196,53 @@ class _Translator:
                 cache_write_tokens=int_field(usage, "prompt_tokens_details", "cache_write_tokens"),
                 reasoning_tokens=int_field(usage, "completion_tokens_details", "reasoning_tokens"),
             )
+        events: list[StreamEvent] = []
         for choice in chunk.choices:
             if choice.index != 0:
                 continue
             delta = choice.delta
             if delta is not None:
                 if delta.content:
-                    yield StreamEvent(type="text", text=delta.content)
+                    events.append(StreamEvent(type="text", text=delta.content))
                 refusal = getattr(delta, "refusal", None)
                 if refusal:
-                    yield StreamEvent(type="text", text=refusal)
+                    events.append(StreamEvent(type="text", text=refusal))
                 extra = delta.model_extra
                 if extra:
                     reasoning = extra.get("reasoning_content") or extra.get("reasoning")
                     if isinstance(reasoning, str) and reasoning:
-                        yield StreamEvent(type="thinking", text=reasoning)
+                        events.append(StreamEvent(type="thinking", text=reasoning))
                 if delta.tool_calls:
                     self.tool_call_seen = True
                     for call in delta.tool_calls:
                         function = call.function
-                        yield StreamEvent(
-                            type="tool_call",
-                            tool_call=ToolCallDelta(
-                                index=call.index,
-                                id=call.id,
-                                name=function.name if function is not None else None,
-                                arguments_delta=(function.arguments or "")
-                                if function is not None
-                                else "",
-                            ),
+                        events.append(
+                            StreamEvent(
+                                type="tool_call",
+                                tool_call=ToolCallDelta(
+                                    index=call.index,
+                                    id=call.id,
+                                    name=function.name if function is not None else None,
+                                    arguments_delta=(function.arguments or "")
+                                    if function is not None
+                                    else "",
+                                ),
+                            )
                         )
             if choice.finish_reason:
                 if choice.finish_reason == "error":
                     # Some OpenAI-compatible servers end a failed generation this way.
                     raise ProviderErrorEvent("finish_reason 'error' in the stream", status=500)
                 self.finish_reason = choice.finish_reason
+        return events or None
 
     def is_last(self, chunk: Any) -> bool:
         """The usage chunk ``include_usage`` asks for comes after every choice finished:
-        the answer's last chunk, whether or not the server sends ``[DONE]`` after it."""
+        the answer's last chunk, whether or not the server sends ``[DONE]`` after it. It
+        has no choices, so it translates to nothing (the stream asks only then)."""
         return self.finish_reason is not None and chunk.usage is not None and not chunk.choices
 
-    def stop(self) -> StreamEvent | None:
+    def finish(self) -> StreamEvent | None:
         reason = self.finish_reason
         if reason is None:
             return None
@@ -254,77 +255,3 @@ class _Translator:
             provider_stop_reason=reason,
             usage=self.usage,
         )
-
-
-class _ChatStream(AttemptStream):
-    def __init__(self, stream: Any) -> None:
-        self._stream = stream
-        response = stream.response
-        limit_decoded_size(response)
-        self.http_status = response.status_code
-        self.headers: Mapping[str, str] = kept_headers(response.headers)
-        self.socket = socket_of_response(response)
-        self._translator = _Translator()
-
-    def events(self) -> Iterator[StreamEvent]:
-        translator = self._translator
-        translate = translator.translate
-        stopped = False
-        for chunk in self._stream:
-            if stopped:
-                continue  # after the answer's last chunk: the engine is draining the body
-            try:
-                events = list(translate(chunk))
-            except SHAPE_ERRORS as exc:
-                raise schema_violation(chunk, exc) from exc
-            yield from events
-            if translator.is_last(chunk):
-                stopped = True
-                yield from _optional(translator.stop())
-        if not stopped:
-            yield from _optional(translator.stop())
-
-    def close(self) -> None:
-        self.response_id = self._translator.response_id
-        self.response_model = self._translator.response_model
-        self._stream.close()
-
-
-class _AsyncChatStream(AsyncAttemptStream):
-    def __init__(self, stream: Any) -> None:
-        self._stream = stream
-        response = stream.response
-        limit_decoded_size(response)
-        self.http_status = response.status_code
-        self.headers: Mapping[str, str] = kept_headers(response.headers)
-        self.socket = socket_of_response(response)
-        self._translator = _Translator()
-
-    async def events(self) -> AsyncIterator[StreamEvent]:
-        translator = self._translator
-        translate = translator.translate
-        stopped = False
-        async for chunk in self._stream:
-            if stopped:
-                continue  # after the answer's last chunk: the engine is draining the body
-            try:
-                events = list(translate(chunk))
-            except SHAPE_ERRORS as exc:
-                raise schema_violation(chunk, exc) from exc
-            if translator.is_last(chunk):
-                stopped = True
-                events.extend(_optional(translator.stop()))
-            for event in events:
-                yield event
-        if not stopped:
-            for event in _optional(translator.stop()):
-                yield event
-
-    async def aclose(self) -> None:
-        self.response_id = self._translator.response_id
-        self.response_model = self._translator.response_model
-        await self._stream.close()
-
-
-def _optional(event: StreamEvent | None) -> tuple[StreamEvent, ...]:
-    return () if event is None else (event,)

@@ -22,7 +22,7 @@ delivered them, for the next turn on a Responses route.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, ClassVar, Final
 
 import openai
@@ -33,12 +33,11 @@ from lifecycle import Fault, ProviderArtifact, StreamEvent, Timeouts, ToolCallDe
 from lifecycle.adapters import AsyncAttemptStream, AttemptStream, Request
 
 from . import _wire_responses
-from ._fields import int_field, kept_headers, wire_dict
+from ._fields import int_field, wire_dict
 from ._history import normalize
-from ._sdk.classify import SHAPE_ERRORS, classify_with_table, schema_violation
-from ._sdk.decoding import limit_decoded_size
+from ._sdk.classify import classify_with_table
 from ._sdk.route import SdkRoute
-from ._sdk.sockets import socket_of_response
+from ._sdk.stream import AsyncSDKStream, SDKStream, StreamTranslator
 from .openai_chat_completions import EXCEPTION_TABLE, OPENAI_CREDENTIALS_HINT
 
 __all__ = ["EXCEPTION_TABLE", "OpenAIResponses", "classify"]
@@ -83,11 +82,11 @@ class OpenAIResponses(SdkRoute):
 
     def open(self, client: Any, request: Request, timeouts: Timeouts) -> AttemptStream:
         stream = client.responses.create(**self.request_kwargs(request, timeouts))
-        return _ResponsesStream(stream)
+        return SDKStream(stream, lambda: _Translator(stream.response.request))
 
     async def aopen(self, client: Any, request: Request, timeouts: Timeouts) -> AsyncAttemptStream:
         stream = await client.responses.create(**self.request_kwargs(request, timeouts))
-        return _AsyncResponsesStream(stream)
+        return AsyncSDKStream(stream, lambda: _Translator(stream.response.request))
 
     def classify(self, exc: BaseException) -> Fault:
         return self.credentials_fault(exc) or classify(exc)
@@ -117,7 +116,7 @@ REASONING_INPUT_KEYS: Final = frozenset(
 )
 
 
-class _Translator:
+class _Translator(StreamTranslator):
     __slots__ = ("artifacts", "calls", "request", "response_id", "response_model")
 
     def __init__(self, request: Any) -> None:
@@ -206,63 +205,3 @@ class _Translator:
                 for _, item in sorted(self.artifacts.items())
             ),
         )
-
-
-class _ResponsesStream(AttemptStream):
-    def __init__(self, stream: Any) -> None:
-        self._stream = stream
-        response = stream.response
-        limit_decoded_size(response)
-        self.http_status = response.status_code
-        self.headers: Mapping[str, str] = kept_headers(response.headers)
-        self.socket = socket_of_response(response)
-        self._translator: _Translator | None = None
-
-    def events(self) -> Iterator[StreamEvent]:
-        self._translator = translator = _Translator(self._stream.response.request)
-        translate = translator.translate
-        for event in self._stream:
-            try:
-                neutral = translate(event)
-            except SHAPE_ERRORS as exc:
-                raise schema_violation(event, exc) from exc
-            if neutral is not None:
-                yield neutral
-
-    def close(self) -> None:
-        _keep_response_facts(self, self._translator)
-        self._stream.close()
-
-
-class _AsyncResponsesStream(AsyncAttemptStream):
-    def __init__(self, stream: Any) -> None:
-        self._stream = stream
-        response = stream.response
-        limit_decoded_size(response)
-        self.http_status = response.status_code
-        self.headers: Mapping[str, str] = kept_headers(response.headers)
-        self.socket = socket_of_response(response)
-        self._translator: _Translator | None = None
-
-    async def events(self) -> AsyncIterator[StreamEvent]:
-        self._translator = translator = _Translator(self._stream.response.request)
-        translate = translator.translate
-        async for event in self._stream:
-            try:
-                neutral = translate(event)
-            except SHAPE_ERRORS as exc:
-                raise schema_violation(event, exc) from exc
-            if neutral is not None:
-                yield neutral
-
-    async def aclose(self) -> None:
-        _keep_response_facts(self, self._translator)
-        await self._stream.close()
-
-
-def _keep_response_facts(
-    stream: AttemptStream | AsyncAttemptStream, translator: _Translator | None
-) -> None:
-    if translator is not None:
-        stream.response_id = translator.response_id
-        stream.response_model = translator.response_model
