@@ -2,9 +2,10 @@
 
 Same machine, same order of steps (``run_steps``), same decisions (``RunBase``), same
 abort as the sync driver: a socket shutdown of the active attempt's connection, which
-wakes the awaiting read in about 1 ms. Differences are only in waiting and closing: the watchdog is one timer per run on
-the loop's own heap (``loop.call_at``, re-armed lazily), backoff is an interruptible
-``asyncio.wait_for`` on an event, and clients and streams are closed with ``await``.
+wakes the awaiting read in about 1 ms. Differences are only in waiting and closing: the
+watchdog is one timer per run on the loop's own heap (``loop.call_at``, re-armed
+lazily), backoff is an interruptible ``asyncio.wait_for`` on an event, and clients and
+streams are closed with ``await``.
 
 Cancellation from the caller (the task cancelled, an ``asyncio.timeout`` around the
 loop) is never swallowed: the cleanup runs shielded and bounded in time, the run ends
