@@ -92,6 +92,17 @@ def test_no_test_only_module_ships(wheel: zipfile.ZipFile) -> None:
     assert not [n for n in wheel.namelist() if n.startswith("tests/")]
 
 
+def test_every_module_of_both_packages_ships(wheel: zipfile.ZipFile) -> None:
+    # The suite runs from the checkout, whose sources shadow the installed package: a
+    # sub-package left out of the build would only break an installed copy.
+    sources = {
+        str(path.relative_to(ROOT))
+        for package in ("lifecycle", "providers")
+        for path in (ROOT / package).rglob("*.py")
+    }
+    assert sources - set(wheel.namelist()) == set()
+
+
 def test_the_metadata_has_classifiers(wheel: zipfile.ZipFile) -> None:
     # (No Project-URL yet: the project has no public address, and an invented one would
     # send users somewhere else.)
