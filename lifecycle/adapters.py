@@ -6,12 +6,13 @@ gives), opens one streaming request per attempt (``AttemptStream`` /
 errors into a ``Fault``. What it gets from the engine: the ``Request`` (the neutral
 history and options), the attempt's ``AttemptConnection`` (``active_connection()``: the
 socket the watchdog shuts down, and the byte counters), and redaction (``redact``,
-``HEADER_ALLOWLIST``, ``header_subset``, ``register_secrets``) for anything it keeps.
+``HEADER_ALLOWLIST``, ``header_subset``, ``register_secrets``) for anything it keeps,
+and ``exception_chain`` to look through what its SDK wrapped.
 ``providers`` holds the three adapters this project ships.
 """
 
 from ._core.errors import Fault, MissingCredentials
-from ._core.redaction import HEADER_ALLOWLIST, header_subset, redact
+from ._core.redaction import HEADER_ALLOWLIST, exception_chain, header_subset, redact
 from ._core.secrets import register_secrets
 from ._drivers.connection import (
     AttemptConnection,
@@ -37,6 +38,7 @@ __all__ = [
     "active_connection",
     "count_decoded",
     "count_read",
+    "exception_chain",
     "header_subset",
     "redact",
     "register_secrets",

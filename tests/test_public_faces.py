@@ -81,6 +81,7 @@ FACES = {
         "active_connection",
         "count_decoded",
         "count_read",
+        "exception_chain",
         "header_subset",
         "redact",
         "register_secrets",

@@ -9,12 +9,19 @@ from __future__ import annotations
 
 import contextlib
 import re
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 from .secrets import REDACTED, scrub
 
-__all__ = ["HEADER_ALLOWLIST", "cause_chain", "header_subset", "kept_exception", "redact"]
+__all__ = [
+    "HEADER_ALLOWLIST",
+    "cause_chain",
+    "exception_chain",
+    "header_subset",
+    "kept_exception",
+    "redact",
+]
 
 # Response headers worth keeping to correlate with the provider's logs; anything else
 # (cookies, auth echoes) is dropped.
@@ -68,16 +75,23 @@ def header_subset(headers: Mapping[str, str]) -> dict[str, str]:
     return kept
 
 
+def exception_chain(exc: BaseException, limit: int = 8) -> Iterator[BaseException]:
+    """``exc`` and its causes (``__cause__``, else ``__context__``), at most ``limit``
+    links, each once. The next link is read after the caller is done with this one."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and len(seen) < limit and id(current) not in seen:
+        seen.add(id(current))
+        yield current
+        current = current.__cause__ or current.__context__
+
+
 def cause_chain(exc: BaseException, limit: int = 4) -> tuple[str, ...]:
     """``Type: message`` for the exception and its causes, at most ``limit`` links, redacted."""
     links: list[str] = []
-    seen: set[int] = set()
-    current: BaseException | None = exc
-    while current is not None and len(links) < limit and id(current) not in seen:
-        seen.add(id(current))
-        message = str(current).splitlines()[0] if str(current) else ""
-        links.append(redact(f"{type(current).__name__}: {message[:200]}"))
-        current = current.__cause__ or current.__context__
+    for link in exception_chain(exc, limit):
+        message = str(link).splitlines()[0] if str(link) else ""
+        links.append(redact(f"{type(link).__name__}: {message[:200]}"))
     return tuple(links)
 
 
@@ -88,20 +102,16 @@ def kept_exception(exc: BaseException, limit: int = 4) -> BaseException:
     """``exc``, made as safe to keep as the records: redacted in place (the engine owns it
     once it ended an attempt), along its causes, so no key survives in its text, its
     args, an SDK's ``message`` and ``body``, or the headers of the request it carries."""
-    seen: set[int] = set()
-    current: BaseException | None = exc
-    while current is not None and len(seen) < limit and id(current) not in seen:
-        seen.add(id(current))
-        current.args = tuple(_redacted(arg) for arg in current.args)
+    for link in exception_chain(exc, limit):
+        link.args = tuple(_redacted(arg) for arg in link.args)
         for name in ("message", "body"):
-            value = getattr(current, name, None)
+            value = getattr(link, name, None)
             if value is not None:
                 # A read-only property derives its text from the args redacted above.
                 with contextlib.suppress(AttributeError, TypeError):
-                    setattr(current, name, _redacted(value))
-        for holder in (getattr(current, "request", None), getattr(current, "response", None)):
+                    setattr(link, name, _redacted(value))
+        for holder in (getattr(link, "request", None), getattr(link, "response", None)):
             _redact_request_headers(holder)
-        current = current.__cause__ or current.__context__
     return exc
 
 

@@ -34,7 +34,7 @@ from .._core.events import (
 from .._core.machine import failure_message
 from .._core.message import Message, MessageBuilder, Restart, StreamEvent
 from .._core.records import AttemptRecord, CleanupStep, Diagnostics, Transition
-from .._core.redaction import cause_chain, kept_exception, redact
+from .._core.redaction import cause_chain, exception_chain, kept_exception, redact
 from .._health.route_health import verdict_of
 from .client_slots import ClientLease, ClientSlot, _Generation
 from .connection import AttemptConnection, OversizedEvent
@@ -538,18 +538,11 @@ class RunBase:
         )
 
 
-def _oversized_cause(exc: BaseException, limit: int = 8) -> OversizedEvent | None:
+def _oversized_cause(exc: BaseException) -> OversizedEvent | None:
     """The engine's own ``OversizedEvent``, raised from inside the SDK's read, however the
     SDK wrapped it: anthropic 2.17 re-raises every error of a body read as an
     ``APIConnectionError`` (``from`` it), which would make a refused line a retryable drop."""
-    seen: set[int] = set()
-    current: BaseException | None = exc
-    while current is not None and len(seen) < limit and id(current) not in seen:
-        if isinstance(current, OversizedEvent):
-            return current
-        seen.add(id(current))
-        current = current.__cause__ or current.__context__
-    return None
+    return next((link for link in exception_chain(exc) if isinstance(link, OversizedEvent)), None)
 
 
 def _here() -> str:

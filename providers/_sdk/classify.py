@@ -22,11 +22,11 @@ import json
 import math
 import time
 import urllib.parse
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 from lifecycle import Fault
-from lifecycle.adapters import header_subset, redact
+from lifecycle.adapters import exception_chain, header_subset, redact
 
 from .credentials import CrossOriginRedirect
 
@@ -155,15 +155,6 @@ def redirect_fault(redirect: CrossOriginRedirect, *, api_mode: str) -> Fault:
     )
 
 
-def _chain(exc: BaseException, limit: int = 8) -> Iterator[BaseException]:
-    seen: set[int] = set()
-    current: BaseException | None = exc
-    while current is not None and id(current) not in seen and len(seen) < limit:
-        seen.add(id(current))
-        yield current
-        current = current.__cause__ or current.__context__
-
-
 def _is_refused(exc: BaseException) -> bool:
     # The SDKs say only "Connection error."; the refusal is a few causes down, and
     # httpx keeps only its text when it maps the OS error.
@@ -171,14 +162,14 @@ def _is_refused(exc: BaseException) -> bool:
         isinstance(link, ConnectionRefusedError)
         or (isinstance(link, OSError) and link.errno == errno.ECONNREFUSED)
         or "connection refused" in str(link).lower()
-        for link in _chain(exc)
+        for link in exception_chain(exc)
     )
 
 
 def _request_target(exc: BaseException) -> str | None:
     """``POST scheme://host:port/path`` of the request that failed: no query, no userinfo
     (either may carry a secret)."""
-    for link in _chain(exc):
+    for link in exception_chain(exc):
         try:
             request = getattr(link, "request", None)  # httpx raises when it was never set
         except RuntimeError:
@@ -314,7 +305,9 @@ def classify_with_table(
             break
     name = type(exc).__name__
     text = redact(str(exc))[:200]
-    redirect = next((link for link in _chain(exc) if isinstance(link, CrossOriginRedirect)), None)
+    redirect = next(
+        (link for link in exception_chain(exc) if isinstance(link, CrossOriginRedirect)), None
+    )
     if redirect is not None:
         return redirect_fault(redirect, api_mode=api_mode)
     if category is None:
