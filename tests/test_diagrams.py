@@ -138,14 +138,6 @@ def test_adapter_diagram_shows_its_own_cleanup(route: type[lifecycle.Route]) -> 
     assert other.api_mode not in text
 
 
-def test_lifecycle_package_does_not_import_providers() -> None:
-    package = Path(lifecycle.__file__).parent
-    # ``python -m lifecycle`` is the one way in from outside: it hands over to the CLI.
-    for module in set(package.rglob("*.py")) - {package / "__main__.py"}:
-        imported = re.findall(r"^\s*(?:from|import)\s+(\S+)", module.read_text(), re.M)
-        assert not [name for name in imported if name.split(".")[0] == "providers"], module
-
-
 # -- drift: editing the table makes `lifecycle diagram --check` fail ------------------------
 def test_check_fails_after_a_change_of_the_transition_table(tmp_path: Path) -> None:
     for package in (lifecycle, providers):

@@ -5,8 +5,9 @@
   ``lifecycle.otel`` / ``lifecycle.record`` / ``lifecycle.diagrams`` for observers: each
   exports exactly the names listed here, so a name leaves or joins a face on purpose (as
   httpx's exported-members test does).
-- Nothing outside ``lifecycle`` imports one of its private modules: ``providers`` (the
-  adapters and the applications) reads the faces only.
+- ``lifecycle`` never imports ``providers``, and nothing outside ``lifecycle`` imports
+  one of its private modules: ``providers`` (the adapters and the applications) reads
+  the faces only.
 - The private layers import downwards only (``_core`` nothing, ``_health`` and
   ``_observe`` the core, ``_drivers`` all three), and no two modules import each other,
   not even inside a function or for type checking.
@@ -207,6 +208,15 @@ def test_each_face_exports_exactly_its_names(face: str) -> None:
 def test_every_public_module_of_lifecycle_is_a_face() -> None:
     public = {name for name in MODULES if name.startswith("lifecycle") and not _is_private(name)}
     assert public == {name for name in FACES if name.startswith("lifecycle")}
+
+
+# ``python -m lifecycle`` is the one way in from outside: it hands over to the CLI.
+@pytest.mark.parametrize(
+    "module", sorted(m for m in MODULES if m.startswith("lifecycle") and m != "lifecycle.__main__")
+)
+def test_lifecycle_never_imports_providers(module: str) -> None:
+    imported = sorted(target for target, _ in _imports(module) if target.startswith("providers"))
+    assert not imported, f"{module} imports {imported}"
 
 
 @pytest.mark.parametrize("module", sorted(m for m in MODULES if m.startswith("providers")))
