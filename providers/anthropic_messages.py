@@ -70,7 +70,9 @@ class AnthropicMessages(SdkRoute):
     create_method: ClassVar[Callable[..., Any]] = anthropic.resources.messages.Messages.create
     wire_options = staticmethod(_wire_anthropic.options)
 
-    def request_kwargs(self, request: Request, timeouts: Timeouts) -> dict[str, Any]:
+    def request_kwargs(
+        self, request: Request, timeouts: Timeouts, *, learned: frozenset[str] = frozenset()
+    ) -> dict[str, Any]:
         messages, system = _wire_anthropic.messages_and_system(
             normalize(request.messages), request.system
         )
@@ -87,15 +89,31 @@ class AnthropicMessages(SdkRoute):
             kwargs["tools"] = _wire_anthropic.tools(request.tools)
         return self.apply_options(kwargs, request)
 
-    def open(self, client: Any, request: Request, timeouts: Timeouts) -> AttemptStream:
-        stream = client.messages.create(**self.request_kwargs(request, timeouts))
+    def open(
+        self,
+        client: Any,
+        request: Request,
+        timeouts: Timeouts,
+        *,
+        learned: frozenset[str] = frozenset(),
+    ) -> AttemptStream:
+        stream = client.messages.create(**self.request_kwargs(request, timeouts, learned=learned))
         return SDKStream(stream, _Translator)
 
-    async def aopen(self, client: Any, request: Request, timeouts: Timeouts) -> AsyncAttemptStream:
-        stream = await client.messages.create(**self.request_kwargs(request, timeouts))
+    async def aopen(
+        self,
+        client: Any,
+        request: Request,
+        timeouts: Timeouts,
+        *,
+        learned: frozenset[str] = frozenset(),
+    ) -> AsyncAttemptStream:
+        stream = await client.messages.create(
+            **self.request_kwargs(request, timeouts, learned=learned)
+        )
         return AsyncSDKStream(stream, _Translator)
 
-    def classify(self, exc: BaseException) -> Fault:
+    def classify(self, exc: BaseException, *, learned: frozenset[str] = frozenset()) -> Fault:
         return self.credentials_fault(exc) or classify(exc)
 
 

@@ -49,6 +49,11 @@ OPENAI_CREDENTIALS_HINT: Final = (
 )
 
 
+WITHOUT_STREAM_OPTIONS: Final = "without_stream_options"
+"""Learned once a server refused ``stream_options`` (some OpenAI-compatible servers do):
+the engine's later requests on this route omit it, so usage may then be missing."""
+
+
 class OpenAIChatCompletions(SdkRoute):
     """A route to a Chat Completions endpoint: ``OpenAIChatCompletions(factory, model=...)``.
 
@@ -75,7 +80,9 @@ class OpenAIChatCompletions(SdkRoute):
     )
     wire_options = staticmethod(_wire_chat.options)
 
-    def request_kwargs(self, request: Request, timeouts: Timeouts) -> dict[str, Any]:
+    def request_kwargs(
+        self, request: Request, timeouts: Timeouts, *, learned: frozenset[str] = frozenset()
+    ) -> dict[str, Any]:
         kwargs: dict[str, Any] = {
             "model": self.model,
             "messages": _wire_chat.messages(normalize(request.messages), request.system),
@@ -83,37 +90,51 @@ class OpenAIChatCompletions(SdkRoute):
             "stream": True,
             "timeout": self.sdk_timeout(timeouts),
         }
-        if not self.without_stream_options:
+        if WITHOUT_STREAM_OPTIONS not in learned:
             kwargs["stream_options"] = {"include_usage": True}
         if request.tools:
             kwargs["tools"] = _wire_chat.tools(request.tools)
         return self.apply_options(kwargs, request)
 
-    def open(self, client: Any, request: Request, timeouts: Timeouts) -> AttemptStream:
-        stream = client.chat.completions.create(**self.request_kwargs(request, timeouts))
+    def open(
+        self,
+        client: Any,
+        request: Request,
+        timeouts: Timeouts,
+        *,
+        learned: frozenset[str] = frozenset(),
+    ) -> AttemptStream:
+        stream = client.chat.completions.create(
+            **self.request_kwargs(request, timeouts, learned=learned)
+        )
         return SDKStream(stream, _Translator)
 
-    async def aopen(self, client: Any, request: Request, timeouts: Timeouts) -> AsyncAttemptStream:
-        stream = await client.chat.completions.create(**self.request_kwargs(request, timeouts))
+    async def aopen(
+        self,
+        client: Any,
+        request: Request,
+        timeouts: Timeouts,
+        *,
+        learned: frozenset[str] = frozenset(),
+    ) -> AsyncAttemptStream:
+        stream = await client.chat.completions.create(
+            **self.request_kwargs(request, timeouts, learned=learned)
+        )
         return AsyncSDKStream(stream, _Translator)
 
-    without_stream_options = False
-    """Set once a server refused ``stream_options`` (some OpenAI-compatible servers do):
-    every later request of this route omits it, so usage may then be missing."""
-
-    def classify(self, exc: BaseException) -> Fault:
+    def classify(self, exc: BaseException, *, learned: frozenset[str] = frozenset()) -> Fault:
         fault = self.credentials_fault(exc) or classify(exc)
         if (
             fault.http_status in (400, 422)
-            and not self.without_stream_options
+            and WITHOUT_STREAM_OPTIONS not in learned
             and "stream_options" in fault.reason
         ):
             # Not the caller's request that is wrong: this server lacks an option the
-            # adapter added. Remember it for the route and retry once without it.
-            self.without_stream_options = True
+            # adapter added. The engine remembers it for the route; retry once without.
             return replace(
                 fault,
                 retryable=True,
+                learned=WITHOUT_STREAM_OPTIONS,
                 reason=f"{fault.reason} (retrying without stream_options)",
             )
         return fault

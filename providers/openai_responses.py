@@ -63,7 +63,9 @@ class OpenAIResponses(SdkRoute):
     create_method: ClassVar[Callable[..., Any]] = openai.resources.responses.Responses.create
     wire_options = staticmethod(_wire_responses.options)
 
-    def request_kwargs(self, request: Request, timeouts: Timeouts) -> dict[str, Any]:
+    def request_kwargs(
+        self, request: Request, timeouts: Timeouts, *, learned: frozenset[str] = frozenset()
+    ) -> dict[str, Any]:
         items, instructions = _wire_responses.input_and_instructions(
             normalize(request.messages), request.system
         )
@@ -80,15 +82,31 @@ class OpenAIResponses(SdkRoute):
             kwargs["tools"] = _wire_responses.tools(request.tools)
         return self.apply_options(kwargs, request)
 
-    def open(self, client: Any, request: Request, timeouts: Timeouts) -> AttemptStream:
-        stream = client.responses.create(**self.request_kwargs(request, timeouts))
+    def open(
+        self,
+        client: Any,
+        request: Request,
+        timeouts: Timeouts,
+        *,
+        learned: frozenset[str] = frozenset(),
+    ) -> AttemptStream:
+        stream = client.responses.create(**self.request_kwargs(request, timeouts, learned=learned))
         return SDKStream(stream, lambda: _Translator(stream.response.request))
 
-    async def aopen(self, client: Any, request: Request, timeouts: Timeouts) -> AsyncAttemptStream:
-        stream = await client.responses.create(**self.request_kwargs(request, timeouts))
+    async def aopen(
+        self,
+        client: Any,
+        request: Request,
+        timeouts: Timeouts,
+        *,
+        learned: frozenset[str] = frozenset(),
+    ) -> AsyncAttemptStream:
+        stream = await client.responses.create(
+            **self.request_kwargs(request, timeouts, learned=learned)
+        )
         return AsyncSDKStream(stream, lambda: _Translator(stream.response.request))
 
-    def classify(self, exc: BaseException) -> Fault:
+    def classify(self, exc: BaseException, *, learned: frozenset[str] = frozenset()) -> Fault:
         return self.credentials_fault(exc) or classify(exc)
 
 

@@ -37,6 +37,7 @@ from lifecycle import (
     Timeouts,
 )
 from lifecycle._drivers.client_slots import BUILDER_THREAD
+from lifecycle._drivers.route_clients import RouteClients
 from lifecycle.adapters import Route
 from providers import AnthropicMessages, OpenAIChatCompletions
 from providers.loopback import ConnectionRecord, LoopbackServer, RequestRecord, recordings
@@ -272,6 +273,10 @@ class EngineFactory:
             self._loop = asyncio.new_event_loop()
         return self._loop
 
+    def route_clients(self, route: Route) -> list[RouteClients]:
+        """``route``'s clients in each engine of this test that has it."""
+        return [e._route_clients(route) for e in self.engines if route in e.routes]
+
     def close_all(self) -> None:
         for engine in self.engines:
             if self._loop is not None:
@@ -394,14 +399,22 @@ class ProviderKit:
     def settle(self) -> None:
         """Wait for every spare build of this kit's routes in flight (counts are exact
         after): a run's spare is built on the builder thread once its request is out."""
-        for route in self._routes.values():
-            for slot in (route.sync_clients, *route.async_slots()):
-                assert slot.wait_for_builder(10), f"{route.name}: a spare's build hangs"
+        for engine in self.make_engine.engines:
+            for route_clients in engine._distinct_clients:
+                for slot in route_clients.slots():
+                    assert slot.wait_for_builder(10), f"{route_clients}: a spare's build hangs"
 
-    def clients(self, route: Route | None = None) -> Any:
-        """The ``ClientSlot`` of ``route`` (default: ``route()``) this driver uses."""
+    def clients(self, route: Route | None = None, engine: StreamEngine | None = None) -> Any:
+        """The ``ClientSlot`` of ``route`` (default: ``route()``) this driver uses, in
+        ``engine`` (default: the one engine of the test that has the route)."""
         route = route or self.route()
-        return route.async_clients if self.is_async else route.sync_clients
+        if engine is not None:
+            route_clients = engine._route_clients(route)
+        else:
+            found = self.make_engine.route_clients(route)
+            assert len(found) == 1, f"{route.name} is in {len(found)} engines: pass engine="
+            route_clients = found[0]
+        return route_clients.first_async if self.is_async else route_clients.sync
 
     # -- routes and engines -------------------------------------------------------------
     def route(self, *, model: str | None = None, **kwargs: Any) -> Route:

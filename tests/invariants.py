@@ -70,6 +70,7 @@ from lifecycle import (
     Timeouts,
 )
 from lifecycle._drivers.client_slots import BUILDER_THREAD, ClientSlot
+from lifecycle._drivers.route_clients import RouteClients
 from lifecycle.adapters import Route
 from providers import AnthropicMessages, OpenAIChatCompletions
 from providers.loopback import KEY_HEADER, LoopbackServer, RequestRecord
@@ -189,8 +190,8 @@ def make_routes(
     return routes
 
 
-def _slot(route: Route, flavor: Flavor) -> ClientSlot:
-    return route.sync_clients if flavor == "sync" else route.async_clients
+def _slot(clients: RouteClients, flavor: Flavor) -> ClientSlot:
+    return clients.sync if flavor == "sync" else clients.first_async
 
 
 @dataclass(frozen=True)
@@ -209,10 +210,10 @@ def _slot_state(slot: ClientSlot) -> SlotState:
     )
 
 
-def settle_builders(routes: Sequence[Route]) -> None:
-    """Wait for every spare build of ``routes`` in flight: counts are exact after."""
-    for route in routes:
-        for slot in (route.sync_clients, *route.async_slots()):
+def settle_builders(engine: StreamEngine) -> None:
+    """Wait for every spare build of ``engine``'s routes in flight: counts are exact after."""
+    for clients in engine._distinct_clients:
+        for slot in clients.slots():
             slot.wait_for_builder()
 
 
@@ -254,6 +255,11 @@ class RunRecord:
     @property
     def routes(self) -> tuple[Route, ...]:
         return self.engine.routes
+
+    @property
+    def clients(self) -> tuple[RouteClients, ...]:
+        """The engine's clients of each route, in chain order."""
+        return self.engine._clients
 
     @property
     def timeouts(self) -> Timeouts:
@@ -318,7 +324,7 @@ class RunRecord:
             for step in attempt.diagnostics.cleanup:
                 lines.append(f"    {step.step:12} {step.thread:30} {step.detail}")
         for index, route in enumerate(self.routes):
-            slot = _slot(route, self.flavor)
+            slot = _slot(self.clients[index], self.flavor)
             before = self.slots_before[index]
             lines.append(
                 f"  route {index} {route.api_mode}: built {before.built} -> {slot.built_count}"
@@ -347,8 +353,8 @@ def start_run(
     real_closes.install()
     server.script(key, list(script))
     other: Flavor = "async" if flavor == "sync" else "sync"
-    before = [_slot_state(_slot(r, flavor)) for r in engine.routes]
-    other_before = [_slot_state(_slot(r, other)) for r in engine.routes]
+    before = [_slot_state(_slot(c, flavor)) for c in engine._clients]
+    other_before = [_slot_state(_slot(c, other)) for c in engine._clients]
     t_start = time.monotonic()
     make = engine.stream if flavor == "sync" else engine.astream
     run = make(messages=MESSAGES, max_tokens=64, extra_headers={KEY_HEADER: key})
@@ -546,7 +552,7 @@ def inv_no_foreign_adapter(record: RunRecord) -> None:
         before = record.slots_before[index]
         expected = _expected_builds(record, index, segments)
         built = before.built + expected.inline + expected.by_builder
-        slot = _slot(route, record.flavor)
+        slot = _slot(record.clients[index], record.flavor)
         if slot.built_count != built:
             used = sorted({a.route_index for a in run.attempts})
             raise _fail(
@@ -568,7 +574,7 @@ def inv_no_foreign_adapter(record: RunRecord) -> None:
                 f"route {index} ({route.api_mode}) {'lacks' if expected.spare else 'has'} "
                 "a spare client its own attempts do not explain",
             )
-        other_slot = _slot(route, other)
+        other_slot = _slot(record.clients[index], other)
         if other_slot.built_count != record.other_slots_before[index].built:
             raise _fail("no_foreign_adapter", f"route {index}'s {other} slot built a client")
 
@@ -623,7 +629,7 @@ def inv_cleanup_on_owner(record: RunRecord) -> None:
         return
     segments = _segments(record)
     for index, route in enumerate(record.routes):
-        slot = _slot(route, record.flavor)
+        slot = _slot(record.clients[index], record.flavor)
         builders = slot.builds_log[record.slots_before[index].builds_logged :]
         expected = _expected_builds(record, index, segments)
         on_owner = builders.count(owner_thread)
@@ -712,7 +718,7 @@ def inv_no_foreign_close(record: RunRecord) -> None:
                 by_owner = call.task in (None, owner_task) if is_async else call.thread == owner
                 if not by_owner:
                     wrong(call, what, f"its attempt's cleanup took it over; the owner is {owner!r}")
-    slots = {id(s): s for r in record.routes for s in (r.sync_clients, *r.async_slots())}
+    slots = {id(s): s for c in record.clients for s in c.slots()}
     for slot in slots.values():
         for client in real_closes.clients_of(slot):
             what = f"client {client.description}"
@@ -778,7 +784,7 @@ INVARIANTS: Final[tuple[tuple[str, Callable[[RunRecord], None]], ...]] = (
 def violations(record: RunRecord) -> list[tuple[str, str]]:
     """Every invariant the run breaks, as (name, message); empty if it keeps them all."""
     found: list[tuple[str, str]] = []
-    settle_builders(record.routes)
+    settle_builders(record.engine)
     for name, check in INVARIANTS:
         try:
             check(record)

@@ -155,7 +155,8 @@ def _close_on_watchdog(patch: pytest.MonkeyPatch) -> None:
             # The lease was not tied (a lease the patch did not see): the attempt's
             # client is the slot's current one (one client per route below
             # streams_per_client concurrent streams).
-            slot = route.async_slot(asyncio.get_running_loop()) if is_async else route.sync_clients
+            clients = run._clients[attempt.route_index]
+            slot = clients.async_slot(asyncio.get_running_loop()) if is_async else clients.sync
             client = slot.current_client
         fire(self, clock, deadline, at)
         if client is not None:

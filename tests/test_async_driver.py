@@ -224,8 +224,11 @@ def slow_stream_close_route(provider: Any, on_close: Callable[[], None]) -> Rout
     base: Any = AnthropicMessages if provider.name == "anthropic" else OpenAIChatCompletions
 
     class SlowStreamClose(base):  # type: ignore[misc, valid-type]
-        async def aopen(self, client: Any, request: Any, timeouts: Any) -> AsyncAttemptStream:
-            return SlowClosingStream(await super().aopen(client, request, timeouts), on_close)
+        async def aopen(
+            self, client: Any, request: Any, timeouts: Any, **kwargs: Any
+        ) -> AsyncAttemptStream:
+            opened = await super().aopen(client, request, timeouts, **kwargs)
+            return SlowClosingStream(opened, on_close)
 
     route: Route = provider.route(route_class=SlowStreamClose)
     return route

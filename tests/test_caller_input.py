@@ -97,6 +97,7 @@ def test_check_factories_fails_at_construction_naming_the_route() -> None:
 
 def test_check_factories_keeps_the_clients_it_built() -> None:
     route = AnthropicMessages(lambda: anthropic.Anthropic(api_key="k"), model="claude")
-    with StreamEngine(routes=[route], check_factories=True):
-        assert route.sync_clients.built_count == 1
-        assert route.sync_clients.current_client is not None
+    with StreamEngine(routes=[route], check_factories=True) as engine:
+        slot = engine._route_clients(route).sync
+        assert slot.built_count == 1
+        assert slot.current_client is not None

@@ -23,9 +23,9 @@ class RecordingRoute(AnthropicMessages):
         super().__init__(*args, **kwargs)
         self.sent: list[Request] = []
 
-    def open(self, client: Any, request: Request, timeouts: Timeouts) -> Any:
+    def open(self, client: Any, request: Request, timeouts: Timeouts, **kwargs: Any) -> Any:
         self.sent.append(request)
-        return super().open(client, request, timeouts)
+        return super().open(client, request, timeouts, **kwargs)
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,7 @@ import pytest
 from conftest import open_connections_of
 
 from lifecycle import RetryPolicy, Timeouts
-from providers.loopback import HttpError, StallAfterEvents
+from providers.loopback import Healthy, HttpError, StallAfterEvents
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -38,15 +38,44 @@ def test_the_engines_context_closes_every_client_it_built(provider: Any) -> None
     assert (len(first), len(fallback)) == (3, 2)
     # The runs' flavour of client, and only it, was built.
     for route in routes:
-        assert provider.clients(route).built_count == len(provider.built[route.model])
-        unused = route.sync_clients if provider.is_async else route.async_clients
+        assert provider.clients(route, engine).built_count == len(provider.built[route.model])
+        route_clients = engine._route_clients(route)
+        unused = route_clients.sync if provider.is_async else route_clients.first_async
         assert unused.built_count == 0
     # Once the engine's context has exited, every one of them is closed and its slot empty.
     assert all(client.is_closed() for client in first + fallback)
     for route in routes:
-        assert provider.clients(route).take_all() == []
+        assert provider.clients(route, engine).take_all() == []
     with pytest.raises(RuntimeError, match="closed"):
         provider.run_to_end(engine)
     # And the server sees none of their connections open.
     models = {provider.model, provider.other_model}
     assert provider.server.wait_until(lambda: not open_connections_of(provider.server, models), 2)
+
+
+def test_two_engines_over_one_route_object_keep_their_own_clients(provider: Any) -> None:
+    """A route is configuration: each engine builds, shares among its own runs and
+    closes its own clients. Closing one engine leaves the other's client open, so that
+    engine's next run goes out on it without a build."""
+    route = provider.route()
+    first = provider.make_engine([route])
+    second = provider.make_engine([route])
+    provider.script([Healthy(), Healthy(), Healthy()])
+    for engine in (first, second):
+        run, seen = provider.run_to_end(engine)
+        assert run.state == "completed", repr(seen.error)
+    provider.settle()
+    built = provider.built[provider.model]
+    assert len(built) == 4, "each engine: its client and that client's spare"
+    if provider.is_async:
+        provider.run_coroutine(first.aclose())
+    else:
+        first.close()
+    assert sum(client.is_closed() for client in built) == 2, "the first engine's two"
+    kept = provider.clients(route, second).current_client
+    assert kept is not None and not kept.is_closed()
+    run, seen = provider.run_to_end(second)
+    assert run.state == "completed", repr(seen.error)
+    provider.settle()
+    assert len(built) == 4, "the second engine's client still serves it"
+    assert provider.clients(route, second).current_client is kept and not kept.is_closed()

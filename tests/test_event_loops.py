@@ -120,8 +120,7 @@ def test_two_loops_in_two_threads_at_once(provider: Any) -> None:
             "loop-0": [["completed"], ["completed"]],
             "loop-1": [["completed"], ["completed"]],
         }
-        route = provider.route()
-        slots = route.async_slots()
+        slots = engine._route_clients(provider.route()).async_slots()
         assert {slot.loop for slot in slots} == set(loops) and len(slots) == 2
         for slot in slots:
             assert slot.wait_for_builder()

@@ -238,8 +238,7 @@ def test_the_child_starts_with_no_client_of_the_parent(provider: Any) -> None:
     with engine.stream(**REQUEST) as run:
         for _ in run:
             pass
-    route = provider.route()
-    slot = route.sync_clients
+    slot = provider.clients()
     parent_client = slot.current_client
     assert parent_client is not None
     assert slot.wait_for_builder(10) and slot.has_spare

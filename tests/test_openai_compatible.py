@@ -10,6 +10,7 @@ import pytest
 from lifecycle import RetryPolicy, StreamEngine, StreamFailed, Timeouts
 from providers import OpenAIChatCompletions
 from providers.loopback import Healthy, HttpError, LoopbackServer, PingsOnly
+from providers.openai_chat_completions import WITHOUT_STREAM_OPTIONS
 
 MESSAGES = [{"role": "user", "content": "Hi"}]
 
@@ -42,11 +43,24 @@ def test_a_server_without_stream_options_is_retried_once_without_and_remembered(
             pass
         assert run.state == "completed"
         assert [a.outcome for a in run.attempts] == ["error", "completed"]
-        assert route.without_stream_options
+        assert engine._route_clients(route).learned == {WITHOUT_STREAM_OPTIONS}
         with engine.stream(messages=MESSAGES, max_tokens=16) as second:
             for _ in second:
                 pass
         assert [a.outcome for a in second.attempts] == ["completed"]
+    # What one engine learned is its own: another engine over the same route object
+    # still asks for usage first (and is refused, as the first was).
+    server.script("compat-no-options", [refusal, Healthy()])
+    other = StreamEngine(routes=[route], retry=RetryPolicy(max_attempts=2, initial_backoff=0.0))
+    with other, other.stream(messages=MESSAGES, max_tokens=16) as third:
+        for _ in third:
+            pass
+    assert [a.outcome for a in third.attempts] == ["error", "completed"]
+    assert engine._route_clients(route).learned == other._route_clients(route).learned
+    asked_for_usage = [
+        "stream_options" in body for body in server.bodies() if body["model"] == route.model
+    ]
+    assert asked_for_usage == [True, False, False, True, False]
 
 
 def test_another_400_still_fails_fast(server: LoopbackServer) -> None:
@@ -60,7 +74,7 @@ def test_another_400_still_fails_fast(server: LoopbackServer) -> None:
     ):
         for _ in run:
             pass
-    assert len(run.attempts) == 1 and not route.without_stream_options
+    assert len(run.attempts) == 1 and not engine._route_clients(route).learned
 
 
 def test_sse_comment_keepalives_are_not_progress(server: LoopbackServer) -> None:

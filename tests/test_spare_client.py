@@ -58,11 +58,6 @@ def observed_route(provider: Any, calls: Calls, *, sleep: float = 0.0) -> Any:
     return route
 
 
-def settle(route: Any) -> None:
-    for slot in (route.sync_clients, *route.async_slots()):
-        assert slot.wait_for_builder(10), "a spare's build did not end"
-
-
 def test_after_a_stall_the_next_request_goes_out_without_a_factory_call(provider: Any) -> None:
     calls = Calls()
     route = observed_route(provider, calls)
@@ -76,7 +71,7 @@ def test_after_a_stall_the_next_request_goes_out_without_a_factory_call(provider
     caller = threading.current_thread().name
     between = [name for name, at in calls.calls if stalled_at <= at <= sent_at]
     assert caller not in between, f"factory called on the run's thread during recovery: {calls}"
-    settle(route)
+    provider.settle()
     # The slot's first client (on the caller's thread for sync, never on the loop for
     # async), its spare, and the spare that replaced the one moved in after the stall.
     first = BUILDER_THREAD if provider.is_async else caller
@@ -157,7 +152,7 @@ def test_a_factory_error_in_the_builder_reaches_the_attempt_that_needed_it(
     assert f"client factory of {route.name} failed: RuntimeError: vault refused" in str(seen.error)
     everything = str(seen.error) + repr(run.attempts) + " ".join(rebuild)
     assert secret not in everything
-    settle(route)
+    provider.settle()
     time.sleep(0.3)  # a builder retrying in a loop would call the factory meanwhile
     # The first client, the failed spare, and the build the second attempt's cleanup asked for.
     first = BUILDER_THREAD if provider.is_async else threading.current_thread().name
@@ -237,16 +232,16 @@ def test_no_spare_is_built_after_engine_close(provider: Any, call: str) -> None:
     assert len(built) == 2, "the run's client and its spare"
     slot = provider.clients(route)
     AFTER_CLOSE[call](provider, slot)
-    settle(route)
+    provider.settle()
     assert len(built) == 2, f"{len(built) - 2} client(s) built after close()"
     assert [client.is_closed() for client in built] == [True, True]
     assert not slot.has_spare and slot.building is None
 
 
-def test_a_route_used_again_after_close_gets_its_spare_and_closes_it(provider: Any) -> None:
-    """The route's slot was closed with its engine; another engine over the same route
-    leases from it again, which reopens it: the run completes, its spare is built, and
-    that engine's close closes every client."""
+def test_a_route_given_to_another_engine_gets_clients_of_its_own(provider: Any) -> None:
+    """A route object is configuration: the second engine over it builds its own client
+    and spare, and leaves the first engine's (closed, empty) slot alone; each engine's
+    close closes its own clients."""
     route = provider.route()
     first = provider.make_engine([route])
     provider.script([Healthy()])
@@ -257,10 +252,13 @@ def test_a_route_used_again_after_close_gets_its_spare_and_closes_it(provider: A
     provider.script([Healthy()])
     run, _ = provider.run_to_end(second)
     assert run.state == "completed"
-    settle(route)
-    slot = provider.clients(route)
-    assert slot.has_spare, "the reopened slot keeps a spare again"
+    provider.settle()
+    slot = provider.clients(route, second)
+    assert slot.built_count == 2 and slot.has_spare, "its client and its spare"
+    closed = provider.clients(route, first)
+    assert closed.built_count == 2 and closed.live_clients == 0 and not closed.has_spare
     built = provider.built[provider.model]
     assert len(built) == 4, "each engine's run: its client and its spare"
+    assert [client.is_closed() for client in built] == [True, True, False, False]
     close_engine(provider, second)
     assert [client.is_closed() for client in built] == [True] * 4

@@ -76,6 +76,10 @@ class Fault:
     headers: Mapping[str, str] | None = None
     """Response headers of the error, if any: only those of the diagnostics' allowlist,
     redacted (the adapters filter them; ``StreamFailed`` filters any other)."""
+    learned: str | None = None
+    """A fact about the route's server this fault revealed, for its later attempts (an
+    adapter's own word, e.g. "without_stream_options"): the engine remembers it for the
+    route and passes it to the adapter's ``open`` and ``classify``."""
 
 
 class LifecycleError(Exception):

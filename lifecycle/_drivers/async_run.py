@@ -49,6 +49,7 @@ from .watchdog import arm_on_loop, disarm_on_loop, progressed_on_loop
 if TYPE_CHECKING:
     from .._core.machine import RunCore
     from .._health.route_health import RouteHealth
+    from .route_clients import RouteClients
 
 __all__ = ["AsyncRun"]
 
@@ -64,6 +65,7 @@ class AsyncRun(RunBase):
         *,
         core: RunCore,
         routes: tuple[Route, ...],
+        clients: tuple[RouteClients, ...],
         request: Request,
         max_event_bytes: float = float("inf"),
         health: RouteHealth | None = None,
@@ -71,6 +73,7 @@ class AsyncRun(RunBase):
         super().__init__(
             core=core,
             routes=routes,
+            clients=clients,
             request=request,
             max_event_bytes=max_event_bytes,
             health=health,
@@ -131,7 +134,7 @@ class AsyncRun(RunBase):
         self._wake = asyncio.Event()
         task = asyncio.current_task()
         self.owner = f"{threading.current_thread().name}/{task.get_name() if task else '?'}"
-        steps = run_steps(self, lambda route: route.async_slot(loop))
+        steps = run_steps(self, lambda clients: clients.async_slot(loop))
         watch = self._watch
         result: Any = None
         raised: BaseException | None = None
@@ -217,12 +220,18 @@ class AsyncRun(RunBase):
                     total_due=command.total_due,
                 )
                 return None
-            case OpenStream(route=route, client=client, request=request, connection=connection):
+            case OpenStream(
+                route=route,
+                client=client,
+                request=request,
+                connection=connection,
+                learned=learned,
+            ):
                 # Set only while the request is written, and reset in the same context:
                 # each step may be awaited in a task of its own.
                 token = active_connection.set(connection)
                 try:
-                    return await route.aopen(client, request, self._core.timeouts)
+                    return await route.aopen(client, request, self._core.timeouts, learned=learned)
                 finally:
                     active_connection.reset(token)
             case DisarmClocks():

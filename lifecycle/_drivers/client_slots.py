@@ -117,10 +117,9 @@ class ClientSlot:
     """Bumped whenever the slot is emptied (close, a closed loop, a fork): a build that
     was in flight then is not this slot's any more."""
     _closed: bool = False
-    """``engine.close()`` took the slot's clients: no spare is built until a lease (the
-    route used again, by another engine) reopens it. A run that ends after close (its
-    request out, or its cleanup asking for a successor, as close ran) would otherwise
-    start a build whose client nobody closes."""
+    """``engine.close()`` took the slot's clients: no spare is built until a lease
+    reopens it. A run that ends after close (its request out, or its cleanup asking for
+    a successor, as close ran) would otherwise start a build whose client nobody closes."""
 
     def __post_init__(self) -> None:
         _ALL_SLOTS.add(self)

@@ -23,6 +23,7 @@ from .._health.route_health import BreakerStatus, HealthStore, RouteHealth
 from .._observe.hooks import HookDispatcher, LifecycleHooks
 from .async_run import AsyncRun
 from .route import Request, Route, SupportsToDict
+from .route_clients import RouteClients
 from .run_base import RunBase
 from .sync_run import Run
 
@@ -38,7 +39,8 @@ class StreamEngine:
     """Streams with a lifecycle: stale detection, cleanup of the right client, retry, fallback.
 
     ``routes`` is the fallback chain, in order. Clients are built lazily, one per route
-    and flavour, shared by concurrent runs, and closed by ``close()``.
+    and flavour, shared by concurrent runs, and closed by ``close()``. They are this
+    engine's: a route object given to two engines shares no client between them.
     ``max_event_bytes`` bounds what may arrive without a meaningful event (a runaway
     SSE line is refused, not buffered). ``check_factories=True`` builds every route's
     client at construction, so a missing key or a wrong client type fails here.
@@ -93,8 +95,15 @@ class StreamEngine:
         if max_event_bytes < 1024:
             raise ValueError("StreamEngine(max_event_bytes=...) must be at least 1024")
         self.max_event_bytes = max_event_bytes
+        by_route: dict[int, RouteClients] = {}
+        self._clients: tuple[RouteClients, ...] = tuple(
+            by_route.setdefault(id(route), RouteClients(route)) for route in routes
+        )
+        """Each route's clients and learned facts, in chain order (a route given twice
+        has one ``RouteClients``)."""
+        self._distinct_clients = tuple(by_route.values())
         if check_factories:
-            self._check_factories(routes)
+            self._check_factories()
         self._closed = False
         self._closing = threading.Event()
         """Set first thing in close(): each run and its transport see it at once, before
@@ -124,14 +133,21 @@ class StreamEngine:
             return {}
         return self.health.status(tuple(route.name for route in self.routes))
 
-    @staticmethod
-    def _check_factories(routes: Sequence[Route]) -> None:
+    def _route_clients(self, route: Route) -> RouteClients:
+        """This engine's clients of ``route`` (for verification and the benchmarks)."""
+        for clients in self._distinct_clients:
+            if clients.route is route:
+                return clients
+        raise ValueError(f"{route.name} is not a route of this engine")
+
+    def _check_factories(self) -> None:
         """Opt-in: build every route's client now, so a factory that raises (no API key),
         a client without credentials (``MissingCredentials``) or the wrong client type
         fails at construction, naming the route. The
         clients are kept for the first runs. Off by default: a route that is never used
         should never need its credentials."""
-        for index, route in enumerate(routes):
+        for index, clients in enumerate(self._clients):
+            route = clients.route
             where = f"StreamEngine(routes=...)[{index}] {route.name}"
             try:
                 client = route.client_factory()
@@ -148,8 +164,7 @@ class StreamEngine:
                 raise TypeError(f"{where}: {exc}") from exc
             except MissingCredentials as exc:
                 raise MissingCredentials(f"{where}: {exc}") from exc
-            slot = route.async_clients if route.is_async_client(client) else route.sync_clients
-            slot.adopt(prepared)
+            clients.slot_for(client).adopt(prepared)
 
     def _request(
         self,
@@ -215,6 +230,7 @@ class StreamEngine:
         run = Run(
             core=core,
             routes=self.routes,
+            clients=self._clients,
             request=request,
             max_event_bytes=self.max_event_bytes,
             health=self.health,
@@ -261,6 +277,7 @@ class StreamEngine:
         run = AsyncRun(
             core=core,
             routes=self.routes,
+            clients=self._clients,
             request=request,
             max_event_bytes=self.max_event_bytes,
             health=self.health,
@@ -276,15 +293,16 @@ class StreamEngine:
         self._closed = True
         self._end_runs()
         loop = asyncio.get_running_loop()
-        for route in self.routes:
+        for route_clients in self._distinct_clients:
+            route = route_clients.route
             # A spare's build in flight is awaited here, so that take_idle (and close()
             # below) never block the loop waiting for the builder thread.
-            for slot in (route.sync_clients, *route.async_slots()):
+            for slot in route_clients.slots():
                 building = slot.building
                 if building is not None:
                     with contextlib.suppress(Exception):
                         await asyncio.wrap_future(building)
-            for slot in route.async_slots():
+            for slot in route_clients.async_slots():
                 for spare in slot.take_spare():
                     await route.aclose_client(spare)
                 clients = slot.take_idle()
@@ -308,17 +326,19 @@ class StreamEngine:
 
     def close(self) -> None:
         """End the runs in flight with ``EngineClosed`` and close every client this
-        engine's routes built: at once if nobody streams on it, else by its last run.
+        engine built for its routes: at once if nobody streams on it, else by its last run.
         Async clients are closed on their own event loop (abandoned if it is closed).
         Each slot's spare is closed too, its build waited for if in flight, so no builder
         thread outlives close()."""
         self._closing.set()
         self._closed = True
         self._end_runs()
-        for route in self.routes:
-            for client in (*route.sync_clients.take_spare(), *route.sync_clients.take_idle()):
+        for route_clients in self._distinct_clients:
+            route = route_clients.route
+            sync = route_clients.sync
+            for client in (*sync.take_spare(), *sync.take_idle()):
                 route.close_client(client)
-            for slot in route.async_slots():
+            for slot in route_clients.async_slots():
                 spares = slot.take_spare()
                 if spares:  # never used: bound to no loop, closed like a client of none
                     self._close_on_own_loop(route, None, spares)

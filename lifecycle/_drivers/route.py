@@ -4,15 +4,18 @@ A route is one entry of the engine's fallback chain: an adapter for one wire API
 (``api_mode``), a client factory and a model. ``lifecycle`` calls only the methods
 below and never looks at ``api_mode`` to decide anything; the value is carried into
 records, logs and diagrams. ``providers`` implements one ``Route`` per wire API.
+
+A route is configuration and keeps no state: the clients it builds and what the engine
+learns about its server live in each engine's ``RouteClients`` (``route_clients``), so
+one route object may serve several engines. What an adapter learns from a fault (its
+server refuses an option the adapter adds) it returns as ``Fault.learned``; the engine
+remembers it for that route and passes every fact learned so far to ``open``,
+``aopen`` and ``classify`` as ``learned``.
 """
 
 from __future__ import annotations
 
-import asyncio
 import inspect
-import os
-import threading
-import weakref
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -21,7 +24,7 @@ from typing import Any, ClassVar, Protocol, runtime_checkable
 from .._core.config import Timeouts
 from .._core.errors import Fault, MissingCredentials
 from .._core.message import StreamEvent
-from .client_slots import STREAMS_PER_CLIENT, ClientSlot
+from .client_slots import STREAMS_PER_CLIENT
 from .connection import Shutdownable
 
 __all__ = ["AsyncAttemptStream", "AttemptStream", "Request", "Route", "SupportsToDict"]
@@ -144,57 +147,10 @@ class Route(ABC):
         self.model = model
         self.name = name or f"{type(self).__name__}({model})"
         self.options: dict[str, Any] = dict(options)
-        self.sync_clients = ClientSlot(
-            build=self._build_sync_client, streams_per_client=streams_per_client
-        )
-        self.async_clients = ClientSlot(
-            build=self._build_async_client, streams_per_client=streams_per_client
-        )
-        """The async clients of the first event loop that runs this route; another loop
-        running at the same time gets a slot of its own (``async_slot``)."""
-        self._loop_slots: dict[asyncio.AbstractEventLoop, ClientSlot] = {}
-        self._loop_slots_lock = threading.Lock()
-        _ALL_ROUTES.add(self)
+        self.streams_per_client = streams_per_client
 
     def __repr__(self) -> str:
         return self.name
-
-    # -- async clients per event loop --------------------------------------------------
-    def async_slot(self, loop: asyncio.AbstractEventLoop) -> ClientSlot:
-        """The async clients of ``loop``: an async client's connections and locks belong
-        to the loop it first ran on, and fail on any other ("Event loop is closed"), so
-        each loop gets its own, built lazily by the first run on that loop. Once a loop
-        is closed its clients cannot be closed any more: they are dropped (abandoned)."""
-        with self._loop_slots_lock:
-            for gone in [other for other in self._loop_slots if other.is_closed()]:
-                self._loop_slots.pop(gone).take_all()
-            first = self.async_clients
-            if first.loop is not None and first.loop is not loop and first.loop.is_closed():
-                first.take_all()
-                first.loop = None
-            if first.loop is None or first.loop is loop:
-                first.loop = loop
-                return first
-            slot = self._loop_slots.get(loop)
-            if slot is None:
-                slot = ClientSlot(
-                    build=self._build_async_client,
-                    streams_per_client=first.streams_per_client,
-                    loop=loop,
-                )
-                self._loop_slots[loop] = slot
-            return slot
-
-    def async_slots(self) -> tuple[ClientSlot, ...]:
-        """Every slot of async clients, one per event loop that ran this route."""
-        with self._loop_slots_lock:
-            return (self.async_clients, *self._loop_slots.values())
-
-    def _forget_loops_after_fork(self) -> None:
-        self._loop_slots_lock = threading.Lock()
-        for slot in self._loop_slots.values():
-            slot.forget_after_fork()
-        self._loop_slots = {}
 
     # -- client construction (lifecycle calls these through the slots) -----------------
     def _call_factory(self) -> Any:
@@ -263,12 +219,25 @@ class Route(ABC):
         retry loop) and let the engine see the sockets it opens."""
 
     @abstractmethod
-    def open(self, client: Any, request: Request, timeouts: Timeouts) -> AttemptStream:
-        """Send the request; return once response headers are in (raise on error status)."""
+    def open(
+        self,
+        client: Any,
+        request: Request,
+        timeouts: Timeouts,
+        *,
+        learned: frozenset[str] = frozenset(),
+    ) -> AttemptStream:
+        """Send the request; return once response headers are in (raise on error status).
+        ``learned``: what earlier faults of this route taught (``Fault.learned``)."""
 
     @abstractmethod
     async def aopen(
-        self, client: Any, request: Request, timeouts: Timeouts
+        self,
+        client: Any,
+        request: Request,
+        timeouts: Timeouts,
+        *,
+        learned: frozenset[str] = frozenset(),
     ) -> AsyncAttemptStream: ...
 
     @abstractmethod
@@ -278,19 +247,10 @@ class Route(ABC):
     async def aclose_client(self, client: Any) -> None: ...
 
     @abstractmethod
-    def classify(self, exc: BaseException) -> Fault:
-        """Turn any exception of this adapter's SDK (or transport) into a Fault."""
-
-
-_ALL_ROUTES: weakref.WeakSet[Route] = weakref.WeakSet()
-
-
-def _forget_loops_in_child() -> None:
-    for route in list(_ALL_ROUTES):
-        route._forget_loops_after_fork()
-
-
-os.register_at_fork(after_in_child=_forget_loops_in_child)
+    def classify(self, exc: BaseException, *, learned: frozenset[str] = frozenset()) -> Fault:
+        """Turn any exception of this adapter's SDK (or transport) into a Fault. A fault
+        that reveals something about the server for later attempts says it in
+        ``Fault.learned`` (``learned`` holds what is known already)."""
 
 
 def _discard(client: Any) -> None:

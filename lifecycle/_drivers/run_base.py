@@ -45,6 +45,7 @@ if TYPE_CHECKING:
     from .._core.breaker import Admission, Verdict
     from .._core.machine import CleanupPlan, RunCore
     from .._health.route_health import RouteHealth
+    from .route_clients import RouteClients
 
 __all__ = ["RunBase"]
 
@@ -99,6 +100,7 @@ class RunBase:
         *,
         core: RunCore,
         routes: tuple[Route, ...],
+        clients: tuple[RouteClients, ...],
         request: Request,
         max_event_bytes: float = float("inf"),
         health: RouteHealth | None = None,
@@ -122,6 +124,8 @@ class RunBase:
         self.route_names = tuple(route.name for route in routes)
         self._max_event_bytes = max_event_bytes
         self._routes = routes
+        self._clients = clients
+        """The engine's clients (and learned facts) of each route, in chain order."""
         self._request = request
         self._interrupt_requested = False
         self._closed_by_engine = False
@@ -138,6 +142,13 @@ class RunBase:
         """Text delivered and being continued under on_partial="continue"."""
         self.owner: str | None = None
         """Name of the thread (sync) or task (async) that owns the run."""
+
+    def _clients_of(self, route: Route) -> RouteClients:
+        """The engine's clients of ``route`` (a cleanup plan names its route)."""
+        for clients in self._clients:
+            if clients.route is route:
+                return clients
+        raise AssertionError(f"{route!r} is not a route of this run")
 
     # -- public surface -----------------------------------------------------------------
     @property
@@ -346,7 +357,10 @@ class RunBase:
         if oversized is not None:
             diag.error_type = type(oversized).__name__
             return AttemptFailed(at=at, fault=oversized_fault(route, str(oversized)))
-        fault: Fault = route.classify(exc)
+        clients = self._clients[self._core.active_attempt.route_index]
+        fault: Fault = route.classify(exc, learned=clients.learned)
+        if fault.learned is not None:
+            clients.learn(fault.learned)
         diag.error_type = type(exc).__name__
         diag.cause_chain = cause_chain(exc)
         return AttemptFailed(at=at, fault=fault)

@@ -47,6 +47,7 @@ if TYPE_CHECKING:
     from .client_slots import ClientLease, ClientSlot, _Generation
     from .connection import AttemptConnection
     from .route import AsyncAttemptStream, AttemptStream, Request, Route
+    from .route_clients import RouteClients
     from .run_base import RunBase
 
 __all__ = [
@@ -114,6 +115,8 @@ class OpenStream(NamedTuple):
     client: Any
     request: Request
     connection: AttemptConnection
+    learned: frozenset[str]
+    """What the engine learned of the route's server (``Route.open``'s ``learned``)."""
 
 
 class ReadEvents(NamedTuple):
@@ -192,7 +195,8 @@ Command = (
     | Backoff
 )
 Steps = Generator[Command, Any, None]
-SlotOf = Callable[["Route"], "ClientSlot"]
+SlotOf = Callable[["RouteClients"], "ClientSlot"]
+"""The driver's slot of a route's clients: the sync one, or the running loop's."""
 
 
 # -- the run ---------------------------------------------------------------------------
@@ -275,6 +279,7 @@ def attempt_steps(
     machine in cleanup, its steps done and recorded."""
     core = run._core
     route = run._routes[attempt.route_index]
+    clients = run._clients[attempt.route_index]
     diag = attempt.diagnostics
     leaving: BaseException | None
     connection = run._new_connection()
@@ -285,7 +290,7 @@ def attempt_steps(
     diag.omitted_options = route.omitted_options(request)
     try:
         try:
-            lease: ClientLease = yield LeaseClient(slot_of(route))
+            lease: ClientLease = yield LeaseClient(slot_of(clients))
         except Exception as exc:  # the factory failed: this route cannot serve the run
             diag.error_type = type(exc).__name__
             diag.cause_chain = cause_chain(exc)
@@ -312,7 +317,7 @@ def attempt_steps(
         stream: AnyStream | None = None
         try:
             try:
-                stream = yield OpenStream(route, lease.client, request, connection)
+                stream = yield OpenStream(route, lease.client, request, connection, clients.learned)
             finally:
                 run._replenish(lease)
             diag.http_status = stream.http_status
@@ -378,11 +383,12 @@ def clean_up(
     plan = run._core.pending_cleanup
     assert plan is not None, "the machine planned no cleanup"
     route: Route = plan.route  # type: ignore[assignment]
+    clients = run._clients_of(route)
     yield Abort(plan, connection)
     if stream is not None:
         error, leaving = yield CloseStream(stream, leaving)
         run._cleanup_stream_closed(plan, error)
-    slot = slot_of(route)
+    slot = slot_of(clients)
     to_close = run._cleanup_retire(plan, lease, slot)
     if to_close is not None:
         error, leaving = yield CloseClient(route, to_close, leaving)

@@ -44,6 +44,7 @@ from .watchdog import Watch, watchdog
 if TYPE_CHECKING:
     from .._core.machine import RunCore
     from .._health.route_health import RouteHealth
+    from .route_clients import RouteClients
 
 __all__ = ["Run"]
 
@@ -56,6 +57,7 @@ class Run(RunBase):
         *,
         core: RunCore,
         routes: tuple[Route, ...],
+        clients: tuple[RouteClients, ...],
         request: Request,
         max_event_bytes: float = float("inf"),
         health: RouteHealth | None = None,
@@ -63,6 +65,7 @@ class Run(RunBase):
         super().__init__(
             core=core,
             routes=routes,
+            clients=clients,
             request=request,
             max_event_bytes=max_event_bytes,
             health=health,
@@ -188,8 +191,8 @@ class Run(RunBase):
                     total_due=command.total_due,
                 )
                 return None
-            case OpenStream(route=route, client=client, request=request, connection=connection):
-                return self._open(route, client, request, connection)
+            case OpenStream():
+                return self._open(command)
             case DisarmClocks():
                 watchdog.disarm(self._watch)
                 return None
@@ -248,19 +251,19 @@ class Run(RunBase):
             watch.fired = None
             watch.progress_at = progress_at
 
-    def _open(
-        self, route: Route, client: Any, request: Request, connection: AttemptConnection
-    ) -> AttemptStream:
+    def _open(self, command: OpenStream) -> AttemptStream:
         """Open the attempt's request with ``connection`` as the active one. Only while
         the request is written: each step of a run may run on another thread, in another
         context (a web server's worker pool), so the variable is set and reset here, in
         one context, and never held across a ``yield``."""
-        token = active_connection.set(connection)
+        token = active_connection.set(command.connection)
         try:
-            return route.open(client, request, self._core.timeouts)
+            return command.route.open(
+                command.client, command.request, self._core.timeouts, learned=command.learned
+            )
         finally:
             active_connection.reset(token)
 
 
-def _sync_slot(route: Route) -> ClientSlot:
-    return route.sync_clients
+def _sync_slot(clients: RouteClients) -> ClientSlot:
+    return clients.sync

@@ -647,12 +647,14 @@ def window_figures(gaps: list[Gap], windows: list[tuple[float, float]], *, insid
 
 async def build_phase(phase: Phase) -> dict[str, Any]:
     """Criterion 2: how long a client build stops the event loop. The engine's own
-    builder (a route's async slot: ``replenish()`` starts the spare's build on the
-    builder thread, the factory then ``prepare_client``) builds, alternately, from the
-    plain factory (``AsyncAnthropic(base_url=..., api_key=...)``) and from this
-    benchmark's (its own ``http_client``); between builds the loop idles as long. A
-    1 ms probe on the loop records every sleep's oversleep and how much of it the loop
-    thread was blocked (see ``LoopThreadClock``)."""
+    builder (a route's async slot, as an engine keeps it: ``replenish()`` starts the
+    spare's build on the builder thread, the factory then ``prepare_client``) builds,
+    alternately, from the plain factory (``AsyncAnthropic(base_url=..., api_key=...)``)
+    and from this benchmark's (its own ``http_client``); between builds the loop idles
+    as long. A 1 ms probe on the loop records every sleep's oversleep and how much of
+    it the loop thread was blocked (see ``LoopThreadClock``)."""
+    from lifecycle._drivers.route_clients import RouteClients
+
     loop = asyncio.get_running_loop()
     client_cls, base_url = phase.client_cls, phase.base_url
 
@@ -663,6 +665,8 @@ async def build_phase(phase: Phase) -> dict[str, Any]:
         "plain": phase.route_cls(plain, model=HEALTHY_MODEL),
         "bench": phase.route_cls(phase.factory, model=HEALTHY_MODEL),
     }
+    # What an engine keeps per route: the slots whose spares are built here.
+    clients = {name: RouteClients(route) for name, route in routes.items()}
     clock = LoopThreadClock()
     gaps: list[Gap] = []
     done = False
@@ -683,11 +687,11 @@ async def build_phase(phase: Phase) -> dict[str, Any]:
     builds: dict[str, list[tuple[float, float]]] = {name: [] for name in routes}
     idle_for = 0.1
     for _ in range(phase.args.builds):
-        for name, route in routes.items():
+        for name in routes:
             i0 = time.monotonic()
             await asyncio.sleep(idle_for)
             idle.append((i0, time.monotonic()))
-            slot = route.async_slot(loop)
+            slot = clients[name].async_slot(loop)
             b0 = time.monotonic()
             slot.replenish()
             building = slot.building

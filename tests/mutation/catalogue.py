@@ -147,7 +147,7 @@ CATALOGUE: Final[tuple[Mutation, ...]] = (
         old="        generation, error, leaving = yield MoveInSuccessor(slot, leaving)",
         new=(
             "        after = (plan.attempt.route_index + 1) % len(run._routes)\n"
-            "        other = slot_of(run._routes[after])\n"
+            "        other = slot_of(run._clients[after])\n"
             "        generation, error, leaving = yield MoveInSuccessor(other, leaving)"
         ),
         why="the cleanup moves a successor in for the route the run falls back to",
@@ -158,7 +158,7 @@ CATALOGUE: Final[tuple[Mutation, ...]] = (
         bug_class="cleanup target",
         file="lifecycle/_drivers/run_steps.py",
         old="    to_close = run._cleanup_retire(plan, lease, slot)",
-        new="    to_close = run._cleanup_retire(plan, lease, slot_of(run._routes[0]))",
+        new="    to_close = run._cleanup_retire(plan, lease, slot_of(run._clients[0]))",
         why="the cleanup retires in the primary route's slot whichever route failed",
         first=("tests/test_driver_faults.py", "tests/test_client_slots.py", "tests/test_paths.py"),
     ),
