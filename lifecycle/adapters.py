@@ -8,6 +8,11 @@ history and options), the attempt's ``AttemptConnection`` (``active_connection()
 socket the watchdog shuts down, and the byte counters), and redaction (``redact``,
 ``HEADER_ALLOWLIST``, ``header_subset``, ``register_secrets``) for anything it keeps,
 and ``exception_chain`` to look through what its SDK wrapped.
+
+An adapter keeps no state: the engine keeps its clients, one set per engine. What a
+fault teaches about the server (it refuses an option the adapter adds) the adapter
+returns as ``Fault.learned``; the engine remembers it for that route and passes every
+fact learned so far to ``open``, ``aopen`` and ``classify`` as ``learned``.
 ``providers`` holds the three adapters this project ships.
 """
 

@@ -30,14 +30,14 @@ import anthropic.resources.messages
 from anthropic._models import FinalRequestOptions
 
 from lifecycle import Fault, ProviderArtifact, StreamEvent, Timeouts, ToolCallDelta, Usage
-from lifecycle.adapters import AsyncAttemptStream, AttemptStream, Request
+from lifecycle.adapters import Request
 
 from . import _wire_anthropic
 from ._fields import field_of, int_field
 from ._history import normalize
 from ._sdk.classify import classify_with_table
 from ._sdk.route import SdkRoute
-from ._sdk.stream import AsyncSDKStream, SDKStream, StreamTranslator
+from ._sdk.stream import StreamTranslator
 
 __all__ = ["AnthropicMessages"]
 
@@ -89,32 +89,14 @@ class AnthropicMessages(SdkRoute):
             kwargs["tools"] = _wire_anthropic.tools(request.tools)
         return self.apply_options(kwargs, request)
 
-    def open(
-        self,
-        client: Any,
-        request: Request,
-        timeouts: Timeouts,
-        *,
-        learned: frozenset[str] = frozenset(),
-    ) -> AttemptStream:
-        stream = client.messages.create(**self.request_kwargs(request, timeouts, learned=learned))
-        return SDKStream(stream, _Translator)
+    def resource(self, client: Any) -> Any:
+        return client.messages
 
-    async def aopen(
-        self,
-        client: Any,
-        request: Request,
-        timeouts: Timeouts,
-        *,
-        learned: frozenset[str] = frozenset(),
-    ) -> AsyncAttemptStream:
-        stream = await client.messages.create(
-            **self.request_kwargs(request, timeouts, learned=learned)
-        )
-        return AsyncSDKStream(stream, _Translator)
+    def new_translator(self, stream: Any) -> Callable[[], StreamTranslator]:
+        return _Translator
 
-    def classify(self, exc: BaseException, *, learned: frozenset[str] = frozenset()) -> Fault:
-        return self.credentials_fault(exc) or classify(exc)
+    def classify_sdk_error(self, exc: BaseException) -> Fault:
+        return classify(exc)
 
 
 # Every exception class anthropic exports (0.x and 2.x), and how it is handled; see

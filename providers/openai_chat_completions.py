@@ -31,14 +31,14 @@ import openai.resources.chat.completions
 from openai._models import FinalRequestOptions
 
 from lifecycle import Fault, StreamEvent, Timeouts, ToolCallDelta, Usage
-from lifecycle.adapters import AsyncAttemptStream, AttemptStream, Request
+from lifecycle.adapters import Request
 
 from . import _wire_chat
 from ._fields import int_field
 from ._history import normalize
 from ._sdk.classify import ProviderErrorEvent, classify_with_table
 from ._sdk.route import SdkRoute
-from ._sdk.stream import AsyncSDKStream, SDKStream, StreamTranslator
+from ._sdk.stream import StreamTranslator
 
 __all__ = ["OpenAIChatCompletions"]
 
@@ -96,34 +96,17 @@ class OpenAIChatCompletions(SdkRoute):
             kwargs["tools"] = _wire_chat.tools(request.tools)
         return self.apply_options(kwargs, request)
 
-    def open(
-        self,
-        client: Any,
-        request: Request,
-        timeouts: Timeouts,
-        *,
-        learned: frozenset[str] = frozenset(),
-    ) -> AttemptStream:
-        stream = client.chat.completions.create(
-            **self.request_kwargs(request, timeouts, learned=learned)
-        )
-        return SDKStream(stream, _Translator)
+    def resource(self, client: Any) -> Any:
+        return client.chat.completions
 
-    async def aopen(
-        self,
-        client: Any,
-        request: Request,
-        timeouts: Timeouts,
-        *,
-        learned: frozenset[str] = frozenset(),
-    ) -> AsyncAttemptStream:
-        stream = await client.chat.completions.create(
-            **self.request_kwargs(request, timeouts, learned=learned)
-        )
-        return AsyncSDKStream(stream, _Translator)
+    def new_translator(self, stream: Any) -> Callable[[], StreamTranslator]:
+        return _Translator
+
+    def classify_sdk_error(self, exc: BaseException) -> Fault:
+        return classify(exc)
 
     def classify(self, exc: BaseException, *, learned: frozenset[str] = frozenset()) -> Fault:
-        fault = self.credentials_fault(exc) or classify(exc)
+        fault = super().classify(exc, learned=learned)
         if (
             fault.http_status in (400, 422)
             and WITHOUT_STREAM_OPTIONS not in learned

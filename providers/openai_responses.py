@@ -30,14 +30,14 @@ import openai.resources.responses
 from openai._models import FinalRequestOptions
 
 from lifecycle import Fault, ProviderArtifact, StreamEvent, Timeouts, ToolCallDelta, Usage
-from lifecycle.adapters import AsyncAttemptStream, AttemptStream, Request
+from lifecycle.adapters import Request
 
 from . import _wire_responses
 from ._fields import int_field, wire_dict
 from ._history import normalize
 from ._sdk.classify import classify_with_table
 from ._sdk.route import SdkRoute
-from ._sdk.stream import AsyncSDKStream, SDKStream, StreamTranslator
+from ._sdk.stream import StreamTranslator
 from .openai_chat_completions import EXCEPTION_TABLE, OPENAI_CREDENTIALS_HINT
 
 __all__ = ["EXCEPTION_TABLE", "OpenAIResponses", "classify"]
@@ -82,32 +82,14 @@ class OpenAIResponses(SdkRoute):
             kwargs["tools"] = _wire_responses.tools(request.tools)
         return self.apply_options(kwargs, request)
 
-    def open(
-        self,
-        client: Any,
-        request: Request,
-        timeouts: Timeouts,
-        *,
-        learned: frozenset[str] = frozenset(),
-    ) -> AttemptStream:
-        stream = client.responses.create(**self.request_kwargs(request, timeouts, learned=learned))
-        return SDKStream(stream, lambda: _Translator(stream.response.request))
+    def resource(self, client: Any) -> Any:
+        return client.responses
 
-    async def aopen(
-        self,
-        client: Any,
-        request: Request,
-        timeouts: Timeouts,
-        *,
-        learned: frozenset[str] = frozenset(),
-    ) -> AsyncAttemptStream:
-        stream = await client.responses.create(
-            **self.request_kwargs(request, timeouts, learned=learned)
-        )
-        return AsyncSDKStream(stream, lambda: _Translator(stream.response.request))
+    def new_translator(self, stream: Any) -> Callable[[], StreamTranslator]:
+        return lambda: _Translator(stream.response.request)
 
-    def classify(self, exc: BaseException, *, learned: frozenset[str] = frozenset()) -> Fault:
-        return self.credentials_fault(exc) or classify(exc)
+    def classify_sdk_error(self, exc: BaseException) -> Fault:
+        return classify(exc)
 
 
 def classify(exc: BaseException) -> Fault:

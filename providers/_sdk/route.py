@@ -10,15 +10,17 @@ from __future__ import annotations
 
 import functools
 import inspect
+from abc import abstractmethod
 from collections.abc import Callable, Mapping
 from typing import Any, ClassVar
 
 from lifecycle import Fault, MissingCredentials, Timeouts
-from lifecycle.adapters import Request, Route, redact
+from lifecycle.adapters import AsyncAttemptStream, AttemptStream, Request, Route, redact
 
 from .._history import NEUTRAL_OPTIONS, WireOptions, check_tool_choice, normalize
 from .credentials import guard_credentials, register_client_secrets
 from .sockets import install_connection_tagging
+from .stream import AsyncSDKStream, SDKStream, StreamTranslator
 
 NO_CREDENTIALS = "Could not resolve authentication method"
 """How both SDKs word it when a client without credentials is asked to send (a
@@ -45,6 +47,53 @@ class SdkRoute(Route):
     def wire_options(cls, neutral: Mapping[str, Any], *, has_tools: bool) -> WireOptions:
         """The neutral per-call options as this wire API's keywords."""
         raise NotImplementedError
+
+    # -- the wire API: what each adapter says ------------------------------------------
+    @abstractmethod
+    def request_kwargs(
+        self, request: Request, timeouts: Timeouts, *, learned: frozenset[str] = frozenset()
+    ) -> dict[str, Any]:
+        """The keywords of the SDK call that sends ``request``."""
+
+    @abstractmethod
+    def resource(self, client: Any) -> Any:
+        """The client's resource whose ``create`` opens this wire API's stream."""
+
+    @abstractmethod
+    def new_translator(self, stream: Any) -> Callable[[], StreamTranslator]:
+        """What makes the translator of ``stream`` (the SDK's stream object)."""
+
+    @abstractmethod
+    def classify_sdk_error(self, exc: BaseException) -> Fault:
+        """The fault of an exception of this adapter's SDK (or its transport)."""
+
+    # -- one attempt ----------------------------------------------------------------------
+    def open(
+        self,
+        client: Any,
+        request: Request,
+        timeouts: Timeouts,
+        *,
+        learned: frozenset[str] = frozenset(),
+    ) -> AttemptStream:
+        kwargs = self.request_kwargs(request, timeouts, learned=learned)
+        stream = self.resource(client).create(**kwargs)
+        return SDKStream(stream, self.new_translator(stream))
+
+    async def aopen(
+        self,
+        client: Any,
+        request: Request,
+        timeouts: Timeouts,
+        *,
+        learned: frozenset[str] = frozenset(),
+    ) -> AsyncAttemptStream:
+        kwargs = self.request_kwargs(request, timeouts, learned=learned)
+        stream = await self.resource(client).create(**kwargs)
+        return AsyncSDKStream(stream, self.new_translator(stream))
+
+    def classify(self, exc: BaseException, *, learned: frozenset[str] = frozenset()) -> Fault:
+        return self.credentials_fault(exc) or self.classify_sdk_error(exc)
 
     # -- per-call options ---------------------------------------------------------------
     @classmethod
