@@ -61,7 +61,7 @@ def _misdirect_cleanup(patch: pytest.MonkeyPatch) -> None:
             return None
         if lease.slot is slot:
             return retire(self, plan, lease, slot)
-        to_close = slot.retire_current()
+        to_close = _retire_current(slot)
         lease.slot.release(lease)
         return to_close
 
@@ -189,16 +189,39 @@ def _close_from_the_clock(
         route.close_client(client)
 
 
+def _build_successor_here(slot: ClientSlot) -> None:
+    """The bug the spare fixed: the retired client's successor built by the factory now,
+    on the caller's thread or loop, if the slot has no live client."""
+    with slot._lock:
+        if not slot._live:
+            slot._live.append(slot._new_generation())
+
+
+def _retire_current(slot: ClientSlot) -> Any | None:
+    """Retire ``slot``'s oldest live client, whoever leased it; returns it if nobody
+    uses it (else its last user closes it)."""
+    with slot._lock:
+        if not slot._live:
+            return None
+        generation = slot._live.pop(0)
+        generation.retired = True
+        if generation.users == 0:
+            generation.closed = True
+            return generation.client
+        slot._retired.append(generation)
+        return None
+
+
 def _rebuild_on_the_run(patch: pytest.MonkeyPatch) -> None:
     successor = ClientSlot.successor
     asuccessor = ClientSlot.asuccessor
 
     def rebuild_here(self: ClientSlot) -> Any:
-        self.rebuild()  # the factory, on this thread: the ~60 ms the spare was for
+        _build_successor_here(self)  # the factory, on this thread: the ~60 ms of a build
         return successor(self)
 
     async def arebuild_here(self: ClientSlot) -> Any:
-        self.rebuild()  # on the event loop itself
+        _build_successor_here(self)  # on the event loop itself
         return await asuccessor(self)
 
     patch.setattr(ClientSlot, "successor", rebuild_here)

@@ -339,13 +339,6 @@ class ClientSlot:
         self.builds_log.append(threading.current_thread().name)
         return _Generation(client=client, number=self._built)
 
-    def rebuild(self) -> None:
-        """Build the successor of a retired client now, on this thread, if there is none
-        (``engine.close()`` and the drivers use the spare instead: for tests)."""
-        with self._lock:
-            if not self._live:
-                self._live.append(self._new_generation())
-
     def retire(self, lease: ClientLease) -> None:
         """Stop handing out the lease's client; it is closed by its last user."""
         with self._lock:
@@ -364,19 +357,6 @@ class ClientSlot:
                 return False
             self._live.append(self._generation_of(client))
             return True
-
-    def retire_current(self) -> Any | None:
-        """Retire the oldest live client without a lease; returns it if nobody uses it."""
-        with self._lock:
-            if not self._live:
-                return None
-            generation = self._live.pop(0)
-            generation.retired = True
-            if generation.users == 0:
-                generation.closed = True
-                return generation.client
-            self._retired.append(generation)
-            return None
 
     def release(self, lease: ClientLease) -> tuple[Any | None, int]:
         """Give the lease back. Returns (client to close now, or None; other users left)."""

@@ -169,7 +169,9 @@ CATALOGUE: Final[tuple[Mutation, ...]] = (
         file="lifecycle/_drivers/sync_run.py",
         old="                    return slot.successor(), None, leaving",
         new=(
-            "                    slot.rebuild()\n"
+            "                    with slot._lock:\n"
+            "                        if not slot._live:\n"
+            "                            slot._live.append(slot._new_generation())\n"
             "                    return slot.successor(), None, leaving"
         ),
         why="the retired client's successor built by the factory in cleanup, as before spares",
