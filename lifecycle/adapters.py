@@ -18,6 +18,7 @@ fact learned so far to ``open``, ``aopen`` and ``classify`` as ``learned``.
 
 from ._core.errors import Fault, MissingCredentials
 from ._core.redaction import HEADER_ALLOWLIST, exception_chain, header_subset, redact
+from ._core.request import Request
 from ._core.secrets import register_secrets
 from ._drivers.connection import (
     AttemptConnection,
@@ -27,7 +28,7 @@ from ._drivers.connection import (
     count_decoded,
     count_read,
 )
-from ._drivers.route import AsyncAttemptStream, AttemptStream, Request, Route
+from ._drivers.route import AsyncAttemptStream, AttemptStream, Route
 
 __all__ = [
     "HEADER_ALLOWLIST",

@@ -23,9 +23,10 @@ from typing import TYPE_CHECKING, Any, Final
 
 from .._core.events import FirstEventReceived, InterruptRequested
 from .._core.message import StreamEvent
+from .._core.request import Request
 from .client_slots import _Generation
 from .connection import AttemptConnection, active_connection
-from .route import Request, Route
+from .route import Route
 from .run_base import AFTER_STOP_DRAIN, InterruptedHere, RunBase, now
 from .run_steps import (
     Abort,

@@ -19,10 +19,11 @@ from .._core.errors import EngineClosed, MissingCredentials
 from .._core.machine import RouteInfo, RunCore
 from .._core.records import Transition
 from .._core.redaction import redact
+from .._core.request import Request, SupportsToDict
 from .._health.route_health import BreakerStatus, HealthStore, RouteHealth
 from .._observe.hooks import HookDispatcher, LifecycleHooks
 from .async_run import AsyncRun
-from .route import Request, Route, SupportsToDict
+from .route import Route
 from .route_clients import RouteClients
 from .run_base import RunBase
 from .sync_run import Run

@@ -17,42 +17,17 @@ from __future__ import annotations
 
 import inspect
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Any, ClassVar, Protocol, runtime_checkable
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from typing import Any, ClassVar
 
 from .._core.config import Timeouts
 from .._core.errors import Fault, MissingCredentials
 from .._core.message import StreamEvent
+from .._core.request import Request
 from .client_slots import STREAMS_PER_CLIENT
 from .connection import Shutdownable
 
-__all__ = ["AsyncAttemptStream", "AttemptStream", "Request", "Route", "SupportsToDict"]
-
-
-@runtime_checkable
-class SupportsToDict(Protocol):
-    """A history entry given as an object (``lifecycle.Message``): its ``to_dict()`` is
-    the neutral message dict."""
-
-    def to_dict(self) -> dict[str, Any]: ...
-
-
-@dataclass(frozen=True, kw_only=True, slots=True)
-class Request:
-    """A provider-neutral request; each route translates it to its own wire API."""
-
-    messages: Sequence[Mapping[str, Any] | SupportsToDict]
-    """The neutral history (README, "Conversation history")."""
-    max_tokens: int
-    system: str | None = None
-    tools: Sequence[Mapping[str, Any]] = ()
-    """Each: {"name", "description", "input_schema"} (JSON schema of the arguments)."""
-    options: Mapping[str, Any] = field(default_factory=dict)
-    """Other keyword arguments: the neutral ones each route translates, the rest passed
-    through to the SDK call unchanged."""
-    provider_options: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
-    """api_mode -> keyword arguments for the routes of that api_mode only."""
+__all__ = ["AsyncAttemptStream", "AttemptStream", "Route"]
 
 
 class AttemptStream(ABC):

@@ -35,10 +35,11 @@ from .._core.machine import failure_message
 from .._core.message import Message, MessageBuilder, Restart, StreamEvent
 from .._core.records import AttemptRecord, CleanupStep, Diagnostics, Transition
 from .._core.redaction import cause_chain, exception_chain, kept_exception, redact
+from .._core.request import Request
 from .._health.route_health import verdict_of
 from .client_slots import ClientLease, ClientSlot, _Generation
 from .connection import AttemptConnection, OversizedEvent
-from .route import AsyncAttemptStream, AttemptStream, Request, Route
+from .route import AsyncAttemptStream, AttemptStream, Route
 from .watchdog import Watch
 
 if TYPE_CHECKING:

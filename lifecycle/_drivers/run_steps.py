@@ -44,9 +44,10 @@ if TYPE_CHECKING:
     from .._core.machine import CleanupPlan
     from .._core.message import MessageBuilder
     from .._core.records import AttemptRecord
+    from .._core.request import Request
     from .client_slots import ClientLease, ClientSlot, _Generation
     from .connection import AttemptConnection
-    from .route import AsyncAttemptStream, AttemptStream, Request, Route
+    from .route import AsyncAttemptStream, AttemptStream, Route
     from .route_clients import RouteClients
     from .run_base import RunBase
 

@@ -35,7 +35,7 @@ if TYPE_CHECKING:
     from .._core.breaker import BreakerChange
     from .._core.machine import RunCore
     from .._core.message import Message
-    from .._drivers.route import Request
+    from .._core.request import Request
     from .._drivers.run_base import RunBase
 
 __all__ = ["HookDispatcher", "LifecycleHooks", "RunView"]
