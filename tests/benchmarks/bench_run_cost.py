@@ -70,7 +70,14 @@ class Case:
     raw_calls: int
     engine_stats: dict[FuncKey, tuple[int, float]]
     bare_stats: dict[FuncKey, tuple[int, float]]
-    ratio: float | None = None
+    bare_ms: float | None = None
+    engine_ms: float | None = None
+
+    @property
+    def ratio(self) -> float | None:
+        if self.bare_ms is None or self.engine_ms is None:
+            return None
+        return self.engine_ms / self.bare_ms
 
     @property
     def name(self) -> str:
@@ -248,7 +255,6 @@ def measure(provider: str, server: LoopbackServer, *, is_async: bool, timing: in
         engine.close()
     engine_calls, engine_stats = engine_profile
     bare_calls, bare_stats = bare_profile
-    ratio = statistics.median(engine_times) / statistics.median(bare_times) if timing else None
     return Case(
         is_async=is_async,
         provider=provider,
@@ -258,7 +264,8 @@ def measure(provider: str, server: LoopbackServer, *, is_async: bool, timing: in
         raw_calls=raw_profile[0],
         engine_stats=engine_stats,
         bare_stats=bare_stats,
-        ratio=ratio,
+        bare_ms=statistics.median(bare_times) * 1e3 if timing else None,
+        engine_ms=statistics.median(engine_times) * 1e3 if timing else None,
     )
 
 
@@ -332,10 +339,14 @@ def main() -> int:
     print(
         f"{'driver':<7} {'provider':<10} {'recording':<13} {'events':>6} {'engine':>7} "
         f"{'bare':>7} {'extra':>6} {'raw SDK':>7} {'vs raw':>6}"
-        + (f" {'ratio':>6}" if args.timing else "")
+        + (f" {'bare ms':>7} {'eng ms':>7} {'ratio':>6}" if args.timing else "")
     )
     for case in cases:
-        ratio = f" {case.ratio:6.3f}" if case.ratio is not None else ""
+        ratio = (
+            f" {case.bare_ms:7.3f} {case.engine_ms:7.3f} {case.ratio:6.3f}"
+            if case.ratio is not None and case.bare_ms is not None and case.engine_ms is not None
+            else ""
+        )
         print(
             f"{'async' if case.is_async else 'sync':<7} {case.provider:<10} "
             f"{RECORDING[case.provider]:<13} {case.events:6d} {case.engine_calls:7d} "
