@@ -41,7 +41,10 @@ def int_field(obj: Any, *path: str) -> int | None:
     value = obj
     for name in path:
         value = field_of(value, name)
-    if isinstance(value, bool) or not isinstance(value, int):
+    kind = type(value)  # exact types first: no call for an int or a None
+    if kind is int:
+        return value  # type: ignore[no-any-return]
+    if kind is bool or value is None or not isinstance(value, int):
         return None
     return value
 

@@ -314,15 +314,17 @@ class RunCore:
     def feed(self, event: LifecycleEvent) -> None:
         """Apply one reported event. Raises ``transitions.MachineError`` if it is not
         allowed in the current state: a driver bug, never something to ignore. The check
-        comes first, so a rejected event leaves the records as they were."""
+        comes first, so a rejected event leaves the records as they were. Events are told
+        apart by their exact type (``TRIGGER_OF`` knows no subclass): ``type(e) is C``
+        costs no call, where each ``isinstance`` of the chain was one (~8 per event)."""
         trigger = TRIGGER_OF[type(event)]
         if self.state not in MACHINE.events[trigger].transitions:
             raise MachineError(f"{trigger} ({type(event).__name__}) is not allowed in {self.state}")
-        if isinstance(event, AttemptStarted):
+        if type(event) is AttemptStarted:
             self._open_attempt(event)
-        elif isinstance(event, InterruptRequested):
+        elif type(event) is InterruptRequested:
             self.interrupt_requested = True
-        elif isinstance(event, StallDetected):
+        elif type(event) is StallDetected:
             deadline = event.clock == "total"
             self._close_attempt(
                 Fault(
@@ -340,11 +342,11 @@ class RunCore:
             if not deadline:
                 self.stale_per_route[self.active_attempt.route_index] += 1
             self.active_attempt.diagnostics.stall_clock = event.clock
-        elif isinstance(event, AttemptFailed):
+        elif type(event) is AttemptFailed:
             self._close_attempt(event.fault, event.at)
-        elif isinstance(event, FirstEventReceived):
+        elif type(event) is FirstEventReceived:
             self.committed = True
-        if isinstance(event, InterruptRequested) and self.state in IN_FLIGHT:
+        if type(event) is InterruptRequested and self.state in IN_FLIGHT:
             self._close_attempt(
                 Fault(
                     outcome="interrupted",
@@ -355,14 +357,14 @@ class RunCore:
                 ),
                 event.at,
             )
-        elif isinstance(event, StreamFinished):
+        elif type(event) is StreamFinished:
             self.active_attempt.outcome = "completed"
             self.active_attempt.diagnostics.elapsed = event.at - self.active_attempt.started_at
-        elif isinstance(event, DeadlinePassed):
+        elif type(event) is DeadlinePassed:
             self.total_expired = True
-        elif isinstance(event, RouteSkipped):
+        elif type(event) is RouteSkipped:
             self.skips.append((event.route_index, event.reason))
-        elif isinstance(event, RoutesExhausted):
+        elif type(event) is RoutesExhausted:
             self.last_fault = Fault(
                 outcome="dropped",
                 retryable=False,
@@ -371,7 +373,7 @@ class RunCore:
                 api_mode=None,
             )
             self.decision = Decision(kind="fail", reason=event.reason, route_index=-1)
-        elif isinstance(event, CleanupFinished) and event.interrupted:
+        elif type(event) is CleanupFinished and event.interrupted:
             self.interrupt_requested = True
         source = self.state
         dest = PLAIN_ROWS.get((trigger, source))

@@ -52,10 +52,13 @@ class ToolCallDelta:
 
     def __post_init__(self) -> None:
         # Wire data decides these; an adapter turns this TypeError into a malformed stream.
-        if isinstance(self.index, bool) or not isinstance(self.index, int):
-            raise TypeError(f"tool call index must be an int, got {self.index!r}")
-        if not isinstance(self.arguments_delta, str):
-            raise TypeError(f"tool call arguments must be text, got {self.arguments_delta!r}")
+        # The exact types first: ``type(x) is C`` costs no call, and is what JSON gives.
+        index = self.index
+        if type(index) is not int and (type(index) is bool or not isinstance(index, int)):
+            raise TypeError(f"tool call index must be an int, got {index!r}")
+        arguments = self.arguments_delta
+        if type(arguments) is not str and not isinstance(arguments, str):
+            raise TypeError(f"tool call arguments must be text, got {arguments!r}")
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

@@ -132,7 +132,6 @@ class AsyncRun(RunBase):
     # and every layer costs time per event. Every other command is ``_carry_out``.
     async def _drive(self) -> AsyncGenerator[StreamEvent, None]:
         loop = self._loop = asyncio.get_running_loop()
-        self._wake = asyncio.Event()
         task = asyncio.current_task()
         self.owner = f"{threading.current_thread().name}/{task.get_name() if task else '?'}"
         steps = run_steps(self, lambda clients: clients.async_slot(loop))
@@ -272,9 +271,14 @@ class AsyncRun(RunBase):
                 _, leaving = await _settle(health.areport(*verdict), leaving)
                 return leaving
             case Backoff(seconds=seconds):
-                assert self._wake is not None
+                wake = self._wake
+                if wake is None:  # made by the first backoff: most runs never back off
+                    wake = self._wake = asyncio.Event()
+                    # An interrupt() before the line above found no event to set.
+                    if self._interrupt_requested:
+                        wake.set()
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), timeout=seconds)
+                    await asyncio.wait_for(wake.wait(), timeout=seconds)
                 return None
         raise AssertionError(f"not a command: {command!r}")
 

@@ -24,7 +24,7 @@ it runs shielded. The sync driver hands it back unchanged.
 from __future__ import annotations
 
 from collections.abc import Callable, Generator
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any, Final, NamedTuple
 
 from .._core.errors import client_build_fault
 from .._core.events import (
@@ -133,6 +133,10 @@ class ReadEvents(NamedTuple):
 
 class DisarmClocks(NamedTuple):
     """Stop the attempt's clocks → None."""
+
+
+DISARM_CLOCKS: Final = DisarmClocks()
+"""The one ``DisarmClocks`` (it has no fields): yielded as it is, never made per attempt."""
 
 
 class Abort(NamedTuple):
@@ -328,7 +332,7 @@ def attempt_steps(
             if builder.stop_reason is None:
                 raise Truncated
         except BaseException as exc:
-            yield DisarmClocks()
+            yield DISARM_CLOCKS
             core.feed(run._fault_event(route, exc, run._watch))
             run._message = builder.build(cut_reason=core.active_attempt.reason)
             run._record_wire(attempt, connection)
@@ -343,7 +347,7 @@ def attempt_steps(
         # Success. Release first, so a late abort cannot touch a connection that goes
         # back to the pool (and may serve another run next).
         connection.release()
-        yield DisarmClocks()
+        yield DISARM_CLOCKS
         at = now()
         run._record_wire(attempt, connection)
         run._message = builder.build()

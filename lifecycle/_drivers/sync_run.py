@@ -71,13 +71,17 @@ class Run(RunBase):
             max_event_bytes=max_event_bytes,
             health=health,
         )
-        self._wake = threading.Event()
+        self._wake: threading.Event | None = None
+        """What a backoff waits on, made by the first backoff (a threading.Event costs a
+        Condition and a lock; most runs never back off)."""
         self._iterator: Generator[StreamEvent, None, None] | None = None
 
     def interrupt(self) -> None:
         """Stop the run from any thread, at any time; the loop raises ``Interrupted``."""
         self._interrupt_requested = True
-        self._wake.set()
+        wake = self._wake
+        if wake is not None:  # else the backoff that makes it sees the flag
+            wake.set()
         self._abort_active()
 
     def __iter__(self) -> Iterator[StreamEvent]:
@@ -222,7 +226,13 @@ class Run(RunBase):
                 self._health.report(*verdict)
                 return leaving
             case Backoff(seconds=seconds):
-                self._wake.wait(seconds)
+                wake = self._wake
+                if wake is None:
+                    wake = self._wake = threading.Event()
+                    # An interrupt() before the line above found no event to set.
+                    if self._interrupt_requested:
+                        wake.set()
+                wake.wait(seconds)
                 return None
         raise AssertionError(f"not a command: {command!r}")
 

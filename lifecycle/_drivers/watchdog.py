@@ -116,10 +116,17 @@ class Watch:
 
 class Watchdog:
     def __init__(self) -> None:
-        self._cond = threading.Condition(threading.Lock())
+        self._lock = threading.Lock()
+        """The condition's own lock: held with ``with self._lock`` on the run's path (two
+        calls, where ``with self._cond`` adds the condition's Python ``__enter__`` and
+        ``__exit__``); ``self._cond.notify()`` under it is the same as under the condition."""
+        self._cond = threading.Condition(self._lock)
         self._heap: list[tuple[float, int, int, Watch]] = []
         self._seq = itertools.count()
         self._thread: threading.Thread | None = None
+        self._alive = False
+        """The thread runs its loop: set (under the lock) when it is started, cleared when
+        its loop ends. ``Thread.is_alive()`` costs three calls, on every push."""
         self.fired_count = 0
 
     @property
@@ -156,19 +163,26 @@ class Watchdog:
         watch.generation += 1
 
     def _push(self, due: float, watch: Watch) -> None:
-        with self._cond:
-            self._ensure_thread()
+        with self._lock:
+            if not self._alive:
+                self._start_thread()
             entry = (due, next(self._seq), watch.generation, watch)
             heapq.heappush(self._heap, entry)
             if self._heap[0] is entry:
                 self._cond.notify()
 
-    def _ensure_thread(self) -> None:
-        if self._thread is None or not self._thread.is_alive():
-            self._thread = threading.Thread(
-                target=self._loop, name="lifecycle-watchdog", daemon=True
-            )
-            self._thread.start()
+    def _start_thread(self) -> None:
+        """Under the lock: the first push, or the first after the loop ended (it never
+        ends but by an exception) or after a fork."""
+        self._alive = True
+        self._thread = threading.Thread(target=self._run, name="lifecycle-watchdog", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            self._loop()
+        finally:
+            self._alive = False
 
     def _loop(self) -> None:
         while True:
@@ -203,7 +217,7 @@ class Watchdog:
         watch.fire(clock, deadline, now)
 
     def _requeue(self, due: float, watch: Watch, generation: int) -> None:
-        with self._cond:
+        with self._lock:
             if generation != watch.generation:
                 return
             heapq.heappush(self._heap, (due, next(self._seq), generation, watch))
@@ -213,10 +227,12 @@ class Watchdog:
         threads do not exist here) and their sockets are the parent's; firing one would
         shut down the parent's healthy stream. Start empty; the thread starts again with
         the child's first armed watch."""
-        self._cond = threading.Condition(threading.Lock())
+        self._lock = threading.Lock()
+        self._cond = threading.Condition(self._lock)
         self._heap = []
         self._seq = itertools.count()
         self._thread = None
+        self._alive = False
         self.fired_count = 0
 
 

@@ -248,26 +248,35 @@ class RouteHealth:
                 redact(str(exc)),
             )
 
+    # _apply and _aapply run twice per attempt (admit, report): ``_store``, ``_answered``
+    # and ``_publish`` are only called when they have something to do (degraded, an
+    # outage to announce, changes to hand out); their tests are inlined.
     def _apply(self, route: str, change: Callable[[BreakerCore], T]) -> T:
-        store, apply = self._store(), _with_changes(change)
+        store = self._store() if self._degraded_until else self.store
+        apply = _with_changes(change)
         try:
             result, changes = store.update(route, self.policy, apply)
         except Exception as exc:
             result, changes = self._apply_locally(store, exc, route, apply)
         else:
-            self._answered(store)
-        self._publish(changes)
+            if self._warned:
+                self._answered(store)
+        if changes and self._on_change is not None:
+            self._publish(changes)
         return result
 
     async def _aapply(self, route: str, change: Callable[[BreakerCore], T]) -> T:
-        store, apply = self._store(), _with_changes(change)
+        store = self._store() if self._degraded_until else self.store
+        apply = _with_changes(change)
         try:
             result, changes = await store.aupdate(route, self.policy, apply)
         except Exception as exc:
             result, changes = self._apply_locally(store, exc, route, apply)
         else:
-            self._answered(store)
-        self._publish(changes)
+            if self._warned:
+                self._answered(store)
+        if changes and self._on_change is not None:
+            self._publish(changes)
         return result
 
     def _apply_locally(

@@ -271,11 +271,16 @@ def _count(owner: AttemptConnection | None, data: bytes) -> None:
 class _Owned:
     """A network stream (sync or async) and the attempt that owns its connection now."""
 
-    __slots__ = ("_inner", "_owner")
+    __slots__ = ("_inner", "_owner", "_socket")
 
     def __init__(self, inner: Any, owner: AttemptConnection | None = None) -> None:
         self._inner = inner
         self._owner = owner
+        self._socket: Any = None
+        """The inner stream's socket, once it named one: a stream's socket is the same
+        object for its whole life (a TLS upgrade makes a new stream, wrapped anew), and
+        asking anyio's stream for it builds every one of its extra attributes (~20
+        calls), three times per request (the write, the response, the close)."""
 
     def let_go(self) -> None:
         """The response on this connection is closing: the connection is the pool's again,
@@ -283,12 +288,17 @@ class _Owned:
         owner = self._owner
         if owner is not None:
             self._owner = None
-            sock = self._inner.get_extra_info("socket")
+            sock = self.get_extra_info("socket")
             if sock is not None:
                 owner.detach(sock)
 
     def get_extra_info(self, info: str) -> Any:
-        return self._inner.get_extra_info(info)
+        if info != "socket":
+            return self._inner.get_extra_info(info)
+        sock = self._socket
+        if sock is None:
+            sock = self._socket = self._inner.get_extra_info("socket")
+        return sock
 
 
 class _TaggedStream(_Owned):
@@ -323,7 +333,7 @@ class _TaggedStream(_Owned):
             self._no_wait = False
 
     def write(self, buffer: bytes, timeout: float | None = None) -> None:
-        self._owner = _claim(self._owner, self._inner)
+        self._owner = _claim(self._owner, self)
         self._inner.write(buffer, timeout)
 
     def close(self) -> None:
@@ -519,7 +529,7 @@ class _AsyncTaggedStream(_Owned):
             self._no_wait = False
 
     async def write(self, buffer: bytes, timeout: float | None = None) -> None:
-        self._owner = _claim(self._owner, self._inner)
+        self._owner = _claim(self._owner, self)
         await self._inner.write(buffer, timeout)
 
     async def aclose(self) -> None:

@@ -89,7 +89,7 @@ class SDKStream(AttemptStream):
                 if is_last is not None and is_last(event):
                     stopped = True
                     break
-            elif isinstance(neutral, StreamEvent):
+            elif type(neutral) is StreamEvent or isinstance(neutral, StreamEvent):
                 yield neutral
             else:
                 yield from neutral
@@ -129,7 +129,7 @@ class AsyncSDKStream(AsyncAttemptStream):
                 if is_last is not None and is_last(event):
                     stopped = True
                     break
-            elif isinstance(neutral, StreamEvent):
+            elif type(neutral) is StreamEvent or isinstance(neutral, StreamEvent):
                 yield neutral
             else:
                 for each in neutral:
