@@ -54,7 +54,15 @@ _seq = itertools.count()
 _local = threading.local()
 """``foreign``: set while interrupt() or the loop watchdog's callback runs on this thread."""
 _closing_client: ContextVar[bool] = ContextVar("real_closes_closing_client", default=False)
-"""Inside a client's close (a context variable: an async close awaits among other tasks)."""
+"""Inside an async client's close (a context variable: it awaits among other tasks, and
+the loop callbacks it schedules run in its context). A sync close counts in
+``_local.closing`` instead, and never sets a context variable: the SDKs' sync httpx
+client closes itself in ``__del__`` (anthropic 0.40 even when already closed), so the
+garbage collector runs it, and a collection triggered inside another ``ContextVar.set``
+(the engine's ``active_connection``) that re-enters ``ContextVar.set`` frees the HAMT the
+outer set is still walking on CPython < 3.12 (python/cpython#148891). That is what
+segfaulted the lowest-versions leg in CI, three times, always inside
+``PyContextVar_Set`` under ``sync_run._open``."""
 _acting_for: ContextVar[str | None] = ContextVar("real_closes_acting_for", default=None)
 """The task on whose behalf this one runs: the async driver awaits each close of a
 cleanup as a task of its own (``_settle``, so a cancellation cannot cut it short), which
@@ -154,9 +162,38 @@ def _call(kind: str, was_open: bool) -> Call:
         was_open,
         next(_seq),
         time.monotonic(),
-        _closing_client.get(),
+        in_client_close(),
         stack,
     )
+
+
+def in_client_close() -> bool:
+    """Whether this thread (a sync close) or this context (an async one) is inside a
+    client's close."""
+    return getattr(_local, "closing", 0) > 0 or _closing_client.get()
+
+
+def traced_sync_close(original: Any, kind: str) -> Any:
+    """``original`` (a sync client's close), recorded; see ``_closing_client`` for why
+    it counts on the thread instead of setting a context variable."""
+
+    @functools.wraps(original)
+    def traced(self: Any) -> Any:
+        client = _CLIENTS.get(self)
+        if client is not None:
+            client.calls.append(_call(kind, _is_open(self)))
+        _local.closing = getattr(_local, "closing", 0) + 1
+        try:
+            return original(self)
+        finally:
+            _local.closing -= 1
+
+    return traced
+
+
+def _is_open(client: Any) -> bool:
+    closed = getattr(client, "is_closed", False)
+    return not (closed() if callable(closed) else closed)
 
 
 def trace_of(run: Any) -> RunTrace:
@@ -315,30 +352,12 @@ def _observe_clients() -> None:
 
     slot_class._generation_of = traced_generation_of  # type: ignore[method-assign]
 
-    def is_open(client: Any) -> bool:
-        closed = getattr(client, "is_closed", False)
-        return not (closed() if callable(closed) else closed)
-
-    def sync_wrapper(original: Any, kind: str) -> Any:
-        @functools.wraps(original)
-        def traced(self: Any) -> Any:
-            client = _CLIENTS.get(self)
-            if client is not None:
-                client.calls.append(_call(kind, is_open(self)))
-            token = _closing_client.set(True)
-            try:
-                return original(self)
-            finally:
-                _closing_client.reset(token)
-
-        return traced
-
     def async_wrapper(original: Any, kind: str) -> Any:
         @functools.wraps(original)
         async def traced(self: Any) -> Any:
             client = _CLIENTS.get(self)
             if client is not None:
-                client.calls.append(_call(kind, is_open(self)))
+                client.calls.append(_call(kind, _is_open(self)))
             token = _closing_client.set(True)
             try:
                 return await original(self)
@@ -348,7 +367,7 @@ def _observe_clients() -> None:
         return traced
 
     for module in (anthropic._base_client, openai._base_client):
-        module.SyncAPIClient.close = sync_wrapper(module.SyncAPIClient.close, "client.close")  # type: ignore[method-assign]
+        module.SyncAPIClient.close = traced_sync_close(module.SyncAPIClient.close, "client.close")  # type: ignore[method-assign]
         module.AsyncAPIClient.close = async_wrapper(module.AsyncAPIClient.close, "client.close")  # type: ignore[method-assign]
     seen: set[type] = set()
     for module in (anthropic._base_client, openai._base_client):
@@ -358,7 +377,7 @@ def _observe_clients() -> None:
                     continue
                 seen.add(base)
                 if base.__name__ == "Client":
-                    base.close = sync_wrapper(base.close, "http.close")
+                    base.close = traced_sync_close(base.close, "http.close")
                 else:
                     base.aclose = async_wrapper(base.aclose, "http.close")
 

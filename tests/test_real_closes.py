@@ -5,9 +5,11 @@ watchdog and closed by the run's owner, and a close slipped into the abort is ca
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import socket
 from typing import Any
 
+import anthropic._base_client
 import pytest
 import real_closes
 from invariants import (
@@ -104,3 +106,24 @@ def test_a_close_slipped_into_the_abort_is_caught(
     else:
         where = "the loop watchdog's timer" if provider.is_async else "the watchdog thread"
     assert f"closed from {where}" in str(caught.value), record.describe()
+
+
+def test_a_sync_close_counts_without_setting_a_context_variable() -> None:
+    """The garbage collector runs a sync httpx client's close (the SDKs' ``__del__``); a
+    close wrapper that set a context variable there would re-enter ``ContextVar.set`` when
+    the collection was triggered inside another set, which frees the HAMT that set is
+    still walking on CPython < 3.12 (python/cpython#148891: the lowest leg's segfaults)."""
+    real_closes.install()
+    base = anthropic._base_client
+    http = getattr(base, "httpx", None) or base.httpx2  # anthropic 2.x is on httpx2
+    inside: list[tuple[bool, set[Any]]] = []
+
+    class Recording(http.BaseTransport):  # type: ignore[misc, name-defined]
+        def close(self) -> None:
+            inside.append((real_closes.in_client_close(), set(contextvars.copy_context())))
+
+    client = base.SyncHttpxClientWrapper(transport=Recording())
+    before = set(contextvars.copy_context())
+    client.close()
+    assert inside == [(True, before)], "seen inside the close, and no context variable set"
+    assert not real_closes.in_client_close()
