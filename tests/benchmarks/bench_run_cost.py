@@ -43,9 +43,11 @@ from typing import Any
 import anthropic
 import openai
 
+# A sibling script: run from the repository root, this directory is on sys.path.
+from bench_lifecycle import route_for
+
 from lifecycle import StreamEngine, Timeouts
 from lifecycle.adapters import Request
-from providers import AnthropicMessages, OpenAIChatCompletions
 from providers.loopback import Healthy, LoopbackServer
 
 MESSAGES = [{"role": "user", "content": "Hi"}]
@@ -82,23 +84,6 @@ class Case:
     @property
     def name(self) -> str:
         return f"{'async' if self.is_async else 'sync'}-{self.provider}"
-
-
-def route_for(provider: str, server: LoopbackServer, key: str, *, is_async: bool) -> Any:
-    headers = {"x-loopback-key": key}
-    if provider == "anthropic":
-        cls: Any = anthropic.AsyncAnthropic if is_async else anthropic.Anthropic
-        return AnthropicMessages(
-            lambda: cls(
-                base_url=server.anthropic_base_url, api_key="bench", default_headers=headers
-            ),
-            model="claude-bench",
-        )
-    ocls: Any = openai.AsyncOpenAI if is_async else openai.OpenAI
-    return OpenAIChatCompletions(
-        lambda: ocls(base_url=server.openai_base_url, api_key="bench", default_headers=headers),
-        model="gpt-bench",
-    )
 
 
 def _table(profile: cProfile.Profile) -> Table:
