@@ -665,8 +665,6 @@ async def build_phase(phase: Phase) -> dict[str, Any]:
         "plain": phase.route_cls(plain, model=HEALTHY_MODEL),
         "bench": phase.route_cls(phase.factory, model=HEALTHY_MODEL),
     }
-    # What an engine keeps per route: the slots whose spares are built here.
-    clients = {name: RouteClients(route) for name, route in routes.items()}
     clock = LoopThreadClock()
     gaps: list[Gap] = []
     done = False
@@ -691,7 +689,10 @@ async def build_phase(phase: Phase) -> dict[str, Any]:
             i0 = time.monotonic()
             await asyncio.sleep(idle_for)
             idle.append((i0, time.monotonic()))
-            slot = clients[name].async_slot(loop)
+            # What an engine keeps per route, new for every build: taking the spare
+            # closes the slot (it is what an engine's close() does), and a closed slot
+            # builds nothing more.
+            slot = RouteClients(routes[name]).async_slot(loop)
             b0 = time.monotonic()
             slot.replenish()
             building = slot.building
