@@ -185,7 +185,7 @@ class _Translator(StreamTranslator):
         self.response_id: str | None = None
         self.response_model: str | None = None
 
-    def translate(self, chunk: Any) -> list[StreamEvent] | None:
+    def translate(self, chunk: Any) -> StreamEvent | list[StreamEvent] | None:
         if self.response_id is None:  # every chunk repeats them: the first one's suffice
             self.response_id = getattr(chunk, "id", None)
             self.response_model = getattr(chunk, "model", None)
@@ -206,8 +206,9 @@ class _Translator(StreamTranslator):
                 continue
             delta = choice.delta
             if delta is not None:
-                if delta.content:
-                    events.append(StreamEvent(type="text", text=delta.content))
+                content = delta.content
+                if content:
+                    events.append(StreamEvent(type="text", text=content))
                 refusal = getattr(delta, "refusal", None)
                 if refusal:
                     events.append(StreamEvent(type="text", text=refusal))
@@ -238,7 +239,10 @@ class _Translator(StreamTranslator):
                     # Some OpenAI-compatible servers end a failed generation this way.
                     raise ProviderErrorEvent("finish_reason 'error' in the stream", status=500)
                 self.finish_reason = choice.finish_reason
-        return events or None
+        if not events:
+            return None
+        # Most chunks carry one piece of text: the event itself spares the stream a list.
+        return events[0] if len(events) == 1 else events
 
     def is_last(self, chunk: Any) -> bool:
         """The usage chunk ``include_usage`` asks for comes after every choice finished:
