@@ -41,7 +41,7 @@ STOP_REASONS: Final[tuple[StopReason, ...]] = (
 answered; the provider's own word is ``Message.provider_stop_reason``."""
 
 
-@dataclass(frozen=True, kw_only=True, slots=True)
+@dataclass(frozen=True, kw_only=True, init=False)
 class ToolCallDelta:
     """A piece of a tool call: ``index`` orders calls; id and name come with the first piece."""
 
@@ -50,15 +50,30 @@ class ToolCallDelta:
     name: str | None = None
     arguments_delta: str = ""
 
-    def __post_init__(self) -> None:
+    def __init__(
+        self,
+        *,
+        index: int,
+        id: str | None = None,
+        name: str | None = None,
+        arguments_delta: str = "",
+    ) -> None:
         # Wire data decides these; an adapter turns this TypeError into a malformed stream.
         # The exact types first: ``type(x) is C`` costs no call, and is what JSON gives.
-        index = self.index
         if type(index) is not int and (type(index) is bool or not isinstance(index, int)):
             raise TypeError(f"tool call index must be an int, got {index!r}")
-        arguments = self.arguments_delta
-        if type(arguments) is not str and not isinstance(arguments, str):
-            raise TypeError(f"tool call arguments must be text, got {arguments!r}")
+        if type(arguments_delta) is not str and not isinstance(arguments_delta, str):
+            raise TypeError(f"tool call arguments must be text, got {arguments_delta!r}")
+        # Made per wire event of a tool call: as StreamEvent's, only what differs from the
+        # class-level defaults goes into the instance's dict.
+        values = self.__dict__
+        values["index"] = index
+        if id is not None:
+            values["id"] = id
+        if name is not None:
+            values["name"] = name
+        if arguments_delta != "":
+            values["arguments_delta"] = arguments_delta
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
