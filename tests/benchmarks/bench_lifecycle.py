@@ -11,7 +11,10 @@ Not a test: it prints figures. Run from the repository root:
   minus the detection lateness (how late the watchdog or the loop timer woke up).
 - overhead: the long recorded OpenAI stream (180 chunks) and the Anthropic tool-use
   stream, iterated through the engine against iterating the SDK stream directly, same
-  server, interleaved; the ratio of median wall times per stream.
+  server, interleaved; the ratio of median wall times per stream. A third side, the
+  adapter alone (``route.open`` and its neutral events, no engine), splits that ratio:
+  adapter / bare is the translation of the request and of every event, which anything
+  that hands out provider-neutral events pays; engine / adapter is the lifecycle's own.
 """
 
 from __future__ import annotations
@@ -107,7 +110,11 @@ def recovery_latencies(
 
 def overhead(
     provider: str, server: LoopbackServer, streams: int, *, is_async: bool
-) -> tuple[float, float, int]:
+) -> tuple[float, float, float, int]:
+    """Median wall seconds per stream of three sides, interleaved on one prepared client
+    and the same server: the bare SDK (``create(stream=True)``, iterated); the adapter
+    alone (``route.open`` on that client, its neutral events iterated, then closed); and
+    the engine. Returns (bare, adapter, engine, events per engine stream)."""
     key = f"overhead-{provider}-{is_async}"
     recording = RECORDING[provider]
     route = route_for(provider, server, key, is_async=is_async)
@@ -117,48 +124,66 @@ def overhead(
     create: Callable[..., Any] = (
         client.messages.create if provider == "anthropic" else client.chat.completions.create
     )
-    bare: list[float] = []
-    wrapped: list[float] = []
+    sides: tuple[list[float], list[float], list[float]] = ([], [], [])
+    warm_up = 6
+    rounds = streams * 3 + warm_up
     events = 0
+
+    def request() -> Request:
+        # As the engine makes it per run (the bare side's keywords are made once).
+        return Request(messages=tuple(MESSAGES), max_tokens=64)
 
     if is_async:
 
         async def main() -> int:
             count = 0
-            for i in range(streams * 2 + 4):
+            for i in range(rounds):
                 server.script(key, [Healthy(recording=recording)])
+                side = i % 3
                 t0 = time.perf_counter()
-                if i % 2 == 0:
+                if side == 0:
                     stream = await create(**kwargs)
                     async for _ in stream:
                         pass
-                    (bare if i >= 4 else []).append(time.perf_counter() - t0)
+                elif side == 1:
+                    opened = await route.aopen(client, request(), engine.timeouts)
+                    async for _event in opened.events():
+                        pass
+                    await opened.aclose()
                 else:
                     count = 0
                     async for _event in engine.astream(messages=MESSAGES, max_tokens=64):
                         count += 1
-                    (wrapped if i >= 4 else []).append(time.perf_counter() - t0)
+                if i >= warm_up:
+                    sides[side].append(time.perf_counter() - t0)
             await client.close()
             await engine.aclose()
             return count
 
         events = asyncio.run(main())
     else:
-        for i in range(streams * 2 + 4):
+        for i in range(rounds):
             server.script(key, [Healthy(recording=recording)])
+            side = i % 3
             t0 = time.perf_counter()
-            if i % 2 == 0:
+            if side == 0:
                 for _ in create(**kwargs):
                     pass
-                (bare if i >= 4 else []).append(time.perf_counter() - t0)
+            elif side == 1:
+                opened = route.open(client, request(), engine.timeouts)
+                for _event in opened.events():
+                    pass
+                opened.close()
             else:
                 events = 0
                 for _event in engine.stream(messages=MESSAGES, max_tokens=64):
                     events += 1
-                (wrapped if i >= 4 else []).append(time.perf_counter() - t0)
+            if i >= warm_up:
+                sides[side].append(time.perf_counter() - t0)
         client.close()
         engine.close()
-    return statistics.median(bare), statistics.median(wrapped), events
+    bare, adapter, wrapped = (statistics.median(side) for side in sides)
+    return bare, adapter, wrapped, events
 
 
 def main() -> int:
@@ -202,11 +227,15 @@ def main() -> int:
         print(
             f"\nper-event cost, engine vs bare SDK: the ratio of median wall times over "
             f"{args.streams} interleaved streams each, measured {args.repeats} times "
-            "(ratio: the median of those; spread: lowest to highest)"
+            "(ratio: the median of those; spread: lowest to highest). adapter: the route's "
+            "open and its neutral events without the engine, the translation of the "
+            "request and of every event (adapter / bare); lifecycle: engine / adapter, "
+            "what the engine's own run adds to it"
         )
         print(
             f"{'driver':<7} {'provider':<10} {'recording':<10} {'events':>6} {'bare ms':>8} "
-            f"{'engine ms':>9} {'ratio':>6} {'spread':>13}"
+            f"{'adapter ms':>10} {'engine ms':>9} {'ratio':>6} {'spread':>13} "
+            f"{'adapter':>8} {'lifecycle':>9}"
         )
         for is_async in (False, True):
             for provider in ("anthropic", "openai"):
@@ -214,15 +243,19 @@ def main() -> int:
                     overhead(provider, server, args.streams, is_async=is_async)
                     for _ in range(args.repeats)
                 ]
-                ratios = sorted(wrapped / bare for bare, wrapped, _ in runs)
-                bare = statistics.median(b for b, _, _ in runs)
-                wrapped = statistics.median(w for _, w, _ in runs)
-                events = runs[-1][2]
+                ratios = sorted(wrapped / bare for bare, _, wrapped, _ in runs)
+                bare = statistics.median(r[0] for r in runs)
+                adapter = statistics.median(r[1] for r in runs)
+                wrapped = statistics.median(r[2] for r in runs)
+                adapter_ratio = statistics.median(r[1] / r[0] for r in runs)
+                lifecycle_ratio = statistics.median(r[2] / r[1] for r in runs)
+                events = runs[-1][3]
                 print(
                     f"{'async' if is_async else 'sync':<7} {provider:<10} "
                     f"{RECORDING[provider]:<10} {events:6d} {bare * 1e3:8.2f} "
-                    f"{wrapped * 1e3:9.2f} {statistics.median(ratios):6.3f} "
-                    f"{ratios[0]:6.3f}-{ratios[-1]:.3f}",
+                    f"{adapter * 1e3:10.2f} {wrapped * 1e3:9.2f} "
+                    f"{statistics.median(ratios):6.3f} {ratios[0]:6.3f}-{ratios[-1]:.3f} "
+                    f"{adapter_ratio:8.3f} {lifecycle_ratio:9.3f}",
                     flush=True,
                 )
         server.wait_idle(5)
