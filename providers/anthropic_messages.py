@@ -2,7 +2,7 @@
 
 Wire events and what they become (only meaningful events reach the engine):
 
-| SDK event                                   | neutral event                |
+| wire event (its JSON)                       | neutral event                |
 | ------------------------------------------- | ---------------------------- |
 | content_block_delta / text_delta            | ``text``                     |
 | content_block_delta / thinking_delta        | ``thinking``                 |
@@ -16,13 +16,16 @@ Thinking blocks (their text and ``signature_delta``) and ``redacted_thinking`` b
 kept as provider artifacts on the ``stop``, in stream order: Anthropic requires them back,
 byte-identical, in front of the assistant's tool_use on the next turn.
 
-An ``event: error`` inside a 200 stream surfaces from the SDK as ``APIStatusError``
-carrying the error body; it is classified by its error type (``overloaded_error`` is a 529).
+The translator reads each event's JSON, not the SDK's model of it (``_sdk/sse_json.py``:
+building the models is most of what iterating the SDK's stream costs). An
+``event: error`` inside a 200 stream raises the SDK's own ``APIStatusError`` (its client
+makes it from the error body, as its iteration does); it is classified by its error type
+(``overloaded_error`` is a 529).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from typing import Any, ClassVar, Final
 
 import anthropic
@@ -33,10 +36,11 @@ from lifecycle import Fault, ProviderArtifact, StreamEvent, Timeouts, ToolCallDe
 from lifecycle.adapters import Request
 
 from . import _wire_anthropic
-from ._fields import field_of, int_field
+from ._fields import int_field
 from ._history import normalize
 from ._sdk.classify import classify_with_table
 from ._sdk.route import SdkRoute
+from ._sdk.sse_json import anthropic_events, anthropic_events_async
 from ._sdk.stream import StreamTranslator
 
 __all__ = ["AnthropicMessages"]
@@ -91,6 +95,12 @@ class AnthropicMessages(SdkRoute):
 
     def resource(self, client: Any) -> Any:
         return client.messages
+
+    def wire_events(self, stream: Any) -> Iterator[Any]:
+        return anthropic_events(stream)
+
+    def wire_events_async(self, stream: Any) -> AsyncIterator[Any]:
+        return anthropic_events_async(stream)
 
     def new_translator(self, stream: Any) -> Callable[[], StreamTranslator]:
         return _Translator
@@ -224,61 +234,68 @@ class _Translator(StreamTranslator):
         self.artifacts: dict[int, dict[str, Any]] = {}
 
     def translate(self, event: Any) -> StreamEvent | None:
-        kind = event.type
+        # ``event`` is the event's JSON (``sse_json.anthropic_events``): a field the wire
+        # lacks raises KeyError where the SDK's model raised AttributeError, both shape
+        # errors (a malformed stream).
+        kind = event["type"]
         if kind == "content_block_delta":
-            delta = event.delta
-            delta_kind = delta.type
+            delta = event["delta"]
+            delta_kind = delta["type"]
             if delta_kind == "text_delta":
-                return StreamEvent(type="text", text=delta.text)
+                return StreamEvent(type="text", text=delta["text"])
             if delta_kind == "input_json_delta":
                 return StreamEvent(
                     type="tool_call",
-                    tool_call=ToolCallDelta(index=event.index, arguments_delta=delta.partial_json),
+                    tool_call=ToolCallDelta(
+                        index=event["index"], arguments_delta=delta["partial_json"]
+                    ),
                 )
             if delta_kind == "thinking_delta":
-                text = delta.thinking
-                block = self.artifacts.get(event.index)
+                text = delta["thinking"]
+                block = self.artifacts.get(event["index"])
                 if block is not None and block["type"] == "thinking":
                     block["thinking"] += text
                 return StreamEvent(type="thinking", text=text)
             if delta_kind == "signature_delta":
-                block = self.artifacts.get(event.index)
+                block = self.artifacts.get(event["index"])
                 if block is not None and block["type"] == "thinking":
-                    block["signature"] += _text(delta.signature, "signature")
+                    block["signature"] += _text(delta["signature"], "signature")
             return None
         if kind == "content_block_start":
-            block = event.content_block
-            block_kind = block.type
+            block = event["content_block"]
+            block_kind = block["type"]
             if block_kind == "tool_use":
                 self.tool_use_seen = True
                 return StreamEvent(
                     type="tool_call",
-                    tool_call=ToolCallDelta(index=event.index, id=block.id, name=block.name),
+                    tool_call=ToolCallDelta(
+                        index=event["index"], id=block["id"], name=block["name"]
+                    ),
                 )
             if block_kind == "thinking":
-                self.artifacts[event.index] = {
+                self.artifacts[event["index"]] = {
                     "type": "thinking",
-                    "thinking": _text(field_of(block, "thinking") or "", "thinking"),
-                    "signature": _text(field_of(block, "signature") or "", "signature"),
+                    "thinking": _text(block.get("thinking") or "", "thinking"),
+                    "signature": _text(block.get("signature") or "", "signature"),
                 }
             elif block_kind == "redacted_thinking":
-                self.artifacts[event.index] = {
+                self.artifacts[event["index"]] = {
                     "type": "redacted_thinking",
-                    "data": _text(field_of(block, "data"), "data"),
+                    "data": _text(block.get("data"), "data"),
                 }
             return None
         if kind == "message_delta":
-            self.stop_reason = event.delta.stop_reason or self.stop_reason
-            self._count(getattr(event, "usage", None))
+            self.stop_reason = event["delta"].get("stop_reason") or self.stop_reason
+            self._count(event.get("usage"))
             thinking = int_field(event, "usage", "output_tokens_details", "thinking_tokens")
             if thinking is not None:
                 self.thinking_tokens = thinking
             return None
         if kind == "message_start":
-            message = event.message
-            self.response_id = getattr(message, "id", None)
-            self.response_model = getattr(message, "model", None)
-            self._count(getattr(message, "usage", None))
+            message = event["message"]
+            self.response_id = message.get("id")
+            self.response_model = message.get("model")
+            self._count(message.get("usage"))
             return None
         if kind == "message_stop":
             provider_reason = self.stop_reason or "end_turn"

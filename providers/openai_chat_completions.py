@@ -12,9 +12,11 @@ Chunks and what they become (only meaningful events reach the engine):
 | (or the end of the stream if no usage comes)    |                             |
 | role-only delta, SSE comments                   | nothing: bytes, not progress|
 
-Only choice 0 is followed (``n > 1`` is not a streaming use the engine serves). An
-error object inside a 200 stream surfaces from the SDK as ``APIError`` with a body and
-is classified by its type/code like the HTTP status it stands for.
+Only choice 0 is followed (``n > 1`` is not a streaming use the engine serves). The
+translator reads each chunk's JSON, not the SDK's model of it (``_sdk/sse_json.py``:
+building the models is most of what iterating the SDK's stream costs). An error object
+inside a 200 stream is raised as the SDK's own ``APIError`` with its body and is
+classified by its type/code like the HTTP status it stands for.
 
 The usage chunk (``include_usage``) is the answer's last: the stop is yielded there, so
 a body that is held open after it, with or without ``[DONE]``, is not waited for.
@@ -22,7 +24,7 @@ a body that is held open after it, with or without ``[DONE]``, is not waited for
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from dataclasses import replace
 from typing import Any, ClassVar, Final
 
@@ -38,6 +40,7 @@ from ._fields import int_field
 from ._history import normalize
 from ._sdk.classify import ProviderErrorEvent, classify_with_table
 from ._sdk.route import SdkRoute
+from ._sdk.sse_json import openai_chunks, openai_chunks_async
 from ._sdk.stream import StreamTranslator
 
 __all__ = ["OpenAIChatCompletions"]
@@ -101,6 +104,12 @@ class OpenAIChatCompletions(SdkRoute):
 
     def new_translator(self, stream: Any) -> Callable[[], StreamTranslator]:
         return _Translator
+
+    def wire_events(self, stream: Any) -> Iterator[Any]:
+        return openai_chunks(stream)
+
+    def wire_events_async(self, stream: Any) -> AsyncIterator[Any]:
+        return openai_chunks_async(stream)
 
     def classify_sdk_error(self, exc: BaseException) -> Fault:
         return classify(exc)
@@ -186,10 +195,13 @@ class _Translator(StreamTranslator):
         self.response_model: str | None = None
 
     def translate(self, chunk: Any) -> StreamEvent | list[StreamEvent] | None:
+        # ``chunk`` is the chunk's JSON (``sse_json.openai_chunks``): a field the wire
+        # lacks raises KeyError where the SDK's model raised AttributeError, both shape
+        # errors (a malformed stream).
         if self.response_id is None:  # every chunk repeats them: the first one's suffice
-            self.response_id = getattr(chunk, "id", None)
-            self.response_model = getattr(chunk, "model", None)
-        usage = chunk.usage
+            self.response_id = chunk.get("id")
+            self.response_model = chunk.get("model")
+        usage = chunk.get("usage")
         if usage is not None:
             # prompt_tokens already counts the cached part. cache_write_tokens is not
             # OpenAI's: some OpenAI-compatible gateways report it there.
@@ -201,44 +213,45 @@ class _Translator(StreamTranslator):
                 reasoning_tokens=int_field(usage, "completion_tokens_details", "reasoning_tokens"),
             )
         events: list[StreamEvent] = []
-        for choice in chunk.choices:
-            if choice.index != 0:
+        for choice in chunk["choices"]:
+            if choice["index"] != 0:
                 continue
-            delta = choice.delta
+            delta = choice["delta"]
             if delta is not None:
-                content = delta.content
+                content = delta.get("content")
                 if content:
                     events.append(StreamEvent(type="text", text=content))
-                refusal = getattr(delta, "refusal", None)
+                refusal = delta.get("refusal")
                 if refusal:
                     events.append(StreamEvent(type="text", text=refusal))
-                extra = delta.model_extra
-                if extra:
-                    reasoning = extra.get("reasoning_content") or extra.get("reasoning")
-                    if isinstance(reasoning, str) and reasoning:
-                        events.append(StreamEvent(type="thinking", text=reasoning))
-                if delta.tool_calls:
+                # Not OpenAI's: OpenAI-compatible servers stream reasoning in either.
+                reasoning = delta.get("reasoning_content") or delta.get("reasoning")
+                if isinstance(reasoning, str) and reasoning:
+                    events.append(StreamEvent(type="thinking", text=reasoning))
+                tool_calls = delta.get("tool_calls")
+                if tool_calls:
                     self.tool_call_seen = True
-                    for call in delta.tool_calls:
-                        function = call.function
+                    for call in tool_calls:
+                        function = call.get("function")
                         events.append(
                             StreamEvent(
                                 type="tool_call",
                                 tool_call=ToolCallDelta(
-                                    index=call.index,
-                                    id=call.id,
-                                    name=function.name if function is not None else None,
-                                    arguments_delta=(function.arguments or "")
+                                    index=call["index"],
+                                    id=call.get("id"),
+                                    name=function.get("name") if function is not None else None,
+                                    arguments_delta=(function.get("arguments") or "")
                                     if function is not None
                                     else "",
                                 ),
                             )
                         )
-            if choice.finish_reason:
-                if choice.finish_reason == "error":
+            finish_reason = choice.get("finish_reason")
+            if finish_reason:
+                if finish_reason == "error":
                     # Some OpenAI-compatible servers end a failed generation this way.
                     raise ProviderErrorEvent("finish_reason 'error' in the stream", status=500)
-                self.finish_reason = choice.finish_reason
+                self.finish_reason = finish_reason
         if not events:
             return None
         # Most chunks carry one piece of text: the event itself spares the stream a list.
@@ -248,7 +261,11 @@ class _Translator(StreamTranslator):
         """The usage chunk ``include_usage`` asks for comes after every choice finished:
         the answer's last chunk, whether or not the server sends ``[DONE]`` after it. It
         has no choices, so it translates to nothing (the stream asks only then)."""
-        return self.finish_reason is not None and chunk.usage is not None and not chunk.choices
+        return (
+            self.finish_reason is not None
+            and chunk.get("usage") is not None
+            and not chunk.get("choices")
+        )
 
     def finish(self) -> StreamEvent | None:
         reason = self.finish_reason

@@ -462,10 +462,9 @@ def anthropic_turns(draw: st.DrawFn) -> tuple[list[dict[str, Any]], list[dict[st
 
 
 def _streamed_message(events: list[dict[str, Any]]) -> Any:
-    """The Message the Anthropic adapter builds from these events, each parsed by the SDK
-    into its own event type as its stream parser does (``construct_type``)."""
-    from anthropic._models import construct_type
-    from anthropic.types import RawMessageStreamEvent
+    """The Message the Anthropic adapter builds from these events, each read as the JSON
+    its server-sent event carries (``providers/_sdk/sse_json.py``)."""
+    import copy
 
     from lifecycle._core.message import MessageBuilder
     from providers.anthropic_messages import _Translator
@@ -473,7 +472,7 @@ def _streamed_message(events: list[dict[str, Any]]) -> Any:
     translator = _Translator()
     builder = MessageBuilder(api_mode="anthropic_messages", model="claude-x")
     for data in events:
-        neutral = translator.translate(construct_type(value=data, type_=RawMessageStreamEvent))
+        neutral = translator.translate(copy.deepcopy(data))
         if neutral is not None:
             builder.add(neutral)
     return builder.build()

@@ -375,5 +375,9 @@ SHAPE_ERRORS: tuple[type[Exception], ...] = (AttributeError, TypeError, KeyError
 
 
 def schema_violation(event: object, exc: Exception) -> SchemaViolation:
-    kind = getattr(event, "type", None) or getattr(event, "object", None) or type(event).__name__
+    if type(event) is dict:  # an event's JSON (``sse_json``)
+        kind = event.get("type") or event.get("object") or "dict"
+    else:
+        kind = getattr(event, "type", None) or getattr(event, "object", None)
+        kind = kind or type(event).__name__
     return SchemaViolation(f"{kind}: {type(exc).__name__}: {exc}")

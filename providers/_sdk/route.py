@@ -11,7 +11,7 @@ from __future__ import annotations
 import functools
 import inspect
 from abc import abstractmethod
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from typing import Any, ClassVar
 
 from lifecycle import Fault, MissingCredentials, Timeouts
@@ -63,6 +63,15 @@ class SdkRoute(Route):
     def new_translator(self, stream: Any) -> Callable[[], StreamTranslator]:
         """What makes the translator of ``stream`` (the SDK's stream object)."""
 
+    def wire_events(self, stream: Any) -> Iterator[Any] | None:
+        """What the translator reads from the SDK's sync stream, if not the SDK's own
+        event objects (None): e.g. the events' JSON (``sse_json``)."""
+        return None
+
+    def wire_events_async(self, stream: Any) -> AsyncIterator[Any] | None:
+        """As ``wire_events``, from the SDK's async stream."""
+        return None
+
     @abstractmethod
     def classify_sdk_error(self, exc: BaseException) -> Fault:
         """The fault of an exception of this adapter's SDK (or its transport)."""
@@ -78,7 +87,7 @@ class SdkRoute(Route):
     ) -> AttemptStream:
         kwargs = self.request_kwargs(request, timeouts, learned=learned)
         stream = self.resource(client).create(**kwargs)
-        return SDKStream(stream, self.new_translator(stream))
+        return SDKStream(stream, self.new_translator(stream), self.wire_events(stream))
 
     async def aopen(
         self,
@@ -90,7 +99,7 @@ class SdkRoute(Route):
     ) -> AsyncAttemptStream:
         kwargs = self.request_kwargs(request, timeouts, learned=learned)
         stream = await self.resource(client).create(**kwargs)
-        return AsyncSDKStream(stream, self.new_translator(stream))
+        return AsyncSDKStream(stream, self.new_translator(stream), self.wire_events_async(stream))
 
     def classify(self, exc: BaseException, *, learned: frozenset[str] = frozenset()) -> Fault:
         return self.credentials_fault(exc) or self.classify_sdk_error(exc)

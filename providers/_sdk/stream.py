@@ -66,19 +66,26 @@ class StreamTranslator(ABC):
 
 class SDKStream(AttemptStream):
     """An SDK's sync stream as an attempt stream; ``new_translator()`` is called when its
-    events are first read."""
+    events are first read. ``wire``, if given, is what the translator reads instead of
+    the SDK stream's own event objects (e.g. their JSON, ``sse_json``)."""
 
-    def __init__(self, stream: Any, new_translator: Callable[[], StreamTranslator]) -> None:
+    def __init__(
+        self,
+        stream: Any,
+        new_translator: Callable[[], StreamTranslator],
+        wire: Iterator[Any] | None = None,
+    ) -> None:
         self._stream = stream
         _open(self, stream)
         self._new_translator = new_translator
         self._translator: StreamTranslator | None = None
+        self._wire = wire
 
     def events(self) -> Iterator[StreamEvent]:
         self._translator = translator = self._new_translator()
         translate = translator.translate
         is_last = translator.is_last if translator.marks_last else None
-        wire = iter(self._stream)
+        wire = iter(self._stream) if self._wire is None else self._wire
         stopped = False
         for event in wire:
             try:
@@ -108,17 +115,23 @@ class SDKStream(AttemptStream):
 class AsyncSDKStream(AsyncAttemptStream):
     """An SDK's async stream as an attempt stream; as ``SDKStream``."""
 
-    def __init__(self, stream: Any, new_translator: Callable[[], StreamTranslator]) -> None:
+    def __init__(
+        self,
+        stream: Any,
+        new_translator: Callable[[], StreamTranslator],
+        wire: AsyncIterator[Any] | None = None,
+    ) -> None:
         self._stream = stream
         _open(self, stream)
         self._new_translator = new_translator
         self._translator: StreamTranslator | None = None
+        self._wire = wire
 
     async def events(self) -> AsyncIterator[StreamEvent]:
         self._translator = translator = self._new_translator()
         translate = translator.translate
         is_last = translator.is_last if translator.marks_last else None
-        wire = aiter(self._stream)
+        wire = aiter(self._stream) if self._wire is None else self._wire
         stopped = False
         async for event in wire:
             try:
