@@ -216,6 +216,10 @@ def test_one_probe_among_concurrent_admissions(redis_server: RedisServer) -> Non
         try:
             await asyncio.gather(*(task(n) for n in range(tasks_n)))
         finally:
+            # aclose() closes the sync client too: not while a worker still uses it (on a
+            # loaded machine the loop's tasks can end first, and a worker then read from a
+            # connection closed under it: "'NoneType' object has no attribute 'readline'").
+            await asyncio.to_thread(lambda: [t.join(timeout=120) for t in sync_workers])
             await store.aclose()
 
     def loop_thread() -> None:
@@ -225,8 +229,8 @@ def test_one_probe_among_concurrent_admissions(redis_server: RedisServer) -> Non
         except BaseException as exc:
             errors.append(exc)
 
-    workers = [threading.Thread(target=worker, args=(n,)) for n in range(threads_n - 1)]
-    workers.append(threading.Thread(target=loop_thread))
+    sync_workers = [threading.Thread(target=worker, args=(n,)) for n in range(threads_n - 1)]
+    workers = [*sync_workers, threading.Thread(target=loop_thread)]
     for t in workers:
         t.start()
     start.wait(timeout=30)
