@@ -1019,16 +1019,17 @@ def main() -> int:
         args.skip_sync = True
 
     import anthropic
-    import httpx2  # noqa: F401  (the version line below)
     import openai
 
+    # The SDKs' HTTP stack: httpx2 on the current majors, httpx on the earlier ones.
+    http_stack = sys.modules[type(anthropic.DEFAULT_CONNECTION_LIMITS).__module__.split(".")[0]]
     soft, new = raise_fd_limit()
     print(
         f"machine: {os.cpu_count()} cores, {platform.machine()}, "
         f"{platform.python_implementation()} {platform.python_version()}, "
         f"anthropic {anthropic.__version__}, openai {openai.__version__}, "
-        f"{type(anthropic.DEFAULT_CONNECTION_LIMITS).__module__.split('.')[0]} "
-        f"{sys.modules['httpx2'].__version__}, {platform.system()} {platform.release()}"
+        f"{http_stack.__name__} {http_stack.__version__}, {platform.system()} "
+        f"{platform.release()}"
     )
     server = ServerProcess()
     try:
